@@ -1,0 +1,41 @@
+# clipkit: `make install` then `make test`. Everything below runs offline after install.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CLIPKIT := $(VENV)/bin/clipkit
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo serve mlflow-ui docker-build bench clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes, so a second `make install` is instant.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[dev]"
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: could not install Debian's chromium; browser tests will fail")
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+demo: install
+	$(CLIPKIT) predict --config configs/demo.yaml data/samples
+
+serve: install
+	$(CLIPKIT) serve --config configs/default.yaml
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+
+docker-build:
+	docker build -t clipkit:cpu .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

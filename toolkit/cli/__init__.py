@@ -1,0 +1,41 @@
+"""The `clipkit` command group. Each area adds its commands from its own module; heavy imports stay lazy."""
+from __future__ import annotations
+
+import click
+
+from ..errors import ToolkitError
+
+
+class _Group(click.Group):
+    """Turns a ToolkitError anywhere below into `error: <message>` on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ToolkitError as e:
+            click.echo(f"error: {e.message}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="clipkit")
+def main() -> None:
+    """clipkit: classify images and videos with CLIP, zero-shot or with a trained linear probe.
+
+    \b
+    Typical session:
+      clipkit predict --config configs/demo.yaml data/samples     # zero-shot, offline demo model
+      clipkit demo-data out/demo --n-per-class 100                # a labelled dataset to play with
+      clipkit train-probe out/demo --config configs/demo.yaml --out out/head
+      clipkit predict --config configs/demo.yaml --head out/head data/samples
+      clipkit compare                                              # MLflow: prompts vs probes
+
+    Exit codes: 0 ok, 1 some inputs failed, 2 bad input or config, 3 model/head error, 4 tracking error.
+    """
+
+
+from . import predict as _predict  # noqa: E402
+
+main.add_command(_predict.predict)
+main.add_command(_predict.models)
+# -- other areas register their commands below, one line each

@@ -1,0 +1,63 @@
+"""Options shared by several commands, and the config they build (config flows from here inward)."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Optional
+
+import click
+
+from ..config import Config, load_config
+
+
+def model_options(f: Callable) -> Callable:
+    """--config, --model, --pretrained, --device, --precision, --batch-size."""
+    opts = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help="YAML config (e.g. configs/demo.yaml); flags below override it."),
+        click.option("--model", default=None, help="open_clip architecture (ViT-B-32), hf-hub:org/repo, "
+                     "or a model-config .json path. See `clipkit models`."),
+        click.option("--pretrained", default=None, help="Pretrained tag (openai, laion2b_s34b_b79k, ...), a local "
+                     "checkpoint (.pt/.bin/.safetensors), or 'none' for random weights."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                     help="auto picks CUDA when present. [default: auto]"),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default=None,
+                     help="Model weights' precision. [default: fp32]"),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="Images per model batch."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
+def prompt_options(f: Callable) -> Callable:
+    """--labels FILE, --label TEXT (repeatable), --templates NAME|FILE."""
+    opts = [
+        click.option("--labels", "labels_file", type=click.Path(dir_okay=False), default=None,
+                     help="File with one label per line (default: the exercise labels)."),
+        click.option("--label", "labels", multiple=True, help="A label; repeat for several. Wins over --labels."),
+        click.option("--templates", default=None, help="Prompt templates: none | people | openai_imagenet | a file "
+                     "with one template per line containing {}. [default: people]"),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
+def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
+    """Merge a YAML config with CLI flags (None means 'not given'). Paths given as flags are relative to the CWD."""
+    overrides = {
+        "model.name": flags.pop("model", None), "model.pretrained": flags.pop("pretrained", None),
+        "model.device": flags.pop("device", None), "model.precision": flags.pop("precision", None),
+        "model.batch_size": flags.pop("batch_size", None),
+        "prompts.templates": flags.pop("templates", None),
+    }
+    labels = flags.pop("labels", None)
+    labels_file = flags.pop("labels_file", None)
+    if labels:
+        overrides["prompts.labels"] = list(labels)
+    elif labels_file:
+        overrides["prompts.labels_file"] = labels_file
+    overrides.update(flags)
+    cfg = load_config(config_path, overrides)
+    if labels_file and not labels:  # a labels file flag replaces labels given inline in the YAML
+        cfg.prompts.labels = None
+    if cfg.tracking.uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        cfg.tracking.uri = os.environ["MLFLOW_TRACKING_URI"]
+    return cfg

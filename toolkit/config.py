@@ -1,0 +1,203 @@
+"""One typed config in sections. Built at the edges (CLI, create_app, scripts); each part receives its own section.
+
+A YAML file gives any subset of the sections; unknown keys are an error. Relative paths inside a YAML
+file are resolved against that file's own folder, so a config works from any working directory.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+EXERCISE_LABELS = [
+    "a person standing",
+    "a person repeating a squat",
+    "a person repeating a jumping jack",
+    "a person performing a plank",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which CLIP to load and how to run it."""
+
+    # open_clip architecture ("ViT-B-32"), "hf-hub:org/repo", or a path to an open_clip model-config JSON.
+    name: str = "ViT-B-32"
+    # open_clip pretrained tag ("openai"), a local checkpoint (.pt/.pth/.bin/.safetensors), or null for random init.
+    pretrained: Optional[str] = "openai"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # fp32: reference numerics. bf16: weights cast to bfloat16 (faster on CPUs with AVX-512 bf16 and on GPUs).
+    # auto: bf16 on CUDA, fp32 on CPU.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    batch_size: int = Field(32, ge=1, le=4096)
+    # DataLoader worker processes for decoding/preprocessing; -1 picks by dataset size and CPU count.
+    num_workers: int = Field(-1, ge=-1, le=64)
+    # Where open_clip/HF caches downloaded weights; null uses their defaults.
+    cache_dir: Optional[str] = None
+
+
+class PromptConfig(_Section):
+    """Labels and prompt templates for the zero-shot head."""
+
+    labels: Optional[list[str]] = None  # wins over labels_file when given
+    labels_file: Optional[str] = None  # one label per line; '#' starts a comment
+    templates: str = "people"  # none | people | openai_imagenet | path to a file with one '{}' template per line
+
+
+class ProbeConfig(_Section):
+    """Linear-probe training on cached features."""
+
+    method: Literal["logreg", "linear"] = "logreg"
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    fewshot: Optional[int] = Field(None, ge=1)
+    init: Literal["random", "zeroshot"] = "random"
+    # logreg: log-spaced C sweep on val, then refined around the best, as in the CLIP paper.
+    c_min: float = 1e-6
+    c_max: float = 1e6
+    c_steps: int = Field(13, ge=2)
+    max_iter: int = 1000
+    # linear (Lightning): AdamW with a weight-decay sweep and early stopping on val.
+    lr: float = 1e-3
+    weight_decays: list[float] = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
+    max_epochs: int = 200
+    patience: int = 10
+    batch_size: int = 256
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI (read by the CLI), else sqlite:///mlflow.db
+    experiment: Optional[str] = None  # null: a default derived from the dataset name
+    artifact_location: str = "./mlartifacts"
+
+
+class ServeConfig(_Section):
+    """The HTTP service."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    mode: Literal["zeroshot", "probe"] = "zeroshot"
+    head: Optional[str] = None
+    api_key: Optional[str] = None
+    max_batch_size: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    micro_batching: bool = True
+    queue_size: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_files: int = Field(32, ge=1)
+    max_labels: int = Field(100, ge=1)
+    max_video_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_video_seconds: float = Field(600.0, gt=0)
+    max_video_frames: int = Field(5000, ge=1)
+
+
+class VideoConfig(_Section):
+    """Frame sampling, smoothing, segments and repetition counting."""
+
+    fps: Optional[float] = Field(None, gt=0)  # sample at this rate; null: every `stride`-th frame
+    stride: int = Field(1, ge=1)
+    window: int = Field(5, ge=1)  # centered moving average, in sampled frames
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    fallback: Optional[str] = None
+    min_segment_s: float = Field(0.0, ge=0)
+    rest_label: Optional[str] = "a person standing"
+    repetitive: list[str] = ["a person repeating a squat", "a person repeating a jumping jack",
+                             "a person doing a push-up", "a person doing a lunge"]
+    # hysteresis thresholds on the smoothed probability of the exercise label for counting a rep
+    rep_high: float = Field(0.6, gt=0, le=1)
+    rep_low: float = Field(0.4, ge=0, lt=1)
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    prompts: PromptConfig = PromptConfig()
+    probe: ProbeConfig = ProbeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
+    video: VideoConfig = VideoConfig()
+
+
+# Fields holding filesystem paths, resolved against the YAML file's folder.
+_PATH_FIELDS = {("model", "name"), ("model", "pretrained"), ("prompts", "labels_file"), ("prompts", "templates"),
+                ("serve", "head"), ("model", "cache_dir")}
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+    """Rewrite relative paths in `data` that exist relative to `base` (names like 'ViT-B-32' are left alone)."""
+    for section, key in _PATH_FIELDS:
+        value = (data.get(section) or {}).get(key)
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or ":" in value:
+            continue
+        candidate = base / value
+        if candidate.exists() or key == "cache_dir":
+            data[section][key] = str(candidate.resolve())
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        section = first["loc"][0] if len(first["loc"]) > 1 else None
+        known = list((Config.model_fields[section].annotation.model_fields if section in Config.model_fields
+                      else Config.model_fields).keys())
+        guess = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else f"; known keys: {', '.join(known)}"
+        return f"unknown config key '{where}' in {source}{hint}"
+    return f"invalid config value for '{where}' in {source}: {first['msg']} (got {first.get('input')!r})"
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set data['a']['b'] = value for dotted='a.b'."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[dict[str, Any]] = None) -> Config:
+    """Load a YAML config (or defaults when `path` is None) and apply dotted overrides whose value is not None.
+
+    >>> load_config(None, {"model.name": "RN50", "model.batch_size": None}).model.batch_size
+    32
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/default.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML ({e.__class__.__name__}); fix its syntax") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must be a mapping of sections (model:, prompts:, ...)")
+        _resolve_relative(data, p.parent)
+        source = str(path)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The full config as YAML, for logging next to a run."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

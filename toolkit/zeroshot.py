@@ -1,0 +1,67 @@
+"""ZeroShotHead: class embeddings from labels x prompt templates, scored by cosine similarity.
+
+As open_clip's build_zero_shot_classifier: encode every (label, template) prompt, average the normalized
+embeddings per label, renormalize. Probabilities are softmax(logit_scale * features @ W) over labels.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .prompts import expand, validate_labels, validate_templates
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, C) logits; rows sum to 1."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def build_class_weights(extractor, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """(C, D) float32 class embeddings, rows L2-normalized: the mean template embedding per label."""
+    prompts = expand(labels, templates)
+    emb = extractor.encode_texts(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+
+class ZeroShotHead:
+    """A head with the scikit-learn classifier contract: `classes_`, `coef_` (C, D), `predict_proba`."""
+
+    kind = "zeroshot"
+
+    def __init__(self, labels: Sequence[str], templates: Sequence[str], coef: np.ndarray, logit_scale: float,
+                 identity=None):
+        self.classes_ = list(labels)
+        self.templates = list(templates)
+        self.coef_ = np.asarray(coef, np.float32)
+        self.logit_scale = float(logit_scale)
+        self.identity = identity
+        if self.coef_.shape[0] != len(self.classes_):
+            raise ValueError(f"coef has {self.coef_.shape[0]} rows for {len(self.classes_)} labels")
+
+    @classmethod
+    def from_extractor(cls, extractor, labels: Sequence[str], templates: Sequence[str]) -> "ZeroShotHead":
+        labels = validate_labels(labels, "the label list")
+        templates = validate_templates(templates, "the template list")
+        if len(labels) < 2:
+            raise ConfigError(f"zero-shot needs at least two labels, got {labels!r}; add labels with --label TEXT")
+        return cls(labels, templates, build_class_weights(extractor, labels, templates), extractor.logit_scale,
+                   extractor.identity)
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) L2-normalized features -> (n, C) logits = logit_scale * cosine similarity."""
+        return self.logit_scale * (np.asarray(features, np.float32) @ self.coef_.T)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) features -> (n, C) probabilities, columns in `classes_` order, rows sum to 1."""
+        return softmax(self.decision_function(features))
+
+    def predict(self, features: np.ndarray) -> list[str]:
+        return [self.classes_[i] for i in self.predict_proba(features).argmax(axis=1)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": self.classes_, "templates": self.templates,
+                "n_templates": len(self.templates), "logit_scale": self.logit_scale}
