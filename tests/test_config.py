@@ -1,0 +1,62 @@
+"""Config loading: sections, overrides, unknown keys, relative paths."""
+from pathlib import Path
+
+import pytest
+
+from toolkit.config import load_config
+from toolkit.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, {"model.name": "RN50", "model.batch_size": None, "serve.port": 9000})
+    assert cfg.model.name == "RN50"
+    assert cfg.model.batch_size == 32  # None means "not given"
+    assert cfg.serve.port == 9000
+
+
+def test_unknown_key_is_an_error_with_suggestion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  nmae: RN50\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.nmae'.*did you mean 'name'"):
+        load_config(p)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("modle:\n  name: RN50\n")
+    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
+        load_config(p)
+
+
+def test_bad_value_names_key_and_value(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  device: tpu\n")
+    with pytest.raises(ConfigError, match=r"model.device.*'tpu'"):
+        load_config(p)
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    p = tmp_path / "conf" / "c.yaml"
+    p.write_text("prompts:\n  labels_file: ../labels.txt\nmodel:\n  name: ViT-B-32\n")
+    cfg = load_config(p)
+    assert Path(cfg.prompts.labels_file) == (tmp_path / "labels.txt").resolve()
+    assert cfg.model.name == "ViT-B-32"  # architecture names are not paths
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "configs").glob("*.yaml")):
+        if path.name == "prompt_sets.yaml":
+            continue
+        load_config(path)
