@@ -1,0 +1,93 @@
+"""Figures as PNG files: the ONLY toolkit module that imports matplotlib (Agg backend, no display needed).
+
+Each function takes plain data (lists / arrays), writes one PNG, and returns its path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _short(label: str, width: int = 22) -> str:
+    return label if len(label) <= width else label[:width - 1] + "…"
+
+
+def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                         title: str = "confusion matrix") -> Path:
+    """Row-normalized confusion matrix (rows = true class) with the raw counts written in each cell."""
+    plt = _pyplot()
+    counts = np.asarray(cm, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.75 * n, 1.8 + 0.6 * n))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    names = [_short(c) for c in classes]
+    ax.set_xticks(range(n), names, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "hyper-parameter sweep",
+              chosen: Optional[float] = None) -> Path:
+    """Validation accuracy against a swept hyper-parameter ({param, value, val_accuracy} rows), log x-axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for param in dict.fromkeys(r["param"] for r in sweep):
+        rows = sorted((r for r in sweep if r["param"] == param), key=lambda r: r["value"])
+        xs = [max(r["value"], 1e-12) for r in rows]
+        ax.plot(xs, [100 * r["val_accuracy"] for r in rows], "o-", ms=4, label=param)
+        ax.set_xlabel(param)
+    if chosen is not None:
+        ax.axvline(max(chosen, 1e-12), color="gray", ls="--", lw=1, label=f"chosen {chosen:.3g}")
+    ax.set_xscale("log")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,
+              xlabel: str, ylabel: str, logx: bool = False) -> Path:
+    """Several named (x, y) lines on one axis, e.g. accuracy against shots per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, (xs, ys) in series.items():
+        style = "--" if len(xs) and len(set(ys)) == 1 else "o-"
+        ax.plot(xs, ys, style, ms=4, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
