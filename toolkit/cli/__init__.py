@@ -39,3 +39,5 @@ from . import predict as _predict  # noqa: E402
 main.add_command(_predict.predict)
 main.add_command(_predict.models)
 # -- other areas register their commands below, one line each
+from . import demo as _demo  # noqa: E402
+main.add_command(_demo.demo_data); main.add_command(_demo.demo_video)
