@@ -117,6 +117,11 @@ class VideoConfig(_Section):
     rest_label: Optional[str] = "a person standing"
     repetitive: list[str] = ["a person repeating a squat", "a person repeating a jumping jack",
                              "a person doing a push-up", "a person doing a lunge"]
+    # per-exercise rest pose where it isn't rest_label (a push-up rests in a high plank, not standing)
+    rest_for: dict[str, str] = {"a person doing a push-up": "a person performing a plank"}
+    # a run of an exercise's rest label shorter than this between two runs of the exercise is the top of a
+    # rep, not a pause: it joins the exercise's segment (seconds; 0 turns it off)
+    rest_gap_s: float = Field(1.0, ge=0)
     # hysteresis thresholds on the smoothed probability of the exercise label for counting a rep
     rep_high: float = Field(0.6, gt=0, le=1)
     rep_low: float = Field(0.4, ge=0, lt=1)

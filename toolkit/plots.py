@@ -91,3 +91,44 @@ def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], segments: Sequence[dict[str, Any]],
+                   path: str | Path, title: str = "smoothed class probabilities",
+                   rep_events: Optional[dict[str, Sequence[float]]] = None,
+                   thresholds: Optional[tuple[float, float]] = None) -> Path:
+    """Probabilities over time (one line per label), segments shaded in their label's colour and named on
+    top, counted reps as numbered ticks, the rep hysteresis thresholds as dotted lines. Atomic write."""
+    plt = _pyplot()
+    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(series)}
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    for label, ys in series.items():
+        ax.plot(times, ys, lw=1.6, color=colors[label], label=_short(label, 34))
+    for seg in segments:
+        color = colors.get(seg["label"], (0.5, 0.5, 0.5, 1))
+        ax.axvspan(seg["start_s"], seg["end_s"], color=color, alpha=0.12, lw=0)
+        reps = f" ({seg['reps']} reps)" if seg.get("reps") else ""
+        ax.text((seg["start_s"] + seg["end_s"]) / 2, 1.02, _short(seg["label"], 18) + reps, ha="center",
+                va="bottom", fontsize=7, color=color, transform=ax.get_xaxis_transform(), clip_on=True)
+    for label, ts in (rep_events or {}).items():
+        for k, t in enumerate(ts, 1):
+            ax.axvline(t, ymin=0, ymax=0.06, color=colors.get(label, "black"), lw=2)
+            ax.text(t, 0.07, str(k), ha="center", fontsize=7, color=colors.get(label, "black"),
+                    transform=ax.get_xaxis_transform())
+    if thresholds:
+        for y in thresholds:
+            ax.axhline(y, color="gray", ls=":", lw=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(min(times, default=0), max([s["end_s"] for s in segments] + list(times[-1:]) + [1e-3]))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_title(title, fontsize=10, pad=16)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

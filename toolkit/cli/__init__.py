@@ -41,3 +41,5 @@ main.add_command(_predict.models)
 # -- other areas register their commands below, one line each
 from . import demo as _demo  # noqa: E402
 main.add_command(_demo.demo_data); main.add_command(_demo.demo_video)
+from . import video as _video  # noqa: E402
+main.add_command(_video.predict_video)

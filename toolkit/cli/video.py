@@ -1,0 +1,159 @@
+"""`clipkit predict-video`: a video classified frame by frame, smoothed, cut into segments, reps counted."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Any, Optional
+
+import click
+
+from ..errors import ConfigError
+from .common import build_config, model_options, prompt_options
+
+
+def parse_repetitive(items: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """('squat', 'push-up=plank') -> (['squat', 'push-up'], {'push-up': 'plank'})."""
+    labels, rest_for = [], {}
+    for item in items:
+        label, sep, rest = item.partition("=")
+        if not label.strip() or (sep and not rest.strip()):
+            raise ConfigError(f"--repetitive '{item}' is malformed; use LABEL or LABEL=REST_LABEL")
+        labels.append(label.strip())
+        if sep:
+            rest_for[label.strip()] = rest.strip()
+    return labels, rest_for
+
+
+def check_video_labels(vcfg, classes: list[str], explicit: dict[str, Any]) -> None:
+    """Labels given explicitly on the command line must be among the predictor's labels."""
+    named = [("--rest-label", explicit.get("rest_label"))] + \
+            [("--repetitive", lb) for lb in explicit.get("repetitive") or []] + \
+            [("--repetitive", r) for r in (explicit.get("rest_for") or {}).values()]
+    for flag, label in named:
+        if label and label not in classes:
+            raise ConfigError(f"{flag} '{label}' is not one of the labels {classes}; use one of them exactly")
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    """Video summary, the segments (with reps) and the rep totals."""
+    v = doc["video"]
+    lines = [f"{v['path']}: {v['width']}x{v['height']}, {v['duration_s'] or 0:.1f} s, "
+             f"{v['sampled_frames']} of {v['decoded_frames']} frames scored ({doc['mode']}, {doc['model']})",
+             "", f"{'start':>7} {'end':>7}  {'label':<36} {'frames':>6} {'score':>6} {'reps':>5}"]
+    for s in doc["segments"]:
+        score = f"{s['mean_score']:.3f}" if s["mean_score"] is not None else "-"
+        lines.append(f"{s['start_s']:>7.2f} {s['end_s']:>7.2f}  {s['label'][:36]:<36} {s['frames']:>6} "
+                     f"{score:>6} {s.get('reps', ''):>5}")
+    if doc["reps"]:
+        lines += ["", "reps: " + ", ".join(f"{lb} {n}" for lb, n in doc["reps"].items())]
+    return "\n".join(lines)
+
+
+def render_csv(doc: dict[str, Any]) -> str:
+    """One row per sampled frame: index, time_s, label, score, raw_label, segment (its number in the JSON
+    'segments'), reps (count of the current label's reps so far), then raw and smoothed score columns."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    labels = doc["labels"]
+    w.writerow(["index", "time_s", "label", "score", "raw_label", "segment", "reps",
+                *[f"raw:{lb}" for lb in labels], *[f"smoothed:{lb}" for lb in labels]])
+    seg_of = [k for k, s in enumerate(doc["segments"]) for _ in range(s["frames"])]
+    running: dict[str, int] = {}
+    for k, f in enumerate(doc["frames"]):
+        if "rep" in f:
+            running[f["rep"]["label"]] = f["rep"]["count"]
+        reps = running.get(f["label"], 0) if f["label"] in doc["reps"] else ""
+        w.writerow([f["index"], f"{f['time_s']:.4f}", f["label"], f"{f['score']:.6f}", f["raw_label"], seg_of[k],
+                    reps, *[f"{f['scores'][lb]:.6f}" for lb in labels],
+                    *[f"{f['smoothed'][lb]:.6f}" for lb in labels]])
+    return buf.getvalue()
+
+
+def write_plot(doc: dict[str, Any], path: str) -> None:
+    from ..plots import timeseries_png
+
+    times = [f["time_s"] for f in doc["frames"]]
+    series = {lb: [f["smoothed"][lb] for f in doc["frames"]] for lb in doc["labels"]}
+    events = {lb: [e["time_s"] for e in es] for lb, es in doc["rep_events"].items()}
+    s = doc["settings"]
+    timeseries_png(times, series, doc["segments"], path, rep_events=events, thresholds=(s["rep_low"], s["rep_high"]),
+                   title=f"{doc['video']['path']}: smoothed probabilities (window {s['window']})")
+
+
+@click.command("predict-video")
+@click.argument("video", type=click.Path(dir_okay=False))
+@model_options
+@prompt_options
+@click.option("--head", default=None, help="A trained probe head (folder, runs:/..., models:/...). Default: zero-shot.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Score this many frames per second of video. [default: every frame]")
+@click.option("--stride", type=click.IntRange(1), default=None, help="Score every K-th frame (instead of --fps).")
+@click.option("--window", type=click.IntRange(1), default=None,
+              help="Centered moving-average window, in scored frames; shrinks at the ends. [default: 5]")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Frames whose best smoothed score is below this get --fallback.")
+@click.option("--fallback", default=None, help="Label for uncertain frames, e.g. 'uncertain'.")
+@click.option("--min-segment-s", type=click.FloatRange(0), default=None,
+              help="Segments shorter than this (seconds) join their longer neighbour. [default: 0]")
+@click.option("--rest-label", default=None, help="The rest pose between reps. [default: 'a person standing']")
+@click.option("--repetitive", multiple=True, help="A label done in reps; LABEL=REST gives its own rest pose. "
+              "Repeat for several. [default: squat, jumping jack, push-up (rest: plank), lunge]")
+@click.option("--rest-gap-s", type=click.FloatRange(0), default=None,
+              help="Rest-pose runs shorter than this inside a set of reps belong to the set. [default: 1.0]")
+@click.option("--rep-high", type=click.FloatRange(0, 1), default=None,
+              help="A rep counts when the exercise's smoothed probability reaches this... [default: 0.6]")
+@click.option("--rep-low", type=click.FloatRange(0, 1), default=None,
+              help="...after having dropped to this since the last rep. [default: 0.4]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG of the smoothed probabilities over time, segments shaded, reps marked.")
+@click.option("--annotate", "annotate_path", type=click.Path(dir_okay=False), default=None,
+              help="Write an MP4 copy of the video with the label, score and rep count on each frame.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+def predict_video(video: str, config_path: Optional[str], head: Optional[str], fmt: str, plot_path: Optional[str],
+                  annotate_path: Optional[str], progress: Optional[bool], repetitive: tuple[str, ...],
+                  **flags: Any) -> None:
+    """Classify a video frame by frame: smoothed scores, segments and repetition counts.
+
+    \b
+    Examples:
+      clipkit predict-video --config configs/demo.yaml workout.mp4
+      clipkit predict-video clip.mp4 --fps 5 --window 7 --plot scores.png --annotate labelled.mp4
+      clipkit predict-video clip.mp4 --head out/head --format json > clip.json
+      clipkit predict-video clip.mp4 --min-confidence 0.5 --fallback uncertain --min-segment-s 0.5
+      clipkit predict-video clip.mp4 --repetitive "a person doing a push-up=a person performing a plank"
+
+    \b
+    How it works: each sampled frame is scored like an image; the per-label probabilities are averaged
+    over a centered window; each frame takes the best smoothed label. Short rest-pose stretches inside a
+    set of reps join the set, and consecutive frames with one label form a segment. A rep is counted
+    each time an exercise's smoothed probability climbs to --rep-high after dropping to --rep-low.
+    JSON has every frame (raw and smoothed scores), the segments and the reps; CSV has the frames.
+    """
+    from ..predictor import build_predictor
+    from ..video import annotate_video, predict_video as run
+
+    if flags.get("fps") is not None and flags.get("stride") is not None:
+        raise ConfigError("give --fps or --stride, not both")
+    labels, rest_for = parse_repetitive(repetitive)
+    video_keys = ["fps", "stride", "window", "min_confidence", "fallback", "min_segment_s", "rest_label",
+                  "rest_gap_s", "rep_high", "rep_low"]
+    explicit = {k: flags.pop(k) for k in video_keys}
+    explicit.update(repetitive=labels or None, rest_for=rest_for or None)
+    overrides = {f"video.{k}": v for k, v in explicit.items() if k != "rest_for"}
+    cfg = build_config(config_path, **flags, **overrides)
+    if rest_for:
+        cfg.video.rest_for = {**cfg.video.rest_for, **rest_for}
+    predictor = build_predictor(cfg, head=head)
+    check_video_labels(cfg.video, predictor.labels, explicit)
+    show = sys.stderr.isatty() if progress is None else progress
+    doc = run(predictor, video, cfg.video, progress=show)
+    if plot_path:
+        write_plot(doc, plot_path)
+    if annotate_path:
+        annotate_video(video, annotate_path, doc)
+    out = {"table": lambda: render_table(doc), "csv": lambda: render_csv(doc),
+           "json": lambda: json.dumps(doc, indent=1)}[fmt]()
+    click.echo(out.rstrip("\n"))

@@ -1,0 +1,175 @@
+"""Per-frame scores -> smoothed series, decided labels, segments and repetition counts. Pure numpy.
+
+Everything here works on sampled frames: `probs` is (n_frames, n_classes) with rows summing to 1,
+`times` is (n_frames,) seconds from the start of the video, columns follow `classes`.
+
+The pipeline (see `analyze`):
+  1. smooth: centered moving average over `window` frames; the window shrinks at both ends (no zero padding,
+     which would pull the first and last frames towards 0);
+  2. decide: argmax of the smoothed row; below `min_confidence` the frame gets `fallback` (if given);
+  3. bouts: a short run of an exercise's rest label between two runs of that exercise is the top of a rep,
+     not a pause, so it joins the exercise (`rest_gap_s`);
+  4. flickers: runs shorter than `min_segment_s` join their longer neighbour;
+  5. segments: consecutive frames with one label;
+  6. reps: hysteresis on the smoothed probability of each repetitive label: a rep is counted when the
+     probability climbs to `high` after having dropped to `low` (the rest pose) since the last rep, so
+     noise around one threshold never counts twice. Only rises inside a segment of that label count.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """Centered moving average of (n, C) rows over `window` rows, shrinking the window at the ends.
+
+    Row i averages rows [i - (window-1)//2, i + window//2], clipped to [0, n). Rows that sum to 1 stay so.
+    """
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    if window <= 1 or n == 0:
+        return x.copy()
+    left, right = (window - 1) // 2, window // 2
+    csum = np.concatenate([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
+    idx = np.arange(n)
+    lo, hi = np.maximum(idx - left, 0), np.minimum(idx + right + 1, n)
+    counts = (hi - lo).reshape((n,) + (1,) * (x.ndim - 1))
+    return (csum[hi] - csum[lo]) / counts
+
+
+def decide(smoothed: np.ndarray, classes: Sequence[str], min_confidence: float = 0.0,
+           fallback: Optional[str] = None) -> list[str]:
+    """The argmax label of each (smoothed) row; `fallback` where the best score is below `min_confidence`."""
+    if len(smoothed) == 0:
+        return []
+    best = np.asarray(smoothed).argmax(axis=1)
+    top = np.asarray(smoothed)[np.arange(len(best)), best]
+    return [fallback if (fallback is not None and t < min_confidence) else classes[b] for b, t in zip(best, top)]
+
+
+def runs(labels: Sequence[Any]) -> list[tuple[int, int, Any]]:
+    """Maximal runs of equal labels as (start, stop, label), stop exclusive."""
+    out: list[tuple[int, int, Any]] = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            out.append((start, i, labels[start]))
+            start = i
+    return out
+
+
+def frame_ends(times: np.ndarray, end_s: Optional[float] = None) -> np.ndarray:
+    """When each sampled frame stops being current: the next frame's time; the last one lasts one median step."""
+    times = np.asarray(times, np.float64)
+    if len(times) == 0:
+        return times
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    last = times[-1] + step if end_s is None else max(end_s, times[-1])
+    return np.append(times[1:], last)
+
+
+def join_rest_gaps(labels: list[str], times: np.ndarray, rest_of: dict[str, str], max_gap_s: float,
+                   ends: Optional[np.ndarray] = None) -> list[str]:
+    """Relabel runs of an exercise's rest label shorter than `max_gap_s` that sit between two runs of it."""
+    out = list(labels)
+    ends = frame_ends(times) if ends is None else ends
+    rs = runs(out)
+    for k in range(1, len(rs) - 1):
+        start, stop, label = rs[k]
+        before, after = rs[k - 1][2], rs[k + 1][2]
+        if before == after and rest_of.get(before) == label and ends[stop - 1] - times[start] < max_gap_s:
+            out[start:stop] = [before] * (stop - start)
+    return out
+
+
+def drop_short(labels: list[str], times: np.ndarray, min_segment_s: float,
+               ends: Optional[np.ndarray] = None) -> list[str]:
+    """Runs shorter than `min_segment_s` take the label of their longer neighbour, shortest run first."""
+    out = list(labels)
+    ends = frame_ends(times) if ends is None else ends
+    while min_segment_s > 0:
+        rs = runs(out)
+        if len(rs) < 2:
+            break
+        dur = [ends[stop - 1] - times[start] for start, stop, _ in rs]
+        k = int(np.argmin(dur))
+        if dur[k] >= min_segment_s:
+            break
+        neighbours = [j for j in (k - 1, k + 1) if 0 <= j < len(rs)]
+        j = max(neighbours, key=lambda m: dur[m])
+        start, stop, _ = rs[k]
+        out[start:stop] = [rs[j][2]] * (stop - start)
+    return out
+
+
+def hysteresis_events(signal: np.ndarray, high: float, low: float) -> list[int]:
+    """Indices where `signal` reaches `high` after having been at or below `low` (or at the start).
+
+    (n,) -> rising-edge indices; a wobble that stays above `low` never re-arms the counter.
+    """
+    if low >= high:
+        raise ValueError(f"rep_low ({low}) must be below rep_high ({high})")
+    events, armed = [], True
+    for i, v in enumerate(np.asarray(signal, np.float64)):
+        if armed and v >= high:
+            events.append(i)
+            armed = False
+        elif not armed and v <= low:
+            armed = True
+    return events
+
+
+def make_segments(labels: Sequence[str], times: np.ndarray, smoothed: np.ndarray, classes: Sequence[str],
+                  ends: Optional[np.ndarray] = None) -> list[dict[str, Any]]:
+    """{label, start_s, end_s, frames, first, last, mean_score} per run; mean_score is the mean smoothed
+    probability of the segment's label (None for a fallback label that is not a class)."""
+    ends = frame_ends(times) if ends is None else ends
+    col = {c: i for i, c in enumerate(classes)}
+    segs = []
+    for start, stop, label in runs(list(labels)):
+        mean = float(np.mean(smoothed[start:stop, col[label]])) if label in col else None
+        segs.append({"label": label, "start_s": round(float(times[start]), 4),
+                     "end_s": round(float(ends[stop - 1]), 4), "frames": stop - start,
+                     "first": start, "last": stop - 1, "mean_score": mean})
+    return segs
+
+
+def count_reps(smoothed: np.ndarray, classes: Sequence[str], labels: Sequence[str], segments: list[dict],
+               repetitive: Sequence[str], high: float, low: float) -> dict[str, list[int]]:
+    """{repetitive label: frame positions of counted reps}; a rise counts only inside a segment of its label.
+
+    Adds `reps` to each segment of a repetitive label (in place).
+    """
+    events: dict[str, list[int]] = {}
+    for label in repetitive:
+        if label not in classes:
+            continue
+        rises = hysteresis_events(smoothed[:, list(classes).index(label)], high, low)
+        events[label] = [i for i in rises if labels[i] == label]
+    for seg in segments:
+        if seg["label"] in events:
+            seg["reps"] = sum(seg["first"] <= i <= seg["last"] for i in events[seg["label"]])
+    return events
+
+
+def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, window: int = 5,
+            min_confidence: float = 0.0, fallback: Optional[str] = None, min_segment_s: float = 0.0,
+            repetitive: Sequence[str] = (), rest_of: Optional[dict[str, str]] = None, rest_gap_s: float = 0.0,
+            rep_high: float = 0.6, rep_low: float = 0.4, end_s: Optional[float] = None) -> dict[str, Any]:
+    """The whole pipeline on (n, C) raw probabilities. Returns {smoothed, raw_labels, labels, segments,
+    rep_events, reps}: smoothed (n, C); labels after bouts and flicker removal; reps {label: count}."""
+    probs = np.asarray(probs, np.float64)
+    times = np.asarray(times, np.float64)
+    smoothed = moving_average(probs, window)
+    ends = frame_ends(times, end_s)
+    labels = decide(smoothed, classes, min_confidence, fallback)
+    rest_of = {k: v for k, v in (rest_of or {}).items() if k in repetitive}
+    if rest_gap_s > 0 and rest_of:
+        labels = join_rest_gaps(labels, times, rest_of, rest_gap_s, ends)
+    labels = drop_short(labels, times, min_segment_s, ends)
+    segments = make_segments(labels, times, smoothed, classes, ends)
+    events = count_reps(smoothed, classes, labels, segments, repetitive, rep_high, rep_low)
+    return {"smoothed": smoothed, "raw_labels": decide(probs, classes), "labels": labels, "segments": segments,
+            "rep_events": events, "reps": {k: len(v) for k, v in events.items()}}

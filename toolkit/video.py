@@ -1,0 +1,335 @@
+"""Videos: PyAV decoding -> per-frame scores from the Predictor -> smoothed series, segments and reps.
+
+Frames are decoded one at a time and scored in batches of `model.batch_size`, so memory holds one batch of
+images plus an (n_frames, n_classes) score table, however long the video. The annotated copy is written in a
+second decoding pass. The time-series logic (smoothing, segments, reps) lives in `reps.py`.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .config import VideoConfig
+from .errors import ConfigError, InputError
+from .reps import analyze
+
+TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the declared count: the file was cut short
+
+
+class VideoLimitError(InputError):
+    """A video is longer (seconds or frames) than the caller allows."""
+
+    http_status = 422
+
+
+@dataclass
+class VideoInfo:
+    """What the container says about its first video stream."""
+
+    path: str
+    width: int
+    height: int
+    fps: Optional[float]  # average frame rate; None when the container doesn't know
+    duration_s: Optional[float]
+    declared_frames: int  # 0 when the container doesn't say
+    codec: str
+
+
+def _open(path: str | Path):
+    import av
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"video '{path}' not found; check the path")
+    if p.stat().st_size == 0:
+        raise InputError(f"video '{path}' is an empty file; pass a video file (mp4, mov, mkv, webm, avi)")
+    try:
+        container = av.open(str(p))
+    except av.error.FFmpegError as e:
+        raise InputError(f"'{path}' is not a readable video ({_reason(e)}); pass a video file "
+                         "(mp4, mov, mkv, webm, avi), or re-encode it if it was cut short") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no"]
+        container.close()
+        raise InputError(f"'{path}' has no video stream (it has {', '.join(kinds)} streams); pass a video file")
+    return container
+
+
+def _reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e).splitlines()[0][:200] or e.__class__.__name__
+
+
+def _info(container, path: str | Path) -> VideoInfo:
+    s = container.streams.video[0]
+    duration = float(s.duration * s.time_base) if s.duration and s.time_base else \
+        (container.duration / 1e6 if container.duration else None)
+    rate = float(s.average_rate) if s.average_rate else None
+    return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, rate, duration, int(s.frames or 0),
+                     s.codec_context.name)
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Open a video only to read its metadata; InputError for anything that isn't one."""
+    with _open(path) as container:
+        return _info(container, path)
+
+
+def check_limits(info: VideoInfo, max_seconds: Optional[float], max_frames: Optional[int],
+                 fps: Optional[float], stride: int) -> None:
+    """VideoLimitError when the container already says the video is too long (decoding enforces it again)."""
+    if max_seconds is not None and info.duration_s is not None and info.duration_s > max_seconds:
+        raise VideoLimitError(f"video '{Path(info.path).name}' lasts {info.duration_s:.1f} s, over the limit of "
+                              f"{max_seconds:g} s; cut it shorter")
+    if max_frames is None or info.duration_s is None:
+        return
+    rate = fps if fps else (info.fps or 0) / stride
+    expected = int(info.duration_s * rate)
+    if expected > max_frames:
+        raise VideoLimitError(f"video '{Path(info.path).name}' would give ~{expected} sampled frames, over the limit "
+                              f"of {max_frames}; sample fewer with a lower fps or a larger stride")
+
+
+def iter_frames(path: str | Path, fps: Optional[float] = None, stride: int = 1, *,
+                max_seconds: Optional[float] = None, max_frames: Optional[int] = None,
+                stats: Optional[dict] = None) -> Iterator[tuple[int, float, Image.Image]]:
+    """Yield (frame index in the stream, time in seconds from the first frame, RGB PIL image) for the sampled
+    frames: one frame per 1/fps seconds when `fps` is given, else every `stride`-th frame.
+
+    Raises InputError for a file that isn't a video, has no video stream, has no decodable frame or is
+    truncated, and VideoLimitError past `max_seconds` / `max_frames` (sampled frames). `stats`, if given,
+    receives {decoded, sampled, info} at the end.
+    """
+    if stride < 1 or (fps is not None and fps <= 0):
+        raise InputError(f"bad sampling (fps={fps}, stride={stride}); use fps > 0 or stride >= 1")
+    import av
+
+    with _open(path) as container:
+        info = _info(container, path)
+        check_limits(info, max_seconds, max_frames, fps, stride)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        step = 1.0 / fps if fps else None
+        next_t, start, decoded, sampled = 0.0, None, 0, 0
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else decoded / (info.fps or 1.0)
+                start = t if start is None else start
+                t -= start
+                index = decoded
+                decoded += 1
+                if max_seconds is not None and t > max_seconds:
+                    raise VideoLimitError(f"video '{Path(path).name}' runs past the limit of {max_seconds:g} s; "
+                                          "cut it shorter")
+                if step is not None:
+                    if t < next_t - 1e-6:
+                        continue
+                    while next_t <= t + 1e-6:
+                        next_t += step
+                elif index % stride:
+                    continue
+                sampled += 1
+                if max_frames is not None and sampled > max_frames:
+                    raise VideoLimitError(f"video '{Path(path).name}' gives more than {max_frames} sampled frames; "
+                                          "sample fewer with a lower fps or a larger stride")
+                yield index, round(float(t), 6), frame.to_image()
+        except av.error.FFmpegError as e:
+            raise InputError(f"video '{path}' is truncated or corrupt: decoding failed after {decoded} frames "
+                             f"({_reason(e)}); re-encode or re-download it") from None
+    if decoded == 0:
+        raise InputError(f"video '{path}' has no decodable frames; check that it plays, or re-encode it")
+    if info.declared_frames and decoded < TRUNCATED_FRACTION * info.declared_frames:
+        raise InputError(f"video '{path}' is truncated: decoded {decoded} of {info.declared_frames} frames; "
+                         "re-encode or re-download it")
+    if stats is not None:
+        stats.update(decoded=decoded, sampled=sampled, info=info)
+
+
+def score_frames(predictor, frames: Iterator[tuple[int, float, Image.Image]], batch_size: int,
+                 labels: Optional[Sequence[str]] = None, progress: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame indices (n,), times (n,), probabilities (n, C) in the head's class order), scored in batches."""
+    from tqdm import tqdm
+
+    classes = predictor.head_for(labels).classes_
+    idx, times, probs, batch = [], [], [], []
+
+    def flush() -> None:
+        rows = predictor.predict_images([im for _, _, im in batch], labels=labels)
+        probs.extend([[r["scores"][c] for c in classes] for r in rows])
+        idx.extend(i for i, _, _ in batch)
+        times.extend(t for _, t, _ in batch)
+        batch.clear()
+
+    with tqdm(unit="frame", desc="scoring frames", disable=not progress, leave=False) as bar:
+        for item in frames:
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+                bar.update(batch_size)
+        if batch:
+            bar.update(len(batch))
+            flush()
+    return np.asarray(idx, np.int64), np.asarray(times, np.float64), np.asarray(probs, np.float64).reshape(
+        len(idx), len(classes))
+
+
+def rest_map(vcfg: VideoConfig, classes: Sequence[str]) -> dict[str, str]:
+    """{repetitive label: its rest label} for the labels present in `classes`."""
+    out = {}
+    for label in vcfg.repetitive:
+        rest = vcfg.rest_for.get(label, vcfg.rest_label)
+        if label in classes and rest in classes and rest != label:
+            out[label] = rest
+    return out
+
+
+def check_video_config(vcfg: VideoConfig) -> None:
+    """ConfigError for settings that are valid one by one but not together."""
+    if vcfg.min_confidence > 0 and vcfg.fallback is None:
+        raise ConfigError(f"min_confidence {vcfg.min_confidence:g} needs a fallback label for uncertain frames; "
+                          "add --fallback LABEL (e.g. --fallback uncertain)")
+    if vcfg.rep_low >= vcfg.rep_high:
+        raise ConfigError(f"rep_low ({vcfg.rep_low:g}) must be below rep_high ({vcfg.rep_high:g}); "
+                          "e.g. --rep-low 0.4 --rep-high 0.6")
+
+
+def predict_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Optional[Sequence[str]] = None,
+                  batch_size: Optional[int] = None, progress: bool = False, max_seconds: Optional[float] = None,
+                  max_frames: Optional[int] = None) -> dict[str, Any]:
+    """Classify a video frame by frame. Returns the JSON document (see `build_document`)."""
+    check_video_config(vcfg)
+    stats: dict[str, Any] = {}
+    frames = iter_frames(path, vcfg.fps, vcfg.stride, max_seconds=max_seconds, max_frames=max_frames, stats=stats)
+    bs = batch_size or predictor.extractor.cfg.batch_size
+    idx, times, probs = score_frames(predictor, frames, bs, labels, progress)
+    classes = list(predictor.head_for(labels).classes_)
+    info: VideoInfo = stats["info"]
+    end_s = info.duration_s if info.duration_s and times.size and info.duration_s >= times[-1] else None
+    result = analyze(probs, times, classes, window=vcfg.window, min_confidence=vcfg.min_confidence,
+                     fallback=vcfg.fallback, min_segment_s=vcfg.min_segment_s, repetitive=vcfg.repetitive,
+                     rest_of=rest_map(vcfg, classes), rest_gap_s=vcfg.rest_gap_s, rep_high=vcfg.rep_high,
+                     rep_low=vcfg.rep_low, end_s=end_s)
+    return build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result)
+
+
+def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, classes: list[str],
+                   idx: np.ndarray, times: np.ndarray, probs: np.ndarray, result: dict) -> dict[str, Any]:
+    """{video, model, pretrained, mode, labels, settings, frames: [...], segments: [...], reps, rep_events}."""
+    ident = predictor.extractor.identity
+    sm = result["smoothed"]
+    pos_of = {}
+    for label, positions in result["rep_events"].items():
+        for k, p in enumerate(positions, 1):
+            pos_of[int(p)] = (label, k)
+    frames = []
+    for k in range(len(idx)):
+        label = result["labels"][k]
+        score = float(sm[k, classes.index(label)]) if label in classes else float(sm[k].max())
+        row = {"index": int(idx[k]), "time_s": float(times[k]), "label": label, "score": round(score, 6),
+               "raw_label": result["raw_labels"][k],
+               "scores": {c: round(float(probs[k, j]), 6) for j, c in enumerate(classes)},
+               "smoothed": {c: round(float(sm[k, j]), 6) for j, c in enumerate(classes)}}
+        if k in pos_of:
+            row["rep"] = {"label": pos_of[k][0], "count": pos_of[k][1]}
+        frames.append(row)
+    segments = []
+    for seg in result["segments"]:
+        seg = dict(seg)
+        seg["first_index"], seg["last_index"] = int(idx[seg.pop("first")]), int(idx[seg.pop("last")])
+        if seg["mean_score"] is not None:
+            seg["mean_score"] = round(seg["mean_score"], 6)
+        segments.append(seg)
+    video = asdict(info)
+    video.update(path=str(info.path), decoded_frames=stats["decoded"], sampled_frames=stats["sampled"])
+    return {"video": video, "model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode,
+            "labels": classes, "settings": vcfg.model_dump(mode="json"), "frames": frames, "segments": segments,
+            "reps": result["reps"],
+            "rep_events": {lb: [{"index": int(idx[p]), "time_s": float(times[p])} for p in ps]
+                           for lb, ps in result["rep_events"].items()}}
+
+
+# ---------------------------------------------------------------- annotated copy
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def draw_overlay(img: Image.Image, label: str, score: float, reps: Optional[int], font) -> Image.Image:
+    """A dark band at the top with 'label  score  reps N' and a score bar."""
+    from PIL import ImageDraw
+
+    img = img.convert("RGB")
+    w, h = img.size
+    band = max(18, h // 9)
+    draw = ImageDraw.Draw(img, "RGBA")
+    draw.rectangle([0, 0, w, band], fill=(0, 0, 0, 160))
+    text = f"{label}  {score:.2f}" + (f"  reps {reps}" if reps is not None else "")
+    draw.text((4, 2), text, fill=(255, 255, 255, 255), font=font)
+    draw.rectangle([0, band - 3, int(w * max(0.0, min(score, 1.0))), band], fill=(80, 200, 120, 230))
+    return img
+
+
+def _encoder(container, rate: Fraction, width: int, height: int):
+    import av
+
+    for codec in ("libx264", "h264", "mpeg4"):
+        try:
+            av.codec.Codec(codec, "w")
+        except Exception:  # this ffmpeg build lacks the encoder
+            continue
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        return stream
+    raise InputError("this PyAV build has no h264 or mpeg4 encoder; reinstall PyAV (pip install av)")
+
+
+def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) -> Path:
+    """Write a copy of the video with each frame's current label, score and rep count drawn on it.
+
+    Every source frame shows the decision of the latest sampled frame at or before it. Atomic write.
+    """
+    import av
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.mp4")
+    keys = [f["index"] for f in doc["frames"]]
+    reps_so_far, running = [], {}
+    for f in doc["frames"]:
+        if "rep" in f:
+            running[f["rep"]["label"]] = f["rep"]["count"]
+        reps_so_far.append(running.get(f["label"]) if f["label"] in doc["reps"] else None)
+    try:
+        with _open(path) as src, av.open(str(tmp), "w", format="mp4") as dst:
+            s = src.streams.video[0]
+            s.thread_type = "AUTO"
+            w, h = s.codec_context.width // 2 * 2, s.codec_context.height // 2 * 2
+            rate = Fraction(s.average_rate or 25).limit_denominator(1001)
+            enc = _encoder(dst, rate, w, h)
+            font = _font(max(10, h // 14))
+            for i, frame in enumerate(src.decode(s)):
+                k = bisect.bisect_right(keys, i) - 1
+                img = frame.to_image().crop((0, 0, w, h))
+                if k >= 0:
+                    f = doc["frames"][k]
+                    img = draw_overlay(img, f["label"], f["score"], reps_so_far[k], font)
+                dst.mux(enc.encode(av.VideoFrame.from_image(img)))
+            dst.mux(enc.encode())
+        tmp.replace(out)
+    except av.error.FFmpegError as e:
+        raise InputError(f"could not write annotated video '{out}' ({_reason(e)}); check the path") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
