@@ -140,6 +140,9 @@ def iter_frames(path: str | Path, fps: Optional[float] = None, stride: int = 1, 
                                           "sample fewer with a lower fps or a larger stride")
                 yield index, round(float(t), 6), frame.to_image()
         except av.error.FFmpegError as e:
+            if decoded == 0:
+                raise InputError(f"video '{path}' has no decodable frames ({_reason(e)}); check that it plays, "
+                                 "or re-encode it") from None
             raise InputError(f"video '{path}' is truncated or corrupt: decoding failed after {decoded} frames "
                              f"({_reason(e)}); re-encode or re-download it") from None
     if decoded == 0:
@@ -209,7 +212,12 @@ def predict_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Option
     frames = iter_frames(path, vcfg.fps, vcfg.stride, max_seconds=max_seconds, max_frames=max_frames, stats=stats)
     bs = batch_size or predictor.extractor.cfg.batch_size
     idx, times, probs = score_frames(predictor, frames, bs, labels, progress)
-    classes = list(predictor.head_for(labels).classes_)
+    return summarize(predictor, vcfg, list(predictor.head_for(labels).classes_), idx, times, probs, stats)
+
+
+def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray, times: np.ndarray,
+              probs: np.ndarray, stats: dict[str, Any]) -> dict[str, Any]:
+    """Scored frames (indices (n,), times (n,), probabilities (n, C)) -> the JSON document."""
     info: VideoInfo = stats["info"]
     end_s = info.duration_s if info.duration_s and times.size and info.duration_s >= times[-1] else None
     result = analyze(probs, times, classes, window=vcfg.window, min_confidence=vcfg.min_confidence,

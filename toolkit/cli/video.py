@@ -133,7 +133,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     JSON has every frame (raw and smoothed scores), the segments and the reps; CSV has the frames.
     """
     from ..predictor import build_predictor
-    from ..video import annotate_video, predict_video as run
+    from ..video import annotate_video, predict_video as run, probe_video
 
     if flags.get("fps") is not None and flags.get("stride") is not None:
         raise ConfigError("give --fps or --stride, not both")
@@ -146,6 +146,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     cfg = build_config(config_path, **flags, **overrides)
     if rest_for:
         cfg.video.rest_for = {**cfg.video.rest_for, **rest_for}
+    probe_video(video)  # not a video / no video stream: fail before the (slow) model load
     predictor = build_predictor(cfg, head=head)
     check_video_labels(cfg.video, predictor.labels, explicit)
     show = sys.stderr.isatty() if progress is None else progress

@@ -1,0 +1,169 @@
+"""POST /v1/predict/video: the same JSON as `clipkit predict-video --format json`, with limits.
+
+The upload is streamed to a temporary file (413 past serve.max_video_bytes). Decoding and preprocessing run in
+worker threads one batch at a time; the model sees each batch through the micro-batcher, so a long video shares
+the model with image requests instead of holding it, and memory stays at one batch of frames. Duration and
+sampled-frame limits (serve.max_video_seconds / max_video_frames) answer 422, checked from the container's
+header first and again while decoding.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+
+from ..config import ServeConfig, VideoConfig
+from ..errors import ConfigError, InputError
+from .deps import SettingsDep, StateDep, parse_labels, with_deadline
+from .errors import ApiError
+from .images import display_name
+from .schemas import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1", tags=["video"])
+
+CHUNK = 1 << 20
+
+
+def temp_path(folder: str, filename: Optional[str]) -> Path:
+    """A path in `folder` that keeps the upload's suffix (a hint for the demuxer) and nothing else of its name."""
+    suffix = Path(filename or "").suffix.lower()
+    return Path(folder) / ("upload" + (suffix if suffix[1:].isalnum() and suffix.isascii() and len(suffix) <= 6
+                                       else ""))
+
+
+def save_upload(upload: UploadFile, max_bytes: int, path: Path) -> None:
+    """Worker thread: copy the upload to `path`, 413 once it passes `max_bytes`, 400 when empty."""
+    name = display_name(upload.filename, 0)
+    if upload.size is not None and upload.size > max_bytes:
+        raise _too_big(name, upload.size, max_bytes)
+    written = 0
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        while chunk := upload.file.read(CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise _too_big(name, written, max_bytes)
+            out.write(chunk)
+    if written == 0:
+        raise ApiError(400, "invalid_video", f"{name!r} is empty; send a video file (mp4, mov, mkv, webm, avi)")
+
+
+def _too_big(name: str, n: int, limit: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"{name!r} is over the {limit}-byte video limit "
+                    f"(serve.max_video_bytes; got at least {n} bytes); send a shorter or smaller video")
+
+
+class FrameBatches:
+    """Pulls batches of preprocessed frames from `iter_frames` in worker threads; thread-safe close."""
+
+    def __init__(self, frames: Iterator, preprocess, batch_size: int):
+        self.frames, self.preprocess, self.batch_size = frames, preprocess, batch_size
+        self.lock = threading.Lock()
+
+    def next(self) -> list[tuple[int, float, Any]]:
+        """Up to batch_size (index, time_s, tensor); [] at the end."""
+        with self.lock:
+            out = []
+            for index, t, img in self.frames:
+                out.append((index, t, self.preprocess(img)))
+                if len(out) == self.batch_size:
+                    break
+            return out
+
+    def close(self) -> None:
+        with self.lock:
+            self.frames.close()
+
+
+def video_config(request: Request, **given: Any) -> VideoConfig:
+    """The server's video defaults (app.state.video, else VideoConfig()) with the query's overrides; 422 if bad."""
+    base: VideoConfig = getattr(request.app.state, "video", None) or VideoConfig()
+    data = base.model_dump()
+    data.update({k: v for k, v in given.items() if v is not None})
+    if given.get("fps") is not None and given.get("stride") is not None:
+        raise ApiError(422, "invalid_request", "give fps or stride, not both")
+    try:
+        vcfg = VideoConfig.model_validate(data)
+        from ..video import check_video_config
+
+        check_video_config(vcfg)
+    except ConfigError as e:
+        raise ApiError(422, "invalid_request", e.message) from None
+    except ValueError as e:  # pydantic ValidationError
+        raise ApiError(422, "invalid_request", str(e).splitlines()[0]) from None
+    return vcfg
+
+
+async def score_upload(path: Path, vcfg: VideoConfig, labels: Optional[list[str]], state, settings: ServeConfig):
+    """(indices, times, (n, C) probabilities, stats) for the video at `path`, batch by batch."""
+    from ..video import iter_frames
+
+    predictor, batcher = state.predictor, state.batcher
+    stats: dict[str, Any] = {}
+    frames = iter_frames(path, vcfg.fps, vcfg.stride, max_seconds=settings.max_video_seconds,
+                         max_frames=settings.max_video_frames, stats=stats)
+    batches = FrameBatches(frames, predictor.extractor.preprocess, settings.max_batch_size)
+    idx, times, probs = [], [], []
+    try:
+        while batch := await asyncio.to_thread(batches.next):
+            feats = await batcher.submit([x for _, _, x in batch])
+            rows = await batcher.call(predictor.predict_features, feats, None, labels)
+            classes = list(rows[0]["scores"])
+            probs += [[r["scores"][c] for c in classes] for r in rows]
+            idx += [i for i, _, _ in batch]
+            times += [t for _, t, _ in batch]
+    finally:
+        await asyncio.to_thread(batches.close)
+    return np.asarray(idx, np.int64), np.asarray(times, np.float64), np.asarray(probs, np.float64), stats
+
+
+@router.post("/predict/video", responses=ERROR_RESPONSES,
+             summary="Classify a video frame by frame: smoothed scores, segments and repetition counts")
+async def predict_video(
+        request: Request, state: StateDep, settings: SettingsDep,
+        file: Annotated[UploadFile, File(description="A video (MP4, MOV, MKV, WebM, AVI)")],
+        labels: Annotated[Optional[list[str]], Form(description="Zero-shot only: labels instead of the default "
+                                                    "ones; repeat the field or put one per line")] = None,
+        fps: Annotated[Optional[float], Query(gt=0, description="Frames scored per second of video")] = None,
+        stride: Annotated[Optional[int], Query(ge=1, description="Score every K-th frame (instead of fps)")] = None,
+        window: Annotated[Optional[int], Query(ge=1, description="Moving-average window, in frames")] = None,
+        min_confidence: Annotated[Optional[float], Query(ge=0, le=1)] = None,
+        fallback: Annotated[Optional[str], Query(max_length=200)] = None,
+        min_segment_s: Annotated[Optional[float], Query(ge=0)] = None,
+        rest_gap_s: Annotated[Optional[float], Query(ge=0)] = None,
+        rep_high: Annotated[Optional[float], Query(gt=0, le=1)] = None,
+        rep_low: Annotated[Optional[float], Query(ge=0, lt=1)] = None) -> dict[str, Any]:
+    """The same document as `clipkit predict-video --format json`: every sampled frame's raw and smoothed
+    scores and label, the segments, and the repetition counts. 413 past serve.max_video_bytes, 422 past
+    serve.max_video_seconds or serve.max_video_frames, 400 for a file that isn't a decodable video."""
+    from ..video import VideoLimitError, summarize
+
+    vcfg = video_config(request, fps=fps, stride=stride, window=window, min_confidence=min_confidence,
+                        fallback=fallback, min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_high=rep_high,
+                        rep_low=rep_low)
+    label_list = parse_labels(labels, settings)
+    head = await state.batcher.call(state.predictor.head_for, label_list)  # bad labels fail before decoding
+    folder = tempfile.mkdtemp(prefix="clipkit-video-")
+    path, name = temp_path(folder, file.filename), display_name(file.filename, 0)
+    try:
+        await asyncio.to_thread(save_upload, file, settings.max_video_bytes, path)
+        idx, times, probs, stats = await with_deadline(score_upload(path, vcfg, label_list, state, settings),
+                                                       settings)
+        doc = await asyncio.to_thread(summarize, state.predictor, vcfg, list(head.classes_), idx,
+                                      times, probs.reshape(len(idx), len(head.classes_)), stats)
+    except InputError as e:  # messages name our temporary file: name the upload instead
+        message = e.message.replace(str(path), name).replace(path.name, name)
+        if isinstance(e, VideoLimitError):
+            raise ApiError(422, "video_too_long", message) from None
+        raise ApiError(400, "invalid_video", message) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    doc["video"]["path"] = name
+    doc["video"]["path"] = display_name(file.filename, 0)
+    return doc
