@@ -103,6 +103,10 @@ class ServeConfig(_Section):
     max_video_bytes: int = Field(100 * 1024 * 1024, ge=1)
     max_video_seconds: float = Field(600.0, gt=0)
     max_video_frames: int = Field(5000, ge=1)
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1)  # whole request body, refused (413) while streaming
+    max_label_chars: int = Field(200, ge=1)  # per label in a request
+    retry_after_s: int = Field(1, ge=0)  # the Retry-After header sent with 503
+    shutdown_grace_s: float = Field(30.0, ge=0)  # after SIGTERM: longest wait for in-flight requests
 
 
 class VideoConfig(_Section):

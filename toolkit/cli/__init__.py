@@ -43,3 +43,5 @@ from . import demo as _demo  # noqa: E402
 main.add_command(_demo.demo_data); main.add_command(_demo.demo_video)
 from . import video as _video  # noqa: E402
 main.add_command(_video.predict_video)
+from . import serve as _serve  # noqa: E402
+main.add_command(_serve.serve)

@@ -1,0 +1,157 @@
+"""create_app(cfg, head): the FastAPI app. The model loads in the lifespan, in the background, never at import.
+
+While it loads, /healthz answers and /readyz says 503; API routes answer 503 + Retry-After until ready.
+Every error, ours or the framework's, leaves as one JSON shape: {"error": {"status", "code", "message"}}.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import Config
+from ..errors import ConfigError, ModelError, ToolkitError
+from .batcher import MicroBatcher
+from .deps import require_api_key
+from .errors import ApiError, error_body, status_code_name, toolkit_error_parts
+from .metrics import Metrics
+from .middleware import RequestGuard
+from .routes_page import STATIC_DIR
+from .state import ServiceState
+
+log = logging.getLogger("clipkit.serve")
+
+
+def resolve_head(cfg: Config, head: Optional[str] = None) -> Optional[str]:
+    """The head to serve: `head` when given, else serve.head in probe mode, else None (zero-shot)."""
+    if head:
+        return head
+    if cfg.serve.mode == "probe":
+        if not cfg.serve.head:
+            raise ConfigError("serve.mode is 'probe' but no head was given; pass --head PATH|runs:/ID/head|"
+                              "models:/NAME/VERSION, or use --mode zeroshot")
+        return cfg.serve.head
+    return None
+
+
+def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
+    """The service for a config. `head` (a folder, runs:/ or models:/ URI) serves a probe; else zero-shot."""
+    head = resolve_head(cfg, head)
+    state, metrics = ServiceState(settings=cfg.serve.model_copy()), Metrics()
+    metrics.track(depth=lambda: state.batcher.depth if state.batcher else 0,
+                  in_flight=lambda: state.in_flight, ready=lambda: 1.0 if state.ready else 0.0)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load(state, metrics, cfg, head), name="clipkit-load")
+        try:
+            yield
+        finally:
+            if state.phase in ("loading", "ready"):
+                state.begin_drain()
+            loader.cancel()
+            if state.batcher is not None:
+                await state.batcher.stop()
+
+    app = FastAPI(title="clipkit", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  description="Zero-shot CLIP or a trained linear probe over HTTP. Errors share one shape: "
+                              '`{"error": {"status", "code", "message"}}`.')
+    app.state.service, app.state.metrics = state, metrics
+    _add_error_handlers(app)
+    app.add_middleware(RequestGuard, state=state, metrics=metrics)
+
+    from . import routes_health, routes_page, routes_predict, routes_video
+
+    api_key = [Depends(require_api_key)]
+    app.include_router(routes_health.router)
+    app.include_router(routes_page.router)
+    app.include_router(routes_predict.router, dependencies=api_key)
+    app.include_router(routes_video.router, dependencies=api_key)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+async def _load(state: ServiceState, metrics: Metrics, cfg: Config, head: Optional[str]) -> None:
+    """Build the Predictor off the event loop, warm the model up, start the batcher; or record the failure."""
+    t0 = time.perf_counter()
+    try:
+        predictor = await asyncio.to_thread(_build, cfg, head)
+    except ToolkitError as e:
+        state.error, state.phase = e, "failed"
+        log.error("error: %s", e.message)
+        return
+    except Exception as e:  # an unexpected failure still leaves a readable reason behind
+        log.exception("model load failed")
+        state.error, state.phase = ModelError(f"model load failed ({e.__class__.__name__}: {e})"), "failed"
+        return
+    s = cfg.serve
+    batcher = MicroBatcher(_encoder(predictor.extractor), max_batch_size=s.max_batch_size,
+                           max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, enabled=s.micro_batching,
+                           on_batch=metrics.observe_batch)
+    batcher.start()
+    state.predictor, state.batcher = predictor, batcher
+    if state.phase == "loading":
+        state.phase = "ready"
+    log.info("clipkit: %s model %s loaded in %.1fs; ready", predictor.mode, predictor.extractor.identity.label,
+             time.perf_counter() - t0)
+
+
+def _build(cfg: Config, head: Optional[str]):
+    """Worker thread: the predictor, plus one warm-up forward pass so the first request is not the slow one."""
+    from PIL import Image
+
+    from ..predictor import build_predictor
+
+    predictor = build_predictor(cfg, head=head)
+    predictor.predict_images([Image.new("RGB", (64, 64))])
+    return predictor
+
+
+def _encoder(extractor):
+    import torch
+
+    def encode(tensors: list) -> Any:
+        """(3, H, W) preprocessed tensors -> (n, D) L2-normalized float32."""
+        return extractor.encode_batch(torch.stack(tensors))
+
+    return encode
+
+
+def _json_error(status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ToolkitError)
+    async def toolkit_error(request: Request, exc: ToolkitError) -> JSONResponse:
+        return _json_error(*toolkit_error_parts(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, ApiError):
+            return _json_error(exc.status_code, exc.code, exc.message, exc.headers)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see /docs for the API"
+        return _json_error(exc.status_code, status_code_name(exc.status_code), message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+        return _json_error(422, "validation_error", f"field '{where}': {first.get('msg')}; see /docs for the "
+                           "expected form fields")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _json_error(500, "internal_error", f"unexpected {exc.__class__.__name__}; the server log has "
+                           "the details")

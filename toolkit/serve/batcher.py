@@ -1,0 +1,190 @@
+"""Micro-batching: images from concurrent requests go through the model together.
+
+A request hands its preprocessed images to `MicroBatcher.submit`, which awaits their embeddings. One worker
+task takes the oldest job, then keeps gathering jobs until the batch holds `max_batch_size` images or
+`max_wait_ms` have passed since it took the first, and runs the model on all of them in one call. While
+the model runs, new jobs queue up, so under load batches fill without waiting at all.
+
+The model runs in ONE dedicated thread (never on the event loop); everything else that touches the model
+(text encoding for a new label set, scoring) goes through `call`, so the model is never used concurrently.
+
+The queue is bounded in images: `submit` raises `QueueFull` at once instead of letting callers wait without
+bound. A caller that gives up (deadline) cancels its job; a job cancelled before its batch runs costs nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The queue can't take this job now; retry later."""
+
+    def __init__(self, depth: int, capacity: int, n: int):
+        super().__init__(f"queue holds {depth}/{capacity} images, can't take {n} more")
+        self.depth, self.capacity, self.n = depth, capacity, n
+
+
+@dataclass(eq=False)
+class _Job:
+    inputs: list
+    future: asyncio.Future
+    counted: bool = field(default=True)  # still counted in the queue depth
+
+
+class MicroBatcher:
+    """Gathers `submit`ted inputs into model batches.
+
+    encode: list of inputs (e.g. (3, H, W) tensors) -> (n, D) array, called in the model thread.
+    on_batch: optional callback(n_images, seconds) after each model call (metrics).
+    """
+
+    def __init__(self, encode: Callable[[list], np.ndarray], *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 queue_size: int = 256, enabled: bool = True,
+                 on_batch: Optional[Callable[[int, float], None]] = None):
+        self.encode, self.on_batch = encode, on_batch
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000.0
+        self.queue_size, self.enabled = queue_size, enabled
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clipkit-model")
+        self._jobs: deque[_Job] = deque()
+        self._depth = 0
+        self._arrived: Optional[asyncio.Event] = None
+        self._worker: Optional[asyncio.Task] = None
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._arrived = asyncio.Event()
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="clipkit-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker; jobs still queued fail with RuntimeError; waits for a running model call."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the service is shutting down"))
+        await asyncio.to_thread(self._executor.shutdown, True)
+
+    @property
+    def depth(self) -> int:
+        """Images accepted and not yet handed to the model (queued or being gathered)."""
+        return self._depth
+
+    # -- API
+    async def submit(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Inputs -> (len(inputs), D) embeddings, in order. Raises QueueFull when the queue can't take them."""
+        n = len(inputs)
+        if self._worker is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        if self._depth + n > self.queue_size and self._depth > 0:
+            raise QueueFull(self._depth, self.queue_size, n)
+        job = _Job(list(inputs), asyncio.get_running_loop().create_future())
+        self._depth += n
+        job.future.add_done_callback(lambda _f, j=job: self._release(j))
+        self._jobs.append(job)
+        self._arrived.set()
+        return await job.future  # cancelling the caller cancels the job
+
+    async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run fn(*args, **kwargs) in the model thread (for anything else that uses the model)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    # -- worker
+    def _release(self, job: _Job) -> None:
+        if job.counted:
+            job.counted = False
+            self._depth -= len(job.inputs)
+
+    def _take(self) -> Optional[_Job]:
+        """Pop the oldest job that is still wanted (cancelled ones are dropped)."""
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                return job
+        return None
+
+    async def _next_batch(self) -> list[_Job]:
+        """Wait for a job, then gather more until the batch is full or max_wait has passed."""
+        loop = asyncio.get_running_loop()
+        first = None
+        while first is None:
+            first = self._take()
+            if first is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+        batch = [first]
+        if not self.enabled:
+            return batch
+        deadline = loop.time() + self.max_wait_s
+        while True:
+            n = sum(len(j.inputs) for j in batch if not j.future.done())
+            if n >= self.max_batch_size:
+                break
+            if self._jobs and not self._jobs[0].future.done():
+                if n + len(self._jobs[0].inputs) > self.max_batch_size and n > 0:
+                    break  # doesn't fit: it starts the next batch
+                batch.append(self._jobs.popleft())
+                continue
+            if self._jobs:  # a cancelled job at the head
+                self._jobs.popleft()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    def _encode_all(self, inputs: list) -> np.ndarray:
+        """Model thread: encode in chunks of max_batch_size (one request may hold more images than that)."""
+        out = []
+        for i in range(0, len(inputs), self.max_batch_size):
+            chunk = inputs[i:i + self.max_batch_size]
+            t0 = time.perf_counter()
+            out.append(self.encode(chunk))
+            if self.on_batch is not None:
+                self.on_batch(len(chunk), time.perf_counter() - t0)
+        return np.concatenate(out)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            live = [j for j in batch if not j.future.done()]
+            for j in live:
+                self._release(j)
+            if not live:
+                continue
+            inputs = [x for j in live for x in j.inputs]
+            try:
+                feats = await loop.run_in_executor(self._executor, self._encode_all, inputs)
+            except asyncio.CancelledError:  # stop() while the model ran
+                for j in live:
+                    j.future.cancel()
+                raise
+            except Exception as e:  # the model failed: every job in the batch gets the error
+                for j in live:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            start = 0
+            for j in live:
+                end = start + len(j.inputs)
+                if not j.future.done():
+                    j.future.set_result(feats[start:end])
+                start = end

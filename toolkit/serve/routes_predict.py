@@ -1,0 +1,88 @@
+"""POST /v1/predict, POST /v1/embed, GET /v1/info."""
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Callable, Optional
+
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+
+from .deps import SettingsDep, StateDep, parse_labels, read_uploads, with_deadline
+from .images import decode_image
+from .schemas import ERROR_RESPONSES, EmbedResponse, InfoResponse, PredictResponse
+from .state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["classify"])
+
+FilesField = Annotated[list[UploadFile], File(description="One or more images (JPEG, PNG, WebP, BMP, GIF)")]
+
+
+def _to_tensors(uploads: list[tuple[str, bytes]], preprocess: Callable, max_pixels: int) -> list:
+    """Worker thread: validate and decode each upload, then preprocess; one full-size image in memory at a time."""
+    return [preprocess(decode_image(data, name, max_pixels)) for name, data in uploads]
+
+
+async def encode_uploads(uploads: list[tuple[str, bytes]], state: ServiceState) -> np.ndarray:
+    """(name, bytes) uploads -> (n, D) L2-normalized embeddings, through the micro-batcher."""
+    tensors = await asyncio.to_thread(_to_tensors, uploads, state.predictor.extractor.preprocess,
+                                      state.settings.max_pixels)
+    return await state.batcher.submit(tensors)
+
+
+def _model_fields(state: ServiceState) -> dict[str, Any]:
+    ident = state.predictor.extractor.identity
+    return {"model": ident.model, "pretrained": ident.pretrained}
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
+             summary="Classify images: the best label and every label's probability")
+async def predict(files: FilesField, state: StateDep, settings: SettingsDep,
+                  labels: Annotated[Optional[list[str]], Form(
+                      description="Zero-shot only: labels to score instead of the default ones; repeat the field "
+                                  "or put one label per line")] = None,
+                  top_k: Annotated[Optional[int], Form(ge=1, description="How many labels in `top_k` "
+                                                       "(default: all)")] = None) -> dict[str, Any]:
+    """The same numbers as `clipkit predict --format json` on the same files and labels."""
+    label_list = parse_labels(labels, settings)
+    predictor, batcher = state.predictor, state.batcher
+
+    async def work():
+        head = await batcher.call(predictor.head_for, label_list)  # bad labels fail before any image work
+        uploads = await read_uploads(files, settings)
+        feats = await encode_uploads(uploads, state)
+        rows = await batcher.call(predictor.predict_features, feats, top_k, label_list)
+        return head, uploads, rows
+
+    head, uploads, rows = await with_deadline(work(), settings)
+    return {**_model_fields(state), "mode": predictor.mode, "labels": list(head.classes_),
+            "results": [{"file": name, **row} for (name, _), row in zip(uploads, rows)]}
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,
+             summary="L2-normalized image embeddings")
+async def embed(files: FilesField, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
+    async def work():
+        uploads = await read_uploads(files, settings)
+        return uploads, await encode_uploads(uploads, state)
+
+    uploads, feats = await with_deadline(work(), settings)
+    return {**_model_fields(state), "dim": int(feats.shape[1]),
+            "results": [{"file": name, "embedding": row.tolist()} for (name, _), row in zip(uploads, feats)]}
+
+
+@router.get("/info", response_model=InfoResponse, responses=ERROR_RESPONSES,
+            summary="Model identity, mode, labels, templates or head metadata, limits")
+async def info(state: StateDep) -> dict[str, Any]:
+    s = state.settings
+    try:
+        ver = version("clipkit")
+    except PackageNotFoundError:
+        ver = "unknown"
+    return {**state.predictor.info(), "version": ver,
+            "limits": {"max_files": s.max_files, "max_upload_bytes": s.max_upload_bytes,
+                       "max_request_bytes": s.max_request_bytes, "max_pixels": s.max_pixels,
+                       "max_labels": s.max_labels, "max_label_chars": s.max_label_chars,
+                       "request_timeout_s": s.request_timeout_s, "formats": ["JPEG", "PNG", "WebP", "BMP", "GIF"]},
+            "batching": {"micro_batching": s.micro_batching, "max_batch_size": s.max_batch_size,
+                         "max_wait_ms": s.max_wait_ms, "queue_size": s.queue_size}}

@@ -1,0 +1,76 @@
+"""Response models (they are the OpenAPI schema at /docs)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    status: int = Field(examples=[413])
+    code: str = Field(examples=["too_many_pixels"])
+    message: str = Field(examples=["'bomb.png' is 50000x50000 = 2500000000 pixels, over the 40000000-pixel limit"])
+
+
+class ErrorResponse(BaseModel):
+    """Every error, whatever its status."""
+
+    error: ErrorBody
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ImageResult(BaseModel):
+    file: str = Field(description="The uploaded file's name, as sent (display only)")
+    label: str = Field(description="The best label")
+    score: float = Field(description="Its probability")
+    scores: dict[str, float] = Field(description="Probability per label, in the head's label order; sums to 1")
+    top_k: list[LabelScore] = Field(description="The top_k labels, best first")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    pretrained: Optional[str]
+    mode: str = Field(description="zeroshot or probe")
+    labels: list[str] = Field(description="The labels scored, in order")
+    results: list[ImageResult] = Field(description="One per uploaded file, in upload order")
+
+
+class EmbedResult(BaseModel):
+    file: str
+    embedding: list[float] = Field(description="L2-normalized image embedding, length `dim`")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    pretrained: Optional[str]
+    dim: int
+    results: list[EmbedResult]
+
+
+class InfoResponse(BaseModel):
+    mode: str
+    model: str
+    pretrained: Optional[str]
+    identity: dict[str, Any] = Field(description="What makes features comparable (model, weights hash, ...)")
+    labels: list[str]
+    head: dict[str, Any] = Field(description="Zero-shot: templates and logit scale. Probe: its training metadata")
+    limits: dict[str, Any]
+    batching: dict[str, Any]
+    version: str
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok", "ready"])
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in {
+        400: "Empty or corrupt image", 401: "API key missing or wrong", 413: "Too large: bytes, pixels or files",
+        415: "Not a JPEG, PNG, WebP, BMP or GIF image", 422: "Bad labels or form fields",
+        503: "Overloaded (Retry-After), loading, or shutting down", 504: "Deadline exceeded",
+    }.items()
+}

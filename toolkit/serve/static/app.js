@@ -1,0 +1,130 @@
+// clipkit web page: choose or drop an image, edit the labels (zero-shot), see the scores as bars.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { file: null, defaultLabels: [], mode: null };
+
+function apiHeaders() {
+  const key = sessionStorage.getItem("clipkit-api-key");
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, { ...options, headers: { ...apiHeaders(), ...(options.headers || {}) } });
+  let body = null;
+  try { body = await resp.json(); } catch (e) { body = null; }
+  if (resp.status === 401) $("key-box").hidden = false;
+  if (!resp.ok) {
+    const message = body && body.error ? body.error.message : `HTTP ${resp.status}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+async function loadInfo() {
+  try {
+    const info = await api("/v1/info");
+    state.mode = info.mode;
+    state.defaultLabels = info.labels;
+    $("model-info").textContent = `${info.mode === "zeroshot" ? "zero-shot" : "trained probe"} · ${info.model}` +
+      (info.pretrained ? ` / ${info.pretrained}` : "") + ` · ${info.labels.length} labels`;
+    if (info.mode === "zeroshot") {
+      $("labels-box").hidden = false;
+      if (!$("labels").value.trim()) $("labels").value = info.labels.join("\n");
+    }
+    showError("");
+  } catch (e) {
+    $("model-info").textContent = "not ready";
+    showError(e.message);
+    if (!$("key-box").hidden) return;  // waiting for a key
+    setTimeout(loadInfo, 2000);  // the model may still be loading
+  }
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  state.file = file;
+  const img = $("preview");
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(file);
+  img.hidden = false;
+  $("drop-text").textContent = file.name;
+  $("classify").disabled = false;
+  classify();
+}
+
+function renderBars(result) {
+  const bars = $("bars");
+  bars.replaceChildren();
+  const entries = Object.entries(result.scores).sort((a, b) => b[1] - a[1]);
+  entries.forEach(([label, score], i) => {
+    const row = document.createElement("li");
+    row.className = "bar-row" + (i === 0 ? " best" : "");
+    const name = document.createElement("span");
+    name.className = "bar-label";
+    name.textContent = label;
+    const pct = document.createElement("span");
+    pct.className = "bar-pct";
+    pct.textContent = `${(100 * score).toFixed(1)}%`;
+    const track = document.createElement("div");
+    track.className = "bar-track";
+    const fill = document.createElement("div");
+    fill.className = "bar-fill";
+    fill.style.width = `${(100 * score).toFixed(2)}%`;
+    track.appendChild(fill);
+    row.append(name, pct, track);
+    bars.appendChild(row);
+  });
+}
+
+async function classify() {
+  if (!state.file) return;
+  const form = new FormData();
+  form.append("files", state.file, state.file.name);
+  if (state.mode === "zeroshot") {
+    const labels = $("labels").value.split("\n").map((s) => s.trim()).filter(Boolean);
+    if (labels.join("\n") !== state.defaultLabels.join("\n")) form.append("labels", labels.join("\n"));
+  }
+  $("classify").disabled = true;
+  $("status").textContent = "Classifying…";
+  try {
+    const body = await api("/v1/predict", { method: "POST", body: form });
+    const r = body.results[0];
+    $("status").textContent = `Best: ${r.label} (${(100 * r.score).toFixed(1)}%)`;
+    renderBars(r);
+    showError("");
+  } catch (e) {
+    $("status").textContent = "";
+    $("bars").replaceChildren();
+    showError(e.message);
+  } finally {
+    $("classify").disabled = false;
+  }
+}
+
+function setup() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault(); drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => chooseFile(e.dataTransfer.files[0]));
+  $("classify").addEventListener("click", classify);
+  $("reset-labels").addEventListener("click", () => { $("labels").value = state.defaultLabels.join("\n"); });
+  $("api-key").addEventListener("change", (e) => {
+    sessionStorage.setItem("clipkit-api-key", e.target.value.trim());
+    $("key-box").hidden = true;
+    loadInfo();
+  });
+  loadInfo();
+}
+
+document.addEventListener("DOMContentLoaded", setup);
