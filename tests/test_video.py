@@ -197,7 +197,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     text.write_text("this is not a video\n" * 20)
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    big = write_plain_video(tmp_path / "full.mp4", n=100, noisy=True, faststart=True).read_bytes()
+    big = write_plain_video(tmp_path / "full.mp4", n=50, fps=25, noisy=True, faststart=True).read_bytes()
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(big[: len(big) // 2])  # the index survives, half the frames don't
     moov_last = write_plain_video(tmp_path / "ml.mp4", n=40, noisy=True).read_bytes()

@@ -89,7 +89,8 @@ def check_limits(info: VideoInfo, max_seconds: Optional[float], max_frames: Opti
                               f"{max_seconds:g} s; cut it shorter")
     if max_frames is None or info.duration_s is None:
         return
-    rate = fps if fps else (info.fps or 0) / stride
+    source = info.fps or 0.0
+    rate = (min(fps, source) if source else fps) if fps else source / stride  # sampling can't add frames
     expected = int(info.duration_s * rate)
     if expected > max_frames:
         raise VideoLimitError(f"video '{Path(info.path).name}' would give ~{expected} sampled frames, over the limit "

@@ -1,0 +1,119 @@
+"""POST /v1/predict/video in-process: same document as the CLI, limits (413 / 422), bad videos (400)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from toolkit.cli import main
+from toolkit.config import Config, ModelConfig, ServeConfig
+from toolkit.serve import create_app
+
+from test_video import bad_inputs, tiny_args, write_plain_video
+
+
+def make_cfg(tiny_model, **serve) -> Config:
+    return Config(model=ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"], device="cpu",
+                                    batch_size=8, num_workers=0),
+                  serve=ServeConfig(max_wait_ms=1, max_batch_size=8, **serve))
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return
+        assert r.json()["error"]["code"] != "load_failed", r.json()
+        time.sleep(0.05)
+    raise AssertionError("app not ready in time")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model):
+    limits = dict(max_video_bytes=400_000, max_video_seconds=6.0, max_video_frames=60)
+    with TestClient(create_app(make_cfg(tiny_model, **limits))) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from toolkit.demo.video import write_video
+
+    path = tmp_path_factory.mktemp("serve_clip") / "clip.mp4"
+    write_video(path, [("standing", 1.0), ("squat", 3, 1.0), ("standing", 1.0)], seed=1, size=(64, 64), fps=8)
+    return path
+
+
+def post(client, path, name=None, **params):
+    with open(path, "rb") as f:
+        return client.post("/v1/predict/video", params=params, files={"file": (name or path.name, f, "video/mp4")})
+
+
+def test_video_route_matches_the_cli(client, clip, tiny_model):
+    r = post(client, clip, stride=2, window=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["video"]["path"] == "clip.mp4" and body["video"]["sampled_frames"] == 20
+    assert [f["index"] for f in body["frames"]] == list(range(0, 40, 2))
+    assert body["settings"]["window"] == 3 and body["settings"]["stride"] == 2
+    cli = CliRunner().invoke(main, ["predict-video", str(clip), *tiny_args(tiny_model), "--stride", "2",
+                                    "--window", "3", "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    doc = json.loads(cli.stdout)
+    assert [f["label"] for f in body["frames"]] == [f["label"] for f in doc["frames"]]
+    for a, b in zip(body["frames"], doc["frames"]):
+        for label, p in a["smoothed"].items():
+            assert p == pytest.approx(b["smoothed"][label], abs=1e-4)
+    strip = ("first_index", "last_index", "mean_score")
+    assert [{k: v for k, v in s.items() if k not in strip} for s in body["segments"]] == \
+        [{k: v for k, v in s.items() if k not in strip} for s in doc["segments"]]
+    assert body["reps"] == doc["reps"]
+
+
+def test_custom_labels_and_bad_params(client, clip):
+    r = client.post("/v1/predict/video", params={"fps": 2},
+                    files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")},
+                    data={"labels": "a red square\na blue circle"})
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == ["a red square", "a blue circle"] and len(r.json()["frames"]) == 10
+    for params, fragment in [({"fps": 2, "stride": 2}, "not both"), ({"window": 0}, "window"),
+                             ({"rep_high": 0.3, "rep_low": 0.5}, "must be below rep_high"),
+                             ({"min_confidence": 0.5}, "needs a fallback")]:
+        r = post(client, clip, **params)
+        assert r.status_code == 422 and fragment in r.json()["error"]["message"], (params, r.text)
+
+
+def test_limits_413_and_422(client, tmp_path):
+    big = write_plain_video(tmp_path / "big.mp4", n=60, noisy=True, size=(320, 240))
+    assert big.stat().st_size > 400_000
+    r = post(client, big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+    assert "'big.mp4'" in r.json()["error"]["message"]
+    long = write_plain_video(tmp_path / "long.mp4", n=80, fps=10)  # 8 s > 6 s
+    r = post(client, long)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "video_too_long"
+    assert "long.mp4" in r.json()["error"]["message"] and "upload" not in r.json()["error"]["message"]
+    many = write_plain_video(tmp_path / "many.mp4", n=50, fps=10)  # 5 s, fine; 50 frames at 25 fps -> 125
+    r = post(client, many, fps=25)
+    assert r.status_code == 200  # sampling can't invent frames: 50 decoded
+    r = post(client, write_plain_video(tmp_path / "dense.mp4", n=55, fps=10), stride=1)
+    assert r.status_code == 200
+    r = post(client, write_plain_video(tmp_path / "fast.mp4", n=90, fps=30))  # 3 s, 90 frames > 60
+    assert r.status_code == 422 and "90 sampled frames" in r.json()["error"]["message"]
+    assert post(client, tmp_path / "fast.mp4", stride=2).status_code == 200
+
+
+@pytest.mark.parametrize("case", ["text", "empty", "audio", "truncated", "zero_frames"])
+def test_bad_videos_are_400_without_hanging(client, tmp_path, case):
+    path, fragment = bad_inputs(tmp_path)[case]
+    r = post(client, path, name=f"mine{path.suffix}")
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_video" and f"mine{path.suffix}" in err["message"]
+    assert "/tmp" not in err["message"] and "clipkit-video-" not in err["message"]
+    assert client.get("/readyz").status_code == 200  # the service is still fine
