@@ -1,15 +1,34 @@
 """MLflow tracking: the ONLY toolkit module that imports mlflow (lazily, inside functions).
 
-SKELETON written by the lead to fix the interface; the tracking engineer (issue 5) implements it.
+The store is `sqlite:///mlflow.db` with artifacts in ./mlartifacts unless the config names another URI (the
+CLI fills it from --tracking-uri or $MLFLOW_TRACKING_URI), e.g. a team's `mlflow server`. Every run is
+tagged `kind` (prompt | probe) and `dataset`, so `clipkit compare` can line prompt sets up against probes.
+
+A run starts before the work it records and ends FINISHED only when everything was logged; an exception
+ends it FAILED (KILLED on Ctrl-C) with the error in the `error` tag and a traceback in error.txt.
+A probe run also logs its head as an MLflow model from code (toolkit/mlflow_model.py) and registers it.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import traceback
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .config import Config, TrackingConfig
+from .config import Config, TrackingConfig, config_to_yaml
+from .errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+HEAD_PATH = "head"  # the head folder's artifact path in a probe run: runs:/RUN_ID/head
+MODEL_NAME = "model"  # the pyfunc model's name in a probe run: runs:/RUN_ID/model
+SMALL_CHECKPOINT = 50 * 2**20  # local checkpoints below this size travel with the logged model
+PARAM_MAX = 6000  # MLflow's limit on a param value's length
+KINDS = ("prompt", "probe")
 
 
 def resolve_uri(tcfg: TrackingConfig) -> str:
@@ -17,9 +36,214 @@ def resolve_uri(tcfg: TrackingConfig) -> str:
     return tcfg.uri or DEFAULT_URI
 
 
-def check_tracking(tcfg: TrackingConfig) -> None:
+def experiment_name(tcfg: TrackingConfig, dataset_name: str) -> str:
+    """The configured experiment, else one per dataset: 'clipkit-<dataset>'."""
+    return tcfg.experiment or f"clipkit-{dataset_name}"
+
+
+# ---------------------------------------------------------------- reachability (no mlflow import)
+
+def check_tracking(tcfg: TrackingConfig, timeout: float = 5.0) -> None:
     """Raise TrackingError quickly when tracking is enabled but the store can't be reached (before heavy work)."""
-    raise NotImplementedError
+    if not tcfg.enabled:
+        return
+    uri = resolve_uri(tcfg)
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+        raise TrackingError(f"tracking URI '{uri}' is MLflow's old file store, which MLflow 3 refuses; use "
+                            "--tracking-uri sqlite:///mlflow.db or an http:// server")
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (http/https only)
+            r.read(64)
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise TrackingError(f"MLflow tracking server at '{uri}' answered HTTP {e.code} on /health; check the "
+                                "server's log, pass another --tracking-uri, or --no-track") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"MLflow tracking server at '{uri}' can't be reached ({reason}); start it "
+                            "(`mlflow server --host 127.0.0.1 --port 5000`), pass another --tracking-uri, "
+                            "or --no-track") from None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is None or str(path) in ("", ":memory:"):
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise TrackingError(f"tracking database folder '{folder}' of '{uri}' does not exist or is not writable; "
+                            "create it, pass another --tracking-uri, or --no-track")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise TrackingError(f"'{path}' named by tracking URI '{uri}' is not an SQLite database; "
+                                    "pass another --tracking-uri")
+
+
+# ---------------------------------------------------------------- mlflow access
+
+def _mlflow(uri: str):
+    """The mlflow module, pointed at `uri` (quiet progress bars, no autologging surprises)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _artifact_location(tcfg: TrackingConfig, uri: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts: a server picks its own; a database store gets ./mlartifacts."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    loc = tcfg.artifact_location
+    return loc if "://" in loc else Path(loc).expanduser().resolve().as_uri()
+
+
+def _experiment_id(mlflow, tcfg: TrackingConfig, name: str, create: bool = True) -> Optional[str]:
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_uri(tcfg)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None and create:
+        try:
+            return mlflow.create_experiment(name, artifact_location=_artifact_location(tcfg, uri))
+        except MlflowException:  # created by someone else in between
+            exp = mlflow.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment '{name}' in '{uri}' is deleted; restore it in the MLflow UI or pass "
+                            "another --experiment")
+    return exp.experiment_id if exp is not None else None
+
+
+def _mlflow_error(e: BaseException, uri: str, what: str) -> TrackingError:
+    first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+    return TrackingError(f"MLflow could not {what} in '{uri}': {first}; check --tracking-uri (or --no-track)")
+
+
+def _flat_params(params: dict[str, Any]) -> dict[str, str]:
+    """Param values as MLflow wants them: strings no longer than its limit, lists joined by ' | '."""
+    out = {}
+    for k, v in params.items():
+        if v is None:
+            v = "none"
+        elif isinstance(v, (list, tuple)):
+            v = " | ".join(str(x) for x in v)
+        elif isinstance(v, dict):
+            v = json.dumps(v, sort_keys=True, default=str)
+        v = str(v)
+        out[k] = v if len(v) <= PARAM_MAX else v[:PARAM_MAX - 3] + "..."
+    return out
+
+
+def metric_key(name: str) -> str:
+    """A metric name MLflow accepts (alphanumerics, _ - . space / :)."""
+    return "".join(ch if ch.isalnum() or ch in "_-. /:" else "_" for ch in name)
+
+
+class TrackedRun:
+    """An open MLflow run: thin logging helpers over the fluent API."""
+
+    def __init__(self, mlflow, run, cfg: Config, experiment: str):
+        self.mlflow, self.run, self.cfg, self.experiment = mlflow, run, cfg, experiment
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        self.mlflow.log_params(_flat_params(params))
+
+    def metrics(self, metrics: dict[str, Any]) -> None:
+        self.mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items() if v is not None})
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
+
+    def text(self, text: str, name: str) -> None:
+        self.mlflow.log_text(text, name)
+
+    def file(self, path: str | Path, folder: Optional[str] = None) -> None:
+        self.mlflow.log_artifact(str(path), folder)
+
+    def folder(self, path: str | Path, folder: Optional[str] = None) -> None:
+        self.mlflow.log_artifacts(str(path), folder)
+
+    def pyfunc_model(self, code_path: str | Path, artifacts: dict[str, str], classes: list[str],
+                     pip_requirements: list[str], registered_name: Optional[str] = None) -> dict[str, Any]:
+        """Log an MLflow model from code (a file calling mlflow.models.set_model) under MODEL_NAME; register it.
+
+        Signature: an 'image' string column in (a path or base64; raw bytes pass too), label + score + one
+        probability column per class out.
+        """
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        signature = ModelSignature(Schema([ColSpec("string", "image")]), Schema(
+            [ColSpec("string", "label"), ColSpec("double", "score"), *[ColSpec("double", c) for c in classes]]))
+        info = self.mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code_path), artifacts=artifacts,
+                                            signature=signature, pip_requirements=pip_requirements,
+                                            registered_model_name=registered_name)
+        version = getattr(info, "registered_model_version", None)
+        return {"model_uri": info.model_uri, "run_model_uri": f"runs:/{self.run_id}/{MODEL_NAME}",
+                "registered_uri": f"models:/{registered_name}/{version}" if registered_name and version else None}
+
+    def evaluation(self, m: dict[str, Any], prefix: str = "") -> None:
+        """accuracy, balanced_accuracy, macro_f1 and recall/<class> of a toolkit.metrics.evaluate() dict."""
+        self.metrics({f"{prefix}{k}": m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+        self.metrics({f"{prefix}recall/{c}": v["recall"] for c, v in (m.get("per_class") or {}).items()})
+
+
+@contextmanager
+def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[str] = None,
+                tags: Optional[dict[str, Any]] = None) -> Iterator[TrackedRun]:
+    """Start a run tagged kind/dataset in the dataset's experiment and log the full config (config.yaml).
+
+    The run ends FINISHED when the block completes, FAILED (KILLED on Ctrl-C) with the error recorded when
+    it raises; MLflow errors inside the block come out as TrackingError.
+    """
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_uri(cfg.tracking)
+    mlflow = _mlflow(uri)
+    name = experiment_name(cfg.tracking, dataset_name)
+    try:
+        exp_id = _experiment_id(mlflow, cfg.tracking, name)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+                               tags={"kind": kind, "dataset": dataset_name, **(tags or {})})
+    except MlflowException as e:
+        raise _mlflow_error(e, uri, f"start a run in experiment '{name}'") from e
+    handle = TrackedRun(mlflow, run, cfg, name)
+    try:
+        handle.text(config_to_yaml(cfg), "config.yaml")
+        yield handle
+    except BaseException as e:
+        _end_failed(mlflow, e)
+        if isinstance(e, MlflowException):
+            raise _mlflow_error(e, uri, f"log run {handle.run_id}") from e
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _end_failed(mlflow, e: BaseException) -> None:
+    """Record the error on the active run and end it FAILED (KILLED for Ctrl-C); best effort."""
+    status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+    message = getattr(e, "message", None) or str(e) or e.__class__.__name__
+    try:
+        mlflow.set_tags({"error": message[:5000], "error_type": e.__class__.__name__})
+        mlflow.log_text("".join(traceback.format_exception(type(e), e, e.__traceback__)), "error.txt")
+    except Exception:  # the store itself may be what failed
+        pass
+    try:
+        mlflow.end_run(status)
+    except Exception:
+        pass
 
 
 class _NoRun:
@@ -31,15 +255,102 @@ class _NoRun:
         return lambda *a, **k: None
 
 
+# ---------------------------------------------------------------- prompt runs
+
+@contextmanager
+def prompt_run(cfg: Config, dataset_name: str, prompt_set, store=None) -> Iterator[Any]:
+    """A run tagged kind=prompt, named 'prompt:<set>', for a PromptSet scored on a FeatureStore.
+
+    Yields an object with `log_result(PromptEval)`; an exception ends the run FAILED.
+    """
+    if not cfg.tracking.enabled:
+        yield _NoRun()
+        return
+    from .runlog import PromptRun
+
+    with tracked_run(cfg, dataset_name, "prompt", f"prompt:{prompt_set.name}",
+                     {"prompt_set": prompt_set.name}) as run:
+        yield PromptRun(run, prompt_set, store)
+
+
+# ---------------------------------------------------------------- probe runs
+
 @contextmanager
 def probe_run(cfg: Config, dataset_name: str, run_name: Optional[str] = None) -> Iterator[Any]:
     """A run tagged kind=probe. Yields an object with `log_result(result)`; an exception ends it FAILED."""
     if not cfg.tracking.enabled:
         yield _NoRun()
         return
-    raise NotImplementedError
+    from .runlog import ProbeRun
+
+    with tracked_run(cfg, dataset_name, "probe", run_name or f"probe:{cfg.probe.method}",
+                     {"method": cfg.probe.method}) as run:
+        yield ProbeRun(run)
 
 
-def download_head(uri: str) -> str:
-    """Download a head logged to MLflow (`runs:/RUN_ID/head`, `models:/NAME/VERSION`) to a local folder."""
-    raise NotImplementedError
+# ---------------------------------------------------------------- reading back
+
+def download_head(uri: str, tracking_uri: Optional[str] = None) -> str:
+    """Download a head logged to MLflow (`runs:/RUN_ID/head`, `models:/NAME/VERSION`) to a local folder.
+
+    The store is `tracking_uri`, else MLflow's own $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
+    Returns a folder holding head.json and head.safetensors.
+    """
+    from mlflow.exceptions import MlflowException
+
+    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    mlflow = _mlflow(store)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as e:
+        raise _mlflow_error(e, store, f"find head '{uri}'") from e
+    except OSError as e:
+        raise TrackingError(f"could not download head '{uri}' from '{store}' ({e}); check the URI") from None
+    for folder in (local, local / "artifacts" / HEAD_PATH, local / HEAD_PATH):
+        if (folder / "head.json").is_file():
+            return str(folder)
+    raise TrackingError(f"'{uri}' in '{store}' holds no head (no head.json); pass runs:/RUN_ID/{HEAD_PATH} of a "
+                        "probe run or models:/NAME/VERSION of a registered head")
+
+
+def search_runs(tcfg: TrackingConfig, experiment: Optional[str] = None) -> tuple[str, list[dict[str, Any]]]:
+    """(experiment name, FINISHED prompt/probe runs as plain dicts). Without a name: the experiment whose
+    clipkit run is the most recent."""
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_uri(tcfg)
+    mlflow = _mlflow(uri)
+    flt = "attributes.status = 'FINISHED'"  # tags can't be filtered with IN: kinds are picked below
+    try:
+        name = experiment or tcfg.experiment or _latest_experiment(mlflow, flt)
+        if name is None:
+            raise TrackingError(f"no prompt or probe runs in '{uri}' yet; run `clipkit eval-prompts DATA` or "
+                                "`clipkit train-probe DATA` first (or pass --tracking-uri)")
+        exp_id = _experiment_id(mlflow, tcfg, name, create=False)
+        if exp_id is None:
+            raise TrackingError(f"experiment '{name}' not found in '{uri}'; list them with `make mlflow-ui` or "
+                                "drop --experiment")
+        runs = mlflow.search_runs([exp_id], filter_string=flt, output_format="list", max_results=5000)
+    except MlflowException as e:
+        raise _mlflow_error(e, uri, "search runs") from e
+    return name, [_run_dict(r) for r in runs if r.data.tags.get("kind") in KINDS]
+
+
+def _latest_experiment(mlflow, flt: str) -> Optional[str]:
+    exps = mlflow.search_experiments(order_by=["last_update_time DESC"], max_results=200)
+    if not exps:
+        return None
+    runs = [run for kind in KINDS for run in mlflow.search_runs(
+        [e.experiment_id for e in exps], filter_string=f"{flt} AND tags.kind = '{kind}'", output_format="list",
+        max_results=1, order_by=["attributes.start_time DESC"])]
+    if not runs:
+        return None
+    latest = max(runs, key=lambda r: r.info.start_time)
+    return next(e.name for e in exps if e.experiment_id == latest.info.experiment_id)
+
+
+def _run_dict(run) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "name": run.info.run_name, "kind": run.data.tags.get("kind"),
+            "dataset": run.data.tags.get("dataset"), "start_time": run.info.start_time,
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+            "params": dict(run.data.params), "metrics": dict(run.data.metrics)}

@@ -1,0 +1,190 @@
+"""`clipkit eval-prompts` (prompt sets scored zero-shot, one MLflow run each) and `clipkit compare`."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from ..prompt_eval import SPLIT_CHOICES
+from .common import build_config, model_options
+
+STORE_ROOT = Path(".clipkit") / "features"
+
+
+def tracking_options(f: Callable) -> Callable:
+    """--experiment, --tracking-uri, --no-track (fill cfg.tracking through `tracking_overrides`)."""
+    opts = [
+        click.option("--experiment", default=None, help="MLflow experiment name. [default: clipkit-<dataset>]"),
+        click.option("--tracking-uri", default=None, help="MLflow store: sqlite:///FILE.db or http://HOST:PORT of an "
+                     "`mlflow server`. [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db + ./mlartifacts]"),
+        click.option("--no-track", is_flag=True, help="Don't record anything in MLflow."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
+def tracking_overrides(experiment: Optional[str], tracking_uri: Optional[str], no_track: bool) -> dict[str, Any]:
+    return {"tracking.experiment": experiment, "tracking.uri": tracking_uri,
+            "tracking.enabled": False if no_track else None}
+
+
+def default_store_path(dataset, identity) -> Path:
+    """.clipkit/features/<dataset>-<hash of root + extractor> under the working directory."""
+    from ..data import dataset_name
+
+    key = json.dumps({"root": str(dataset.root), "identity": identity.to_dict()}, sort_keys=True)
+    return STORE_ROOT / f"{dataset_name(dataset.root)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _open_data(data: str, cfg):
+    """(dataset or None, store or None, classes, dataset name): DATA is an image folder, a CSV or a store."""
+    from ..data import dataset_name, load_dataset
+    from ..store import FeatureStore
+
+    if FeatureStore.is_store(data):
+        store = FeatureStore.open(data)
+        root = store.meta.get("dataset_root") or data
+        return None, store, store.classes, dataset_name(root)
+    p = cfg.probe
+    ds = load_dataset(data, seed=p.seed, val_fraction=p.val_fraction, test_fraction=p.test_fraction)
+    return ds, None, ds.classes, dataset_name(data)
+
+
+def _results_table(rows: list[dict[str, Any]]) -> str:
+    width = max([len(r["prompt_set"]) for r in rows] + [10])
+    lines = [f"{'prompt set':<{width}} {'templates':>9} {'accuracy':>9} {'bal. acc':>9} {'macro-F1':>9}  run id"]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(f"{r['prompt_set']:<{width}} {r['template_count']:>9} {100 * m['accuracy']:>8.1f}% "
+                     f"{100 * m['balanced_accuracy']:>8.1f}% {100 * m['macro_f1']:>8.1f}%  {r['run_id'] or '-'}")
+    return "\n".join(lines)
+
+
+@click.command("eval-prompts")
+@click.argument("data")
+@model_options
+@click.option("--templates", "templates", multiple=True, help="none | people | openai_imagenet | a file with one "
+              "'{}' template per line. Repeat to compare several.")
+@click.option("--labels", "labels_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A file naming the classes, one per line. Repeat to compare several (x each --templates).")
+@click.option("--prompt-sets", type=click.Path(dir_okay=False), default=None,
+              help="YAML of named prompt sets; labels may map class -> prompt text. See configs/prompt_sets.yaml.")
+@click.option("--split", type=click.Choice(SPLIT_CHOICES), default="test", show_default=True,
+              help="Which images to score (test = the split a probe is tested on, for `clipkit compare`).")
+@click.option("--seed", type=int, default=None, help="Seed of the drawn val/test splits (as train-probe's). [default: 0]")
+@click.option("--store", "store_path", default=None, type=click.Path(file_okay=False),
+              help="Feature-store folder to reuse or fill. [default: .clipkit/features/<dataset>-<hash>]")
+@tracking_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ...], labels_files: tuple[str, ...],
+                 prompt_sets: Optional[str], split: str, seed: Optional[int], store_path: Optional[str],
+                 experiment: Optional[str], tracking_uri: Optional[str], no_track: bool, fmt: str,
+                 progress: Optional[bool], **flags: Any) -> None:
+    """Score several prompt sets zero-shot on one labelled dataset; one MLflow run (kind=prompt) each.
+
+    DATA is an image folder (ROOT/<class>/*.jpg or ROOT/{train,val,test}/<class>/), a CSV manifest
+    (path,label[,split]) or a feature store. Images are encoded once (into a feature store); each
+    prompt set costs one text encoding. Labels default to the class names.
+
+    \b
+    Examples:
+      clipkit eval-prompts out/demo --config configs/demo.yaml --templates none --templates people
+      clipkit eval-prompts out/demo --config configs/demo.yaml --prompt-sets configs/prompt_sets.yaml
+      clipkit eval-prompts shots.csv --templates people --labels a.txt --labels b.txt --format json
+      clipkit compare          # then rank them against trained probes
+    """
+    from .. import tracking
+    from ..prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
+
+    cfg = build_config(config_path, **flags, **tracking_overrides(experiment, tracking_uri, no_track),
+                       **{"probe.seed": seed})
+    dataset, store, classes, name = _open_data(data, cfg)
+    sets = load_prompt_sets(prompt_sets, classes) if prompt_sets else []
+    if templates or labels_files or not sets:
+        sets += prompt_sets_from_flags(templates, labels_files, classes, cfg.prompts.templates)
+    if len({s.name for s in sets}) != len(sets):
+        raise click.UsageError("two prompt sets share a name; rename one in the YAML")
+    tracking.check_tracking(cfg.tracking)  # before the model load
+    extractor, store = _extract(cfg, dataset, store, store_path, progress)
+    rows = []
+    for ps in sets:
+        with tracking.prompt_run(cfg, name, ps, store) as run:
+            ev = evaluate_prompt_set(extractor, store, ps, split)
+            run.log_result(ev)
+        rows.append({"prompt_set": ps.name, "template_count": len(ps.templates), "run_id": run.run_id,
+                     "metrics": {k: ev.metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")},
+                     "recall": {c: v["recall"] for c, v in ev.metrics["per_class"].items()}})
+    rows.sort(key=lambda r: -r["metrics"]["accuracy"])
+    exp = tracking.experiment_name(cfg.tracking, name)
+    if fmt == "json":
+        click.echo(json.dumps({"dataset": name, "split": split, "store": str(store.path),
+                               "experiment": exp if cfg.tracking.enabled else None, "results": rows}, indent=2))
+    else:
+        click.echo(_results_table(rows))
+    if cfg.tracking.enabled:
+        click.echo(f"logged {len(rows)} prompt run(s) to experiment '{exp}' in {tracking.resolve_uri(cfg.tracking)}; "
+                   f"rank them with `clipkit compare --experiment {exp}`", err=True)
+
+
+def _extract(cfg, dataset, store, store_path: Optional[str], progress: Optional[bool]):
+    """Load the extractor and the dataset's feature store (extracting what is missing)."""
+    from ..errors import DataError
+    from ..features import FeatureExtractor
+    from ..store import extract_store
+
+    extractor = FeatureExtractor.from_config(cfg.model)
+    if store is not None:
+        reason = extractor.identity.mismatch(store.identity)
+        if reason:
+            raise DataError(f"feature store '{store.path}' holds features of {store.identity.label}, not of "
+                            f"{extractor.identity.label} ({reason}); pass the store's --model/--pretrained")
+        return extractor, store
+    out = Path(store_path) if store_path else default_store_path(dataset, extractor.identity)
+    show = sys.stderr.isatty() if progress is None else progress
+    return extractor, extract_store(extractor, dataset, out, progress=show)
+
+
+@click.command()
+@click.option("--experiment", default=None, help="Experiment to compare. [default: the one with the latest run]")
+@click.option("--dataset", default=None, help="Dataset name, when an experiment holds runs on several.")
+@click.option("--metric", default="accuracy", show_default=True,
+              help="accuracy | balanced_accuracy | macro_f1 (or any metric the runs logged).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Bar chart PNG. [default: compare-<experiment>.png]")
+@click.option("--no-plot", is_flag=True, help="Don't write the bar chart.")
+@click.option("--tracking-uri", default=None, help="MLflow store. [default: $MLFLOW_TRACKING_URI, else "
+              "sqlite:///mlflow.db]")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config whose tracking section names the store.")
+def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt: str, plot_path: Optional[str],
+            no_plot: bool, tracking_uri: Optional[str], config_path: Optional[str]) -> None:
+    """Rank the prompt runs and probe runs of one dataset, best first, with the gain over zero-shot.
+
+    Gains are percentage points over the best prompt run (or, with none, over the zero-shot baseline
+    that probe runs scored on their own test split). Probe rows use test-split metrics; prompt runs
+    made with the default --split test use the same images when seed and fractions agree.
+
+    \b
+    Examples:
+      clipkit compare
+      clipkit compare --experiment clipkit-demo --metric macro_f1 --format json
+      clipkit compare --tracking-uri http://127.0.0.1:5000 --plot compare.png
+    """
+    from .. import tracking
+    from ..compare import bars_png, rank, render_json, render_table
+
+    cfg = build_config(config_path, **{"tracking.uri": tracking_uri, "tracking.enabled": True})
+    tracking.check_tracking(cfg.tracking)
+    name, runs = tracking.search_runs(cfg.tracking, experiment)
+    report = rank(runs, metric, dataset, name)
+    click.echo(render_json(report) if fmt == "json" else render_table(report))
+    if not no_plot:
+        path = Path(plot_path or f"compare-{name}.png")
+        bars_png(report, path)
+        click.echo(f"wrote {path}", err=True)
