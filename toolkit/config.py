@@ -81,6 +81,9 @@ class TrackingConfig(_Section):
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI (read by the CLI), else sqlite:///mlflow.db
     experiment: Optional[str] = None  # null: a default derived from the dataset name
     artifact_location: str = "./mlartifacts"
+    # A probe run registers its head as an MLflow model, so `--head models:/NAME/VERSION` works.
+    register_head: bool = True
+    registered_model: Optional[str] = None  # null: '<experiment>-head'
 
 
 class ServeConfig(_Section):

@@ -132,3 +132,37 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Sequence[str], path: str | Path,
+                        baseline: Optional[float] = None, title: str = "runs compared",
+                        metric: str = "accuracy") -> Path:
+    """Horizontal bars, best on top, one colour per run kind (prompt / probe), the zero-shot baseline dashed.
+    `values` are fractions in [0, 1], drawn as %. Atomic write."""
+    plt = _pyplot()
+    colors = {"prompt": "#4c72b0", "probe": "#dd8452"}
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.38 * n))
+    ys = np.arange(n)[::-1]  # first row (the best) at the top
+    vals = [100 * float(v) for v in values]
+    ax.barh(ys, vals, color=[colors.get(k, "gray") for k in kinds], height=0.7)
+    for y, v in zip(ys, vals):
+        ax.text(v + 0.5, y, f"{v:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(ys, [_short(f"{k}: {nm}", 34) for nm, k in zip(names, kinds)], fontsize=8)
+    if baseline is not None:
+        ax.axvline(100 * baseline, color="black", ls="--", lw=1, label=f"best zero-shot {100 * baseline:.1f}%")
+    for k, c in colors.items():
+        if k in kinds:
+            ax.barh([], [], color=c, label=k)
+    ax.set_xlim(0, min(110, max(vals + [100 * (baseline or 0)]) + 12))
+    ax.set_xlabel(f"{metric} (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -45,3 +45,5 @@ from . import video as _video  # noqa: E402
 main.add_command(_video.predict_video)
 from . import serve as _serve  # noqa: E402
 main.add_command(_serve.serve)
+from . import track as _track  # noqa: E402
+main.add_command(_track.eval_prompts); main.add_command(_track.compare)
