@@ -32,9 +32,12 @@ def get_settings(request: Request) -> ServeConfig:
 
 
 def get_ready_state(request: Request) -> ServiceState:
-    """The state, or 503 (with Retry-After) while loading, after a failed load, or while shutting down."""
+    """The state, or 503 (with Retry-After) while loading or after a failed load.
+
+    While draining, the guard middleware already refused new API requests; the ones that got in finish here.
+    """
     state: ServiceState = request.app.state.service
-    if not state.ready:
+    if state.predictor is None or state.phase not in ("ready", "draining"):
         raise state.not_ready_error()
     return state
 

@@ -42,6 +42,13 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, state: ServiceState, metrics: Metrics):
         self.app, self.state, self.metrics = app, state, metrics
 
+    def body_limit(self, path: str) -> int:
+        """serve.max_request_bytes; the video route may take one video of serve.max_video_bytes plus the form."""
+        s = self.state.settings
+        if path == "/v1/predict/video":
+            return max(s.max_request_bytes, s.max_video_bytes + (1 << 20))
+        return s.max_request_bytes
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -49,7 +56,7 @@ class RequestGuard:
         path, t0 = scope["path"], time.perf_counter()
         api = path.startswith("/v1/")
         status = {"code": 500}
-        limit = self.state.settings.max_request_bytes
+        limit = self.body_limit(path)
 
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
