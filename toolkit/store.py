@@ -1,0 +1,316 @@
+"""Feature stores: CLIP image features of a labelled dataset, on disk, memory-mappable.
+
+A complete store is a folder:
+
+    meta.json       written LAST and atomically: its presence is what makes the store complete
+    features.npy    (n_rows, D) float32, rows L2-normalized; open with np.load(mmap_mode="r")
+    index.csv       row,path,label,split: one line per row of features.npy
+
+While an extraction runs (or after it was interrupted) the folder holds instead:
+
+    extract.json          the plan: n_rows (= dataset size), dim, batch_size, fingerprint, identity
+    features.partial.npy  (n_rows, D) float32 at a fixed size; row i is dataset row i
+    progress/<writer>.jsonl  one JSON line per finished batch: {"batch": b, "errors": {"row": "message"}}
+
+Batch b covers dataset rows [b * batch_size, (b + 1) * batch_size). Each writer opens the partial file r+,
+writes its own batches, flushes, then appends a progress line; so an interrupted run resumes without
+redoing finished batches, and several processes can fill disjoint batches of one store (see StoreWriter).
+`finalize` drops the rows whose image failed to decode (listed in meta.json under "skipped").
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .data import LabelledDataset
+from .errors import DataError
+
+FORMAT = "clipkit-feature-store"
+FORMAT_VERSION = 1
+META, FEATURES, INDEX = "meta.json", "features.npy", "index.csv"
+PLAN, PARTIAL, PROGRESS = "extract.json", "features.partial.npy", "progress"
+_COPY_ROWS = 65536  # rows per chunk when compacting: 128 MiB at D=512
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fingerprint(dataset: LabelledDataset, identity) -> str:
+    """sha256 over the files' (path, size, mtime) in dataset order and the extractor's identity."""
+    h = hashlib.sha256(json.dumps(identity.to_dict(), sort_keys=True).encode())
+    for p in dataset.paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """A complete store, opened read-only: `features` (n, D) memmap, and parallel `paths`/`labels`/`splits`."""
+
+    def __init__(self, path: Path, features: np.ndarray, index: list[dict[str, str]], meta: dict[str, Any]):
+        self.path, self.features, self.index, self.meta = Path(path), features, index, meta
+        self.paths = np.asarray([r["path"] for r in index], dtype=object)
+        self.labels = np.asarray([r["label"] for r in index], dtype=object)
+        self.splits = np.asarray([r["split"] for r in index], dtype=object)
+        self.reused = False  # set by extract_store when it returned an existing store
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or sorted(set(self.labels)))
+
+    @property
+    def identity(self):
+        from .features import ExtractorIdentity  # open_clip only when someone needs the identity object
+
+        return ExtractorIdentity.from_dict(self.meta["identity"])
+
+    def split_indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    @staticmethod
+    def is_store(path: str | Path) -> bool:
+        """Whether `path` looks like a feature store folder (complete or not)."""
+        p = Path(path)
+        return p.is_dir() and ((p / META).is_file() or (p / PLAN).is_file())
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FeatureStore":
+        p = Path(path)
+        if not (p / META).is_file():
+            if (p / PLAN).is_file():
+                raise DataError(f"feature store '{path}' is incomplete (its extraction was interrupted); run "
+                                f"`clipkit extract DATA --out {path}` again to resume it")
+            raise DataError(f"'{path}' is not a feature store (no {META}); create one with `clipkit extract DATA --out {path}`")
+        try:
+            meta = json.loads((p / META).read_text())
+            feats = np.load(p / FEATURES, mmap_mode="r")
+            with open(p / INDEX, newline="", encoding="utf-8") as f:
+                index = list(csv.DictReader(f))
+        except (OSError, ValueError) as e:
+            raise DataError(f"feature store '{path}' is corrupt ({e.__class__.__name__}: {e}); delete it and "
+                            "extract again") from None
+        if meta.get("format") != FORMAT or feats.ndim != 2 or feats.shape != (meta.get("count"), meta.get("dim")) \
+                or len(index) != feats.shape[0]:
+            raise DataError(f"feature store '{path}' is corrupt (features {feats.shape}, {len(index)} index rows, "
+                            f"meta count {meta.get('count')}); delete it and extract again")
+        return cls(p, feats, index, meta)
+
+
+class StoreWriter:
+    """Fills the rows of an unfinished store, batch by batch. Several processes may each hold a StoreWriter
+    on the same folder (after one of them called `create_or_resume`) and write disjoint batches."""
+
+    def __init__(self, out: str | Path, writer: str = "main"):
+        self.out, self.writer = Path(out), writer
+        try:
+            self.plan = json.loads((self.out / PLAN).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"'{out}' has no readable extraction plan ({e}); start the extraction again") from None
+        self.batch_size, self.n_rows = int(self.plan["batch_size"]), int(self.plan["n_rows"])
+        self._features: Optional[np.memmap] = None
+
+    @classmethod
+    def create_or_resume(cls, out: str | Path, dataset: LabelledDataset, identity, fp: str,
+                         batch_size: int) -> "StoreWriter":
+        """Resume an unfinished extraction of the same files by the same extractor, else start afresh."""
+        out = Path(out)
+        plan_path = out / PLAN
+        if plan_path.is_file() and (out / PARTIAL).is_file():
+            try:
+                plan = json.loads(plan_path.read_text())
+            except ValueError:
+                plan = {}
+            if plan.get("fingerprint") == fp and plan.get("n_rows") == len(dataset):
+                return cls(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / META).unlink(missing_ok=True)  # first: from here on the folder is not a complete store
+        for name in (FEATURES, INDEX, PARTIAL):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / PROGRESS, ignore_errors=True)
+        (out / PROGRESS).mkdir()
+        dim = int(identity.embed_dim)
+        np.lib.format.open_memmap(out / PARTIAL, mode="w+", dtype=np.float32, shape=(len(dataset), dim)).flush()
+        _write_atomic(plan_path, json.dumps({"fingerprint": fp, "n_rows": len(dataset), "dim": dim,
+                                             "batch_size": int(batch_size), "identity": identity.to_dict(),
+                                             "started": time.time()}, indent=2))
+        return cls(out)
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n_rows // self.batch_size)
+
+    def batch_rows(self, batch: int) -> np.ndarray:
+        return np.arange(batch * self.batch_size, min((batch + 1) * self.batch_size, self.n_rows))
+
+    def finished(self) -> dict[int, dict[int, str]]:
+        """{batch: {row: error}} over every writer's progress file (a torn last line is ignored)."""
+        done: dict[int, dict[int, str]] = {}
+        for f in sorted((self.out / PROGRESS).glob("*.jsonl")):
+            for line in f.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    done[int(rec["batch"])] = {int(k): v for k, v in rec["errors"].items()}
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return done
+
+    def pending_batches(self, shard: int = 0, n_shards: int = 1) -> list[int]:
+        """Unfinished batches; with n_shards > 1, only those with batch % n_shards == shard."""
+        done = self.finished()
+        return [b for b in range(self.n_batches) if b not in done and b % n_shards == shard]
+
+    def write(self, batch: int, rows: np.ndarray, feats: np.ndarray, errors: dict[int, str]) -> None:
+        """Store (len(rows), D) features at dataset rows `rows`; then record the batch (and its failed rows) done."""
+        if self._features is None:
+            self._features = np.lib.format.open_memmap(self.out / PARTIAL, mode="r+")
+        if len(rows):
+            self._features[np.asarray(rows)] = feats
+            self._features.flush()
+        line = json.dumps({"batch": int(batch), "errors": {str(k): v for k, v in errors.items()}})
+        with open(self.out / PROGRESS / f"{self.writer}.jsonl", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finalize(self, dataset: LabelledDataset, extra_meta: Optional[dict[str, Any]] = None) -> FeatureStore:
+        """Compact the finished rows into features.npy, write index.csv, then meta.json (last, atomically)."""
+        done = self.finished()
+        missing = [b for b in range(self.n_batches) if b not in done]
+        if missing:
+            raise DataError(f"store '{self.out}' still has {len(missing)} unfinished batch(es) (first: {missing[0]}); "
+                            "run the extraction again to finish it")
+        errors = {r: e for errs in done.values() for r, e in errs.items()}
+        ok = np.asarray([i for i in range(self.n_rows) if i not in errors], dtype=np.int64)
+        if len(ok) == 0:
+            first = next(iter(errors.values()), "no rows")
+            raise DataError(f"none of the {self.n_rows} images in '{dataset.root}' could be read (first: {first}); "
+                            "check the files")
+        self._features = None
+        self._compact(ok, len(errors) > 0)
+        _write_atomic(self.out / INDEX, _index_csv(dataset, ok))
+        skipped = [{"row": int(r), "path": dataset.paths[r], "error": errors[r]} for r in sorted(errors)]
+        meta = _meta(dataset, ok, self.plan, skipped, extra_meta or {})
+        _write_atomic(self.out / META, json.dumps(meta, indent=2))
+        (self.out / PLAN).unlink(missing_ok=True)
+        shutil.rmtree(self.out / PROGRESS, ignore_errors=True)
+        return FeatureStore.open(self.out)
+
+    def _compact(self, ok: np.ndarray, any_failed: bool) -> None:
+        if not any_failed:  # every row is good: the partial file is the final file
+            os.replace(self.out / PARTIAL, self.out / FEATURES)
+            return
+        src = np.load(self.out / PARTIAL, mmap_mode="r")
+        tmp = self.out / f".{FEATURES}.tmp-{os.getpid()}"
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ok), src.shape[1]))
+        for start in range(0, len(ok), _COPY_ROWS):
+            dst[start:start + _COPY_ROWS] = src[ok[start:start + _COPY_ROWS]]
+        dst.flush()
+        del dst, src
+        os.replace(tmp, self.out / FEATURES)
+        (self.out / PARTIAL).unlink()
+
+
+def _index_csv(dataset: LabelledDataset, rows: np.ndarray) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "path", "label", "split"])
+    for new, old in enumerate(rows):
+        w.writerow([new, dataset.paths[old], dataset.labels[old], dataset.splits[old]])
+    return buf.getvalue()
+
+
+def _meta(dataset: LabelledDataset, rows: np.ndarray, plan: dict[str, Any], skipped: list[dict[str, Any]],
+          extra: dict[str, Any]) -> dict[str, Any]:
+    ident = plan["identity"]
+    labels = [dataset.labels[i] for i in rows]
+    splits = [dataset.splits[i] for i in rows]
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "count": int(len(rows)), "dim": int(plan["dim"]),
+        "dtype": "float32", "normalized": True, "identity": ident,
+        "preprocessing": {k: ident.get(k) for k in ("image_size", "mean", "std", "interpolation", "resize_mode")},
+        "classes": list(dataset.classes), "dataset_root": str(dataset.root),
+        "split_counts": {s: splits.count(s) for s in ("train", "val", "test")},
+        "class_counts": {c: labels.count(c) for c in dataset.classes},
+        "fingerprint": plan["fingerprint"], "batch_size": plan["batch_size"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "extraction_s": round(time.time() - float(plan.get("started", time.time())), 3),
+        "skipped": skipped, **extra,
+    }
+
+
+def _relabel(store: FeatureStore, dataset: LabelledDataset) -> FeatureStore:
+    """Same files and extractor, but labels or splits changed (e.g. another seed): rewrite index + meta only."""
+    pos = {p: i for i, p in enumerate(dataset.paths)}
+    rows = np.asarray([pos[p] for p in store.paths], dtype=np.int64)
+    if [dataset.labels[i] for i in rows] == list(store.labels) and \
+            [dataset.splits[i] for i in rows] == list(store.splits):
+        return store
+    _write_atomic(store.path / INDEX, _index_csv(dataset, rows))
+    meta = _meta(dataset, rows, {**store.meta, "n_rows": len(dataset)}, store.meta.get("skipped", []), {})
+    meta["created"] = store.meta.get("created", meta["created"])
+    _write_atomic(store.path / META, json.dumps(meta, indent=2))
+    return FeatureStore.open(store.path)
+
+
+def _reusable(out: Path, fp: str, dataset: LabelledDataset) -> Optional[FeatureStore]:
+    if not (out / META).is_file():
+        return None
+    try:
+        store = FeatureStore.open(out)
+    except DataError:
+        return None
+    if store.meta.get("fingerprint") != fp:
+        return None
+    return _relabel(store, dataset)
+
+
+def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_size: Optional[int] = None,
+                  progress: bool = False, num_workers: Optional[int] = None) -> FeatureStore:
+    """Encode every image of `dataset` into a store at `out`; reuse or resume an existing one when possible.
+
+    Memory stays flat: each batch goes straight into a memory-mapped file. Unreadable images are skipped
+    and listed in meta.json. A complete store of the same files by the same extractor is returned as is.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    fp = fingerprint(dataset, extractor.identity)
+    store = _reusable(out, fp, dataset)
+    if store is not None:
+        store.reused = True
+        return store
+    writer = StoreWriter.create_or_resume(out, dataset, extractor.identity, fp, batch_size or extractor.cfg.batch_size)
+    pending = writer.pending_batches()
+    rows = np.concatenate([writer.batch_rows(b) for b in pending]) if pending else np.zeros(0, np.int64)
+    paths = [dataset.paths[i] for i in rows]
+    with tqdm(total=len(dataset), initial=len(dataset) - len(rows), unit="img", desc="extracting",
+              disable=not progress, leave=False) as bar:
+        # pending batches are full except possibly the dataset's last, so the loader's batches line up with them
+        batches = extractor.iter_path_batches(paths, writer.batch_size, num_workers)
+        for batch, (idx, feats, errors) in zip(pending, batches):
+            if len(idx) + len(errors) != len(writer.batch_rows(batch)):
+                raise RuntimeError(f"extractor batch of {len(idx) + len(errors)} rows for store batch {batch}")
+            writer.write(batch, rows[np.asarray(idx, dtype=np.int64)], feats,
+                         {int(rows[i]): e for i, e in errors.items()})
+            bar.update(len(idx) + len(errors))
+    return writer.finalize(dataset)
