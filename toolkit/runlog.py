@@ -76,8 +76,8 @@ class ProbeRun:
         self.model_uri: Optional[str] = None
         self.registered_uri: Optional[str] = None
         p = run.cfg.probe
-        grid = ({"c_grid": f"logspace({p.c_min:g}, {p.c_max:g}, {p.c_steps}) + refinement", "max_iter": p.max_iter}
-                if p.method == "logreg" else
+        c_grid = p.c_grid or f"logspace({p.c_min:g}, {p.c_max:g}, {p.c_steps}) + refinement"
+        grid = ({"c_grid": c_grid, "max_iter": p.max_iter} if p.method == "logreg" else
                 {"weight_decay_grid": p.weight_decays, "lr": p.lr, "max_epochs": p.max_epochs,
                  "patience": p.patience, "batch_size": p.batch_size})
         self._logged = {**_split_params(run.cfg), "method": p.method, "init": p.init, "seed": p.seed,

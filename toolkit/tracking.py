@@ -16,6 +16,7 @@ import tempfile
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -187,9 +188,11 @@ class TrackedRun:
 
         signature = ModelSignature(Schema([ColSpec("string", "image")]), Schema(
             [ColSpec("string", "label"), ColSpec("double", "score"), *[ColSpec("double", c) for c in classes]]))
-        info = self.mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code_path), artifacts=artifacts,
-                                            signature=signature, pip_requirements=pip_requirements,
-                                            registered_model_name=registered_name)
+        with warnings.catch_warnings():  # an input example would make MLflow load the model (slow) to check it
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            info = self.mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code_path), artifacts=artifacts,
+                                                signature=signature, pip_requirements=pip_requirements,
+                                                registered_model_name=registered_name)
         version = getattr(info, "registered_model_version", None)
         return {"model_uri": info.model_uri, "run_model_uri": f"runs:/{self.run_id}/{MODEL_NAME}",
                 "registered_uri": f"models:/{registered_name}/{version}" if registered_name and version else None}

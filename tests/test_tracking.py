@@ -1,0 +1,345 @@
+"""MLflow tracking against a real SQLite store in a temporary folder: prompt runs, probe runs, failures,
+reachability, `clipkit compare`, the pyfunc head model, and heads loaded from runs:/ and models:/ URIs."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from toolkit.cli import main
+from toolkit.compare import rank
+from toolkit.config import load_config
+from toolkit.errors import DataError, TrackingError
+
+from tracking_fixtures import COLORS, PROMPT_SETS, color_dataset, empty_store, new_store, write_config
+
+CLASSES = sorted(COLORS)
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    return empty_store(tmp_path_factory.mktemp("mlflow-template"))
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory) -> Path:
+    return color_dataset(tmp_path_factory.mktemp("colors") / "colors")
+
+
+def _client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def _artifacts(uri: str, run_id: str) -> set[str]:
+    return {f.path for f in _client(uri).list_artifacts(run_id)}
+
+
+def _invoke(args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def _train_probe_run(cfg, data: Path, store_dir: Path, name: str = "colors"):
+    """What `clipkit train-probe` does: extract, then train inside a probe run and log the result."""
+    from toolkit import tracking
+    from toolkit.data import load_dataset
+    from toolkit.features import FeatureExtractor
+    from toolkit.probe import train_probe
+    from toolkit.store import extract_store
+    from toolkit.zeroshot import ZeroShotHead
+
+    tracking.check_tracking(cfg.tracking)
+    extractor = FeatureExtractor.from_config(cfg.model)
+    store = extract_store(extractor, load_dataset(data), store_dir)
+    zeroshot = ZeroShotHead.from_extractor(extractor, store.classes, ["{}"])
+    with tracking.probe_run(cfg, name) as run:
+        result = train_probe(store, cfg.probe, zeroshot)
+        run.log_result(result)
+    return run, result, store
+
+
+# ---------------------------------------------------------------- a populated store shared by several tests
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory, template_db, tiny_model, colors):
+    """Two prompt runs (eval-prompts CLI) and one probe run on the colour dataset, in one SQLite store."""
+    d = tmp_path_factory.mktemp("populated")
+    uri = new_store(template_db, d)
+    cfg_path = write_config(d / "cfg.yaml", tiny_model, uri, d / "mlartifacts", registered_model="colors-head")
+    (d / "sets.yaml").write_text(PROMPT_SETS)
+    res = _invoke(["eval-prompts", colors, "--config", cfg_path, "--prompt-sets", d / "sets.yaml",
+                   "--store", d / "store", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    prompt_doc = json.loads(res.stdout)
+    run, result, store = _train_probe_run(load_config(cfg_path), colors, d / "store")
+    return {"dir": d, "uri": uri, "config": cfg_path, "prompt_doc": prompt_doc, "probe_run": run,
+            "probe_result": result, "store": store}
+
+
+def test_eval_prompts_logs_one_finished_run_per_prompt_set(populated):
+    uri = populated["uri"]
+    runs = [r for r in _runs(uri, "clipkit-colors") if r.data.tags["kind"] == "prompt"]
+    assert sorted(r.info.run_name for r in runs) == ["prompt:bare", "prompt:described"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        p, m = r.data.params, r.data.metrics
+        assert p["model"].endswith("tiny-rn.json") and p["pretrained"].endswith("tiny-rn.safetensors")
+        assert {"pretrained", "labels", "templates", "template_count"} <= set(p)
+        assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(m)
+        assert {f"recall/{c}" for c in CLASSES} <= set(m)
+        assert {"confusion_matrix.png", "predictions.csv", "prompt_set.yaml", "config.yaml"} <= _artifacts(uri, r.info.run_id)
+        # the logged accuracy is what the logged predictions say
+        text = Path(_client(uri).download_artifacts(r.info.run_id, "predictions.csv")).read_text()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert len(rows) == 4 * len(CLASSES)  # the test split
+        assert m["accuracy"] == pytest.approx(np.mean([row["label"] == row["predicted"] for row in rows]))
+    described = next(r for r in runs if r.info.run_name == "prompt:described")
+    assert described.data.params["template_count"] == "2"
+    assert "a red patch" in described.data.params["labels"]
+    # the artifacts went to the configured artifact folder, not the working directory
+    assert any((populated["dir"] / "mlartifacts").rglob("predictions.csv"))
+
+
+def test_eval_prompts_json_matches_the_runs(populated):
+    doc = populated["prompt_doc"]
+    assert doc["experiment"] == "clipkit-colors" and doc["split"] == "test"
+    accs = [r["metrics"]["accuracy"] for r in doc["results"]]
+    assert accs == sorted(accs, reverse=True)
+    by_id = {r.info.run_id: r for r in _runs(populated["uri"], "clipkit-colors")}
+    for row in doc["results"]:
+        assert by_id[row["run_id"]].data.metrics["accuracy"] == pytest.approx(row["metrics"]["accuracy"])
+
+
+def test_probe_run_logs_params_metrics_artifacts_and_a_registered_model(populated):
+    uri, run = populated["uri"], populated["probe_run"]
+    r = _client(uri).get_run(run.run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["kind"] == "probe"
+    p, m = r.data.params, r.data.metrics
+    assert p["method"] == "logreg" and p["shots"] == "all" and p["seed"] == "0"
+    assert float(p["chosen_value"]) == pytest.approx(populated["probe_result"].params["C"])
+    assert "c_grid" in p and p["store_fingerprint"] == populated["store"].meta["fingerprint"][:16]
+    test = populated["probe_result"].metrics["test"]
+    assert m["accuracy"] == pytest.approx(test["accuracy"]) == pytest.approx(m["test_accuracy"])
+    assert {"val_accuracy", "zeroshot_test_accuracy", "gain_over_zeroshot"} <= set(m)
+    arts = _artifacts(uri, run.run_id)
+    assert {"confusion_matrix.png", "sweep.png", "config.yaml", "head"} <= arts
+    head_files = {Path(f.path).name for f in _client(uri).list_artifacts(run.run_id, "head")}
+    assert head_files == {"head.json", "head.safetensors"}
+    assert run.registered_uri == "models:/colors-head/1"
+    assert _client(uri).get_model_version("colors-head", "1").run_id == run.run_id
+
+
+def _images(colors: Path) -> list[str]:
+    return [str(next((colors / "test" / c).glob("*.png"))) for c in CLASSES]
+
+
+def _local_labels(populated, tiny_extractor, paths) -> list[str]:
+    from toolkit.predictor import Predictor
+
+    return [r["label"] for r in Predictor(tiny_extractor, populated["probe_result"].head).predict_paths(paths)]
+
+
+def test_pyfunc_model_loads_and_predicts_from_paths_base64_and_bytes(populated, colors, tiny_extractor):
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(populated["uri"])
+    model = mlflow.pyfunc.load_model("models:/colors-head/1")
+    paths = _images(colors)
+    raw = [Path(p).read_bytes() for p in paths]
+    frame = pd.DataFrame({"image": [paths[0], base64.b64encode(raw[1]).decode(), raw[2]]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["label", "score", *CLASSES]
+    assert list(out["label"]) == _local_labels(populated, tiny_extractor, paths)
+    assert np.allclose(out[CLASSES].sum(axis=1), 1.0, atol=1e-5)
+    # the small local checkpoint and model config travel with the model, so it loads offline
+    local = Path(mlflow.artifacts.download_artifacts(populated["probe_run"].model_uri))
+    names = {p.name for p in (local / "artifacts").iterdir()}
+    assert {"head", "tiny-rn.json", "tiny-rn.safetensors", "extractor.json"} <= names
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.cloudpickle"))
+
+
+@pytest.mark.parametrize("spec", ["runs:/{run_id}/head", "models:/colors-head/1"])
+def test_predict_loads_a_head_from_mlflow(populated, colors, tiny_extractor, tiny_model, spec):
+    head = spec.format(run_id=populated["probe_run"].run_id)
+    paths = _images(colors)
+    res = _invoke(["predict", *paths, "--head", head, "--model", tiny_model["config"], "--pretrained",
+                   tiny_model["checkpoint"], "--device", "cpu", "--format", "json"],
+                  env={"MLFLOW_TRACKING_URI": populated["uri"]})
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["mode"] == "probe"
+    assert [r["label"] for r in doc["results"]] == _local_labels(populated, tiny_extractor, paths)
+
+
+def test_predict_with_an_unknown_run_fails_cleanly(populated, colors):
+    res = CliRunner().invoke(main, ["predict", _images(colors)[0], "--head", "runs:/0123456789abcdef/head"],
+                             env={"MLFLOW_TRACKING_URI": populated["uri"]})
+    assert res.exit_code == 4
+    assert "runs:/0123456789abcdef/head" in res.output and "Traceback" not in res.output
+
+
+def test_compare_ranks_prompt_and_probe_runs_with_gain(populated):
+    d = populated["dir"]
+    res = _invoke(["compare", "--config", populated["config"], "--format", "json", "--plot", d / "bars.png"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["experiment"] == "clipkit-colors" and doc["dataset"] == "colors"
+    rows = doc["runs"]
+    assert sorted(r["kind"] for r in rows) == ["probe", "prompt", "prompt"]
+    accs = [r["accuracy"] for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    by_id = {r.info.run_id: r for r in _runs(populated["uri"], "clipkit-colors")}
+    best_prompt = max(by_id[r["run_id"]].data.metrics["accuracy"] for r in rows if r["kind"] == "prompt")
+    assert doc["baseline"] == pytest.approx(best_prompt)
+    for r in rows:
+        assert r["gain"] == pytest.approx(100 * (by_id[r["run_id"]].data.metrics["accuracy"] - best_prompt))
+        assert {"run_id", "kind", "params", "metrics"} <= set(r)
+    probe = next(r for r in rows if r["kind"] == "probe")
+    assert probe["params"]["method"] == "logreg"
+    assert (d / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    table = _invoke(["compare", "--config", populated["config"], "--no-plot"]).stdout.splitlines()
+    data_rows = [ln for ln in table if ln[:2].strip().isdigit()]
+    assert [ln.split()[1] for ln in data_rows] == [r["kind"] for r in rows]
+    assert rows[0]["run_id"] in data_rows[0]
+
+
+def test_compare_unknown_metric_names_the_known_ones(populated):
+    res = CliRunner().invoke(main, ["compare", "--config", populated["config"], "--metric", "acuracy", "--no-plot"])
+    assert res.exit_code == 2 and "acuracy" in res.output and "balanced_accuracy" in res.output
+
+
+# ---------------------------------------------------------------- failures and reachability
+
+def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, tiny_model, tiny_extractor, colors):
+    from toolkit import tracking
+    from toolkit.data import LabelledDataset
+    from toolkit.probe import train_probe
+    from toolkit.store import extract_store
+
+    uri = new_store(template_db, tmp_path)
+    cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
+    paths = sorted(str(p) for p in (colors / "train").rglob("*.png"))
+    labels = [Path(p).parent.name for p in paths]
+    no_val = LabelledDataset(colors, paths, labels, ["train", "test"] * (len(paths) // 2), CLASSES)
+    store = extract_store(tiny_extractor, no_val, tmp_path / "store")  # real, but without a val split
+    with pytest.raises(DataError):
+        with tracking.probe_run(cfg, "broken") as run:
+            train_probe(store, cfg.probe)
+    r = _client(uri).get_run(run.run_id)
+    assert r.info.status == "FAILED"
+    assert "no validation rows" in r.data.tags["error"] and r.data.tags["error_type"] == "DataError"
+    assert "error.txt" in _artifacts(uri, run.run_id)
+    assert not [x for x in _runs(uri, "clipkit-broken") if x.info.status == "FINISHED"]
+
+
+def test_a_failing_prompt_run_ends_failed_and_compare_ignores_it(tmp_path, template_db, tiny_model):
+    from toolkit import tracking
+    from toolkit.prompt_eval import PromptSet
+
+    uri = new_store(template_db, tmp_path)
+    cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
+    ps = PromptSet("p", {c: c for c in CLASSES}, ["{}"])
+    with pytest.raises(KeyError):
+        with tracking.prompt_run(cfg, "half", ps) as run:
+            raise KeyError("lost a column")
+    r = _client(uri).get_run(run.run_id)
+    assert r.info.status == "FAILED" and "lost a column" in r.data.tags["error"]
+    with pytest.raises(TrackingError, match="no finished prompt or probe runs"):
+        rank(tracking.search_runs(cfg.tracking, "clipkit-half")[1], experiment="clipkit-half")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_before_the_model_loads(colors, tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    # a model that doesn't exist: had the model loaded first, this would be a model error (exit 3)
+    res = CliRunner().invoke(main, ["eval-prompts", str(colors), "--model", str(tmp_path / "nope.json"),
+                                    "--tracking-uri", uri, "--store", str(tmp_path / "store")])
+    assert res.exit_code == 4, res.output
+    assert uri in res.output and "can't be reached" in res.output and "--no-track" in res.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_tracking_uri_comes_from_the_environment(colors, tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    res = CliRunner().invoke(main, ["eval-prompts", str(colors), "--model", str(tmp_path / "nope.json")],
+                             env={"MLFLOW_TRACKING_URI": uri})
+    assert res.exit_code == 4 and uri in res.output
+
+
+@pytest.mark.parametrize("uri, fragment", [("./mlruns", "old file store"),
+                                           ("sqlite:////no/such/folder/mlflow.db", "does not exist")])
+def test_check_tracking_refuses_unusable_stores(uri, fragment):
+    from toolkit.config import TrackingConfig
+    from toolkit.tracking import check_tracking
+
+    with pytest.raises(TrackingError, match=fragment):
+        check_tracking(TrackingConfig(uri=uri))
+    check_tracking(TrackingConfig(uri=uri, enabled=False))  # tracking off: nothing to check
+
+
+def test_no_track_records_nothing_and_flags_make_a_product(colors, tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "names.txt").write_text("\n".join(CLASSES) + "\n")
+    (tmp_path / "upper.txt").write_text("\n".join(c.upper() for c in CLASSES) + "\n")
+    res = _invoke(["eval-prompts", colors, "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
+                   "--device", "cpu", "--templates", "none", "--templates", "people", "--labels", "names.txt",
+                   "--labels", "upper.txt", "--no-track", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert sorted(r["prompt_set"] for r in doc["results"]) == ["names+none", "names+people", "upper+none",
+                                                                "upper+people"]
+    assert all(r["run_id"] is None for r in doc["results"]) and doc["experiment"] is None
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+    # images were encoded once, into one default feature store under the working directory
+    assert len(list((tmp_path / ".clipkit" / "features").iterdir())) == 1
+
+
+def test_labels_that_are_not_classes_are_refused_before_the_model_loads(colors, tmp_path):
+    (tmp_path / "labels.txt").write_text("a cat\na dog\na bird\n")
+    res = CliRunner().invoke(main, ["eval-prompts", str(colors), "--labels", str(tmp_path / "labels.txt"),
+                                    "--model", str(tmp_path / "nope.json"), "--no-track"])
+    assert res.exit_code == 2 and "'a cat'" in res.output and "prompt-sets" in res.output
+
+
+# ---------------------------------------------------------------- ranking (no MLflow)
+
+def _run(run_id, kind, acc, dataset="d", digest="x", **metrics):
+    return {"run_id": run_id, "name": f"{kind}:{run_id}", "kind": kind, "dataset": dataset, "start_time": 1,
+            "tags": {"split_digest": digest}, "params": {}, "metrics": {"accuracy": acc, **metrics}}
+
+
+def test_rank_orders_best_first_and_measures_gain_from_the_best_prompt():
+    rep = rank([_run("a", "prompt", 0.5), _run("b", "probe", 0.9), _run("c", "prompt", 0.6)])
+    assert [r["run_id"] for r in rep["runs"]] == ["b", "c", "a"]
+    assert rep["baseline"] == 0.6 and [round(r["gain"], 6) for r in rep["runs"]] == [30.0, 0.0, -10.0]
+    assert rep["notes"] == []
+
+
+def test_rank_without_prompt_runs_uses_the_probes_zero_shot_baseline_and_flags_mixed_splits():
+    rep = rank([_run("a", "probe", 0.8, zeroshot_test_accuracy=0.4),
+                _run("b", "probe", 0.7, digest="y", zeroshot_test_accuracy=0.5),
+                _run("c", "prompt", 0.9, dataset="other")], dataset="d")
+    assert rep["baseline"] == 0.5 and rep["baseline_source"].startswith("probe")
+    assert any("other" in n for n in rep["notes"]) and any("different image sets" in n for n in rep["notes"])
