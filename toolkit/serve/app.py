@@ -65,6 +65,7 @@ def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
                   description="Zero-shot CLIP or a trained linear probe over HTTP. Errors share one shape: "
                               '`{"error": {"status", "code", "message"}}`.')
     app.state.service, app.state.metrics = state, metrics
+    app.state.video = cfg.video  # routes_video's defaults for sampling, smoothing, segments
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, state=state, metrics=metrics)
 
@@ -86,7 +87,7 @@ async def _load(state: ServiceState, metrics: Metrics, cfg: Config, head: Option
         predictor = await asyncio.to_thread(_build, cfg, head)
     except ToolkitError as e:
         state.error, state.phase = e, "failed"
-        log.error("error: %s", e.message)
+        log.error("model load failed: %s", e.message)
         return
     except Exception as e:  # an unexpected failure still leaves a readable reason behind
         log.exception("model load failed")

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Load test: N concurrent clients against real `clipkit serve` processes on loopback, micro-batching on vs off.
+
+Two servers start (same model and config, one with --no-micro-batching); the runs alternate between them at
+each concurrency, so both sides see the same machine state. Every run is bounded in requests AND seconds.
+Reports throughput (requests/s, one image per request), p50/p99 latency, errors, and the mean model batch
+size (from the server's /metrics), and writes the table into BENCHMARKS.md under "## Serving (issue 6)".
+
+    .venv/bin/python scripts/loadtest.py                       # demo model when present, else a tiny one
+    .venv/bin/python scripts/loadtest.py --requests 400 --max-seconds 60 --concurrency 1 8 32 64
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from toolkit.serve.process import ServerProcess  # noqa: E402
+
+SECTION = "## Serving (issue 6)"
+TINY_CFG = {"embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def model_args(tmp: Path) -> tuple[list[str], str]:
+    """(clipkit serve args, description): the demo model when its weights exist, else a tiny random one."""
+    demo = ROOT / "configs" / "demo.yaml"
+    if demo.is_file() and (ROOT / "data" / "models" / "clipkit-demo.safetensors").is_file():
+        return ["--config", str(demo)], "demo model (configs/demo.yaml)"
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = tmp / "tiny-rn.json"
+    cfg.write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-rn", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "tiny-rn.safetensors"))
+    return ["--model", str(cfg), "--pretrained", str(tmp / "tiny-rn.safetensors")], "tiny random model (32 px)"
+
+
+def sample_images(n: int = 8) -> list[bytes]:
+    """PNG bytes: data/samples/*.png when present, else random 224x224 images."""
+    files = sorted((ROOT / "data" / "samples").glob("*.png"))[:n]
+    if files:
+        return [f.read_bytes() for f in files]
+    rng, out = np.random.default_rng(0), []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray((rng.random((224, 224, 3)) * 255).astype("uint8")).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+async def run_load(url: str, images: list[bytes], concurrency: int, n_requests: int, max_seconds: float) -> dict:
+    """`concurrency` clients, each sending one request at a time, until n_requests are sent or time is up."""
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    issued = 0
+    t_end = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def worker() -> None:
+            nonlocal issued
+            while issued < n_requests and time.perf_counter() < t_end:
+                i = issued
+                issued += 1
+                t0 = time.perf_counter()
+                r = await client.post("/v1/predict", files={"files": (f"{i}.png", images[i % len(images)])})
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = sorted(latencies)
+    return {"requests": len(lat), "errors": errors, "seconds": wall, "rps": len(lat) / wall,
+            "p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan")}
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+
+    def value(name: str) -> float:
+        m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    return value("clipkit_batch_size_images_sum"), value("clipkit_batch_size_images_count")
+
+
+def measure(servers: dict[str, ServerProcess], images: list[bytes], args) -> list[dict]:
+    rows = []
+    for c in args.concurrency:
+        for side in ("on", "off"):  # alternate, so both sides share the machine's state
+            url = servers[side].url
+            asyncio.run(run_load(url, images, c, min(2 * c, 16), 10))  # warm-up: connections, caches
+            s0, n0 = batch_stats(url)
+            res = asyncio.run(run_load(url, images, c, args.requests, args.max_seconds))
+            s1, n1 = batch_stats(url)
+            res.update(concurrency=c, batching=side, mean_batch=(s1 - s0) / max(n1 - n0, 1))
+            rows.append(res)
+            print(f"c={c:<3} batching {side:<3}  {res['rps']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms  "
+                  f"p99 {res['p99_ms']:7.1f} ms  mean batch {res['mean_batch']:5.1f}  "
+                  f"n={res['requests']} errors={res['errors'] or 0}", file=sys.stderr)
+    return rows
+
+
+def render(rows: list[dict], model: str, args, command: str) -> str:
+    by = {(r["concurrency"], r["batching"]): r for r in rows}
+    lines = [SECTION, "",
+             f"`{command}`", "",
+             f"{model}; one PNG per request to POST /v1/predict; clients (httpx, asyncio) and both servers on the "
+             f"same machine ({os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}); "
+             f"each run at most {args.requests} requests and {args.max_seconds:.0f} s, after a short warm-up; "
+             f"server defaults otherwise (max_batch_size 32, max_wait_ms 5). "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             "| concurrency | batching | req/s | p50 ms | p99 ms | mean model batch | ok | errors |",
+             "|---:|:---|---:|---:|---:|---:|---:|:---|"]
+    for r in rows:
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "-"
+        lines.append(f"| {r['concurrency']} | {r['batching']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['requests']} | {errs} |")
+    lines += ["", "Throughput ratio, micro-batching on / off: " + ", ".join(
+        f"c={c}: {by[(c, 'on')]['rps'] / by[(c, 'off')]['rps']:.2f}x" for c in args.concurrency
+        if by[(c, 'off')]['rps'] > 0) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace our own section in BENCHMARKS.md (or append it); other sections stay as they are. Atomic."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start >= 0:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, default=200, help="per run (upper bound)")
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="per run (upper bound)")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    args = ap.parse_args()
+    command = "python scripts/loadtest.py " + " ".join(sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        margs, model = model_args(Path(tmp))
+        common = [*margs, "--no-access-log", "--log-level", "warning", "--queue-size", "4096"]
+        servers = {"on": ServerProcess(common), "off": ServerProcess([*common, "--no-micro-batching"])}
+        try:
+            for s in servers.values():
+                s.start()
+            for s in servers.values():
+                s.wait_ready()
+            rows = measure(servers, sample_images(), args)
+        finally:
+            codes = {k: s.terminate() for k, s in servers.items()}
+    section = render(rows, model, args, command.strip())
+    print(section)
+    if codes != {"on": 0, "off": 0}:
+        print(f"warning: server exit codes {codes}", file=sys.stderr)
+    if not args.no_write:
+        write_section(Path(args.out), section)
+        print(f"wrote {SECTION!r} into {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
