@@ -150,6 +150,19 @@ def test_analyze_turns_a_set_of_reps_into_one_segment_with_its_count(n_reps):
     assert len(split["segments"]) > 3 and split["reps"] == {SQUAT: n_reps}
 
 
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_a_set_starts_where_the_first_rep_starts(window):
+    probs, times = squat_series(4)  # the set is frames 10..49: the first and last frames look like standing
+    kw = dict(window=window, repetitive=[SQUAT], rest_gap_s=1.0)
+    out = analyze(probs, times, [STAND, SQUAT, JACK], rest_of={SQUAT: STAND}, **kw)
+    squat = out["segments"][1]
+    spread = max(1, window // 2)  # smoothing smears a change over window // 2 frames each way
+    assert abs(squat["first"] - 10) <= spread and abs(squat["last"] - 49) <= spread, squat
+    assert out["segments"][0]["frames"] + squat["frames"] + out["segments"][2]["frames"] == 60
+    bare = analyze(probs, times, [STAND, SQUAT, JACK], rest_of={}, **kw)  # no rest label: no growing
+    assert bare["segments"][1]["frames"] <= squat["frames"] - 2 and bare["reps"] == out["reps"] == {SQUAT: 4}
+
+
 def test_analyze_fallback_and_min_segment():
     probs = np.array([[0.9, 0.1]] * 5 + [[0.45, 0.55]] * 5 + [[0.1, 0.9]] * 5)
     times = np.arange(15) * 0.2

@@ -10,10 +10,12 @@ The pipeline (see `analyze`):
   3. bouts: a short run of an exercise's rest label between two runs of that exercise is the top of a rep,
      not a pause, so it joins the exercise (`rest_gap_s`);
   4. flickers: runs shorter than `min_segment_s` join their longer neighbour;
-  5. segments: consecutive frames with one label;
-  6. reps: hysteresis on the smoothed probability of each repetitive label: a rep is counted when the
+  5. reps: hysteresis on the smoothed probability of each repetitive label: a rep is counted when the
      probability climbs to `high` after having dropped to `low` (the rest pose) since the last rep, so
-     noise around one threshold never counts twice. Only rises inside a segment of that label count.
+     noise around one threshold never counts twice. Only rises on frames of that label count;
+  6. sets: a run of an exercise with reps grows into the rest frames where its probability is still rising
+     into the first rep / falling out of the last one (the first descent looks like the rest pose);
+  7. segments: consecutive frames with one label, with their rep counts.
 """
 from __future__ import annotations
 
@@ -121,6 +123,29 @@ def hysteresis_events(signal: np.ndarray, high: float, low: float) -> list[int]:
     return events
 
 
+def extend_sets(labels: list[str], smoothed: np.ndarray, classes: Sequence[str], rest_of: dict[str, str],
+                events: dict[str, list[int]]) -> list[str]:
+    """Grow each set of reps into the neighbouring rest frames where the exercise's probability is still
+    rising into the first rep (before the set) or falling out of the last one (after it), by at most half a
+    rep. The first descent of a squat looks like standing frame by frame, but it is part of the set."""
+    out = list(labels)
+    for start, stop, label in runs(labels):
+        n_reps = sum(start <= i < stop for i in events.get(label, ()))
+        rest = rest_of.get(label)
+        if not n_reps or rest is None:
+            continue
+        sig = smoothed[:, list(classes).index(label)]
+        cap = int(round(0.5 * (stop - start) / n_reps))
+        i = start  # frame i-1 joins while it is on the slope: the frame before it is lower still
+        while i > 1 and start - i < cap and out[i - 1] == rest and sig[i - 2] < sig[i - 1] - 1e-6:
+            i -= 1
+        j = stop  # frame j joins while the frame after it is lower still
+        while j < len(out) - 1 and j - stop < cap and out[j] == rest and sig[j + 1] < sig[j] - 1e-6:
+            j += 1
+        out[i:j] = [label] * (j - i)
+    return out
+
+
 def make_segments(labels: Sequence[str], times: np.ndarray, smoothed: np.ndarray, classes: Sequence[str],
                   ends: Optional[np.ndarray] = None) -> list[dict[str, Any]]:
     """{label, start_s, end_s, frames, first, last, mean_score} per run; mean_score is the mean smoothed
@@ -136,21 +161,15 @@ def make_segments(labels: Sequence[str], times: np.ndarray, smoothed: np.ndarray
     return segs
 
 
-def count_reps(smoothed: np.ndarray, classes: Sequence[str], labels: Sequence[str], segments: list[dict],
-               repetitive: Sequence[str], high: float, low: float) -> dict[str, list[int]]:
-    """{repetitive label: frame positions of counted reps}; a rise counts only inside a segment of its label.
-
-    Adds `reps` to each segment of a repetitive label (in place).
-    """
+def rep_events(smoothed: np.ndarray, classes: Sequence[str], labels: Sequence[str], repetitive: Sequence[str],
+               high: float, low: float) -> dict[str, list[int]]:
+    """{repetitive label present in classes: frame positions of counted reps}; a rise counts only on a frame
+    decided as that label."""
     events: dict[str, list[int]] = {}
     for label in repetitive:
-        if label not in classes:
-            continue
-        rises = hysteresis_events(smoothed[:, list(classes).index(label)], high, low)
-        events[label] = [i for i in rises if labels[i] == label]
-    for seg in segments:
-        if seg["label"] in events:
-            seg["reps"] = sum(seg["first"] <= i <= seg["last"] for i in events[seg["label"]])
+        if label in classes:
+            rises = hysteresis_events(smoothed[:, list(classes).index(label)], high, low)
+            events[label] = [i for i in rises if labels[i] == label]
     return events
 
 
@@ -169,7 +188,12 @@ def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, win
     if rest_gap_s > 0 and rest_of:
         labels = join_rest_gaps(labels, times, rest_of, rest_gap_s, ends)
     labels = drop_short(labels, times, min_segment_s, ends)
+    events = rep_events(smoothed, classes, labels, repetitive, rep_high, rep_low)
+    if rest_of:
+        labels = extend_sets(labels, smoothed, classes, rest_of, events)
     segments = make_segments(labels, times, smoothed, classes, ends)
-    events = count_reps(smoothed, classes, labels, segments, repetitive, rep_high, rep_low)
+    for seg in segments:
+        if seg["label"] in events:
+            seg["reps"] = sum(seg["first"] <= i <= seg["last"] for i in events[seg["label"]])
     return {"smoothed": smoothed, "raw_labels": decide(probs, classes), "labels": labels, "segments": segments,
             "rep_events": events, "reps": {k: len(v) for k, v in events.items()}}
