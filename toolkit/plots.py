@@ -104,12 +104,17 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     fig, ax = plt.subplots(figsize=(10, 4.2))
     for label, ys in series.items():
         ax.plot(times, ys, lw=1.6, color=colors[label], label=_short(label, 34))
+    words = [label.split() for label in series]
+    common = 0  # words every label starts with ("a person ..."): left out of the segment names
+    while words and all(len(w) > common + 1 and w[common] == words[0][common] for w in words):
+        common += 1
     for seg in segments:
         color = colors.get(seg["label"], (0.5, 0.5, 0.5, 1))
         ax.axvspan(seg["start_s"], seg["end_s"], color=color, alpha=0.12, lw=0)
         reps = f" ({seg['reps']} reps)" if seg.get("reps") else ""
-        ax.text((seg["start_s"] + seg["end_s"]) / 2, 1.02, _short(seg["label"], 18) + reps, ha="center",
-                va="bottom", fontsize=7, color=color, transform=ax.get_xaxis_transform(), clip_on=True)
+        name = " ".join(seg["label"].split()[common:]) if seg["label"] in series else seg["label"]
+        ax.text((seg["start_s"] + seg["end_s"]) / 2, 1.02, _short(name, 24) + reps, ha="center",
+                va="bottom", fontsize=7, color=color, transform=ax.get_xaxis_transform(), clip_on=False)
     for label, ts in (rep_events or {}).items():
         for k, t in enumerate(ts, 1):
             ax.axvline(t, ymin=0, ymax=0.06, color=colors.get(label, "black"), lw=2)
