@@ -48,6 +48,7 @@ def bars(page) -> dict[str, float]:
 def test_upload_edit_labels_and_see_the_bars(server, browser, tmp_path):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=30_000)  # generous: the test machine is shared
     img = tmp_path / "red.png"
     Image.new("RGB", (64, 48), (220, 20, 20)).save(img)
     page = browser.new_page()  # the page's own CSP stays on (no eval): waits use locators

@@ -46,7 +46,7 @@ def servers(tiny_model, tmp_path_factory):
     plain = ServerProcess(["--config", write_config(d / "plain.yaml", tiny_model, max_wait_ms=100, **LIMITS),
                            "--no-access-log"])
     slow = ServerProcess(["--config", write_config(d / "slow.yaml", tiny_model, max_batch_size=8,
-                                                   max_wait_ms=1500, queue_size=8, request_timeout_s=1.0,
+                                                   max_wait_ms=4000, queue_size=8, request_timeout_s=2.0,
                                                    shutdown_grace_s=20)],
                          env={"CLIPKIT_API_KEY": API_KEY})
     try:
@@ -228,7 +228,7 @@ def test_api_key_from_the_environment_is_enforced(servers):
 
 def test_deadline_answers_504_and_the_next_request_still_works(servers):
     url = servers["slow"].url
-    r = post(url, images(1), headers=KEY)  # waits 1.5 s for a batch, deadline 1.0 s
+    r = post(url, images(1), headers=KEY)  # would wait 4 s for a full batch; the deadline is 2 s
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
     r = post(url, images(8), headers=KEY)  # a full batch runs at once
     assert r.status_code == 200 and len(r.json()["results"]) == 8
