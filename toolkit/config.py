@@ -65,9 +65,11 @@ class ProbeConfig(_Section):
     c_min: float = 1e-6
     c_max: float = 1e6
     c_steps: int = Field(13, ge=2)
+    c_grid: Optional[list[float]] = None  # explicit C values instead of c_min..c_max (one value: no sweep)
     max_iter: int = 1000
     # linear (Lightning): AdamW with a weight-decay sweep and early stopping on val.
-    lr: float = 1e-3
+    # Features are unit-norm, so useful logits need large weights: start high; it is cut when val loss stalls.
+    lr: float = 0.1
     weight_decays: list[float] = [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
     max_epochs: int = 200
     patience: int = 10

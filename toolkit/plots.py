@@ -51,16 +51,22 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], pa
 
 def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "hyper-parameter sweep",
               chosen: Optional[float] = None) -> Path:
-    """Validation accuracy against a swept hyper-parameter ({param, value, val_accuracy} rows), log x-axis."""
+    """Validation accuracy against a swept hyper-parameter ({param, value, val_accuracy} rows), log x-axis
+    (a value of 0, e.g. no weight decay, is drawn a decade left of the smallest positive value)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    positive = [r["value"] for r in sweep if r["value"] > 0]
+    zero_at = min(positive) / 10 if positive else 1e-6  # where a value of 0 is drawn on the log axis
     for param in dict.fromkeys(r["param"] for r in sweep):
         rows = sorted((r for r in sweep if r["param"] == param), key=lambda r: r["value"])
-        xs = [max(r["value"], 1e-12) for r in rows]
+        xs = [r["value"] if r["value"] > 0 else zero_at for r in rows]
         ax.plot(xs, [100 * r["val_accuracy"] for r in rows], "o-", ms=4, label=param)
         ax.set_xlabel(param)
     if chosen is not None:
-        ax.axvline(max(chosen, 1e-12), color="gray", ls="--", lw=1, label=f"chosen {chosen:.3g}")
+        ax.axvline(chosen if chosen > 0 else zero_at, color="gray", ls="--", lw=1, label=f"chosen {chosen:.3g}")
+    values = [r["value"] if r["value"] > 0 else zero_at for r in sweep]
+    if len(set(values)) == 1:  # one point: give the log axis a decade either side
+        ax.set_xlim(values[0] / 10, values[0] * 10)
     ax.set_xscale("log")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title, fontsize=10)

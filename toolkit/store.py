@@ -27,7 +27,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -112,6 +112,25 @@ class FeatureStore:
             raise DataError(f"feature store '{path}' is corrupt (features {feats.shape}, {len(index)} index rows, "
                             f"meta count {meta.get('count')}); delete it and extract again")
         return cls(p, feats, index, meta)
+
+
+def write_store(out: str | Path, features: np.ndarray, labels: Sequence[str], splits: Sequence[str],
+                identity: dict[str, Any], paths: Optional[Sequence[str]] = None) -> "FeatureStore":
+    """Write a complete store from arrays (features computed elsewhere, or synthetic ones for tests and
+    benchmarks). `identity` is an ExtractorIdentity dict; rows are taken as given (no normalization)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)
+    feats = np.asarray(features, np.float32)
+    paths = list(paths) if paths is not None else [f"row{i}" for i in range(len(feats))]
+    ds = LabelledDataset(out, paths, list(labels), list(splits), sorted(set(labels)))
+    tmp = out / f".features.tmp-{os.getpid()}.npy"
+    np.save(tmp, feats)
+    os.replace(tmp, out / FEATURES)
+    _write_atomic(out / INDEX, _index_csv(ds, np.arange(len(feats))))
+    plan = {"identity": identity, "dim": feats.shape[1], "fingerprint": None, "batch_size": None}
+    _write_atomic(out / META, json.dumps(_meta(ds, np.arange(len(feats)), plan, [], {}), indent=2))
+    return FeatureStore.open(out)
 
 
 class StoreWriter:

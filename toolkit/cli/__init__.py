@@ -47,3 +47,5 @@ from . import serve as _serve  # noqa: E402
 main.add_command(_serve.serve)
 from . import track as _track  # noqa: E402
 main.add_command(_track.eval_prompts); main.add_command(_track.compare)
+from . import probe as _probe  # noqa: E402
+main.add_command(_probe.extract); main.add_command(_probe.train_probe)

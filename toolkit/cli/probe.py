@@ -1,0 +1,236 @@
+"""`clipkit extract` (dataset -> feature store) and `clipkit train-probe` (store -> linear head + report)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from ..errors import ConfigError, DataError
+from .common import build_config, model_options, prompt_options
+
+
+def _split_options(f):
+    f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Share of each class drawn for test when the data has no test split. [default: 0.15]")(f)
+    f = click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Share of each class drawn for validation when the data has no val split. [default: 0.15]")(f)
+    f = click.option("--seed", type=int, default=None, help="Seed of the drawn splits and of training. [default: 0]")(f)
+    return f
+
+
+def _probe_overrides(flags: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """Move the probe flags out of `flags` into dotted config overrides."""
+    out = {"probe.seed": flags.pop("seed", None), "probe.val_fraction": flags.pop("val_fraction", None),
+           "probe.test_fraction": flags.pop("test_fraction", None)}
+    out.update({f"probe.{k}": v for k, v in more.items()})
+    return out
+
+
+def _show_progress(progress: Optional[bool]) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _load_extractor(cfg):
+    from ..features import FeatureExtractor
+
+    return FeatureExtractor.from_config(cfg.model)
+
+
+def _store_line(store) -> str:
+    skipped = len(store.meta.get("skipped", []))
+    state = "reused" if getattr(store, "reused", False) else "extracted"
+    extra = f", {skipped} unreadable image(s) skipped (listed in meta.json)" if skipped else ""
+    return f"{store.path} ({len(store)} x {store.features.shape[1]}, {state}{extra})"
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder of the feature store (created; an unfinished one is resumed).")
+@model_options
+@_split_options
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+def extract(data: str, out: str, config_path: Optional[str], progress: Optional[bool], **flags: Any) -> None:
+    """Encode a labelled dataset's images into a feature store.
+
+    DATA is an image folder (ROOT/<label>/*.jpg, or ROOT/{train,val,test}/<label>/*.jpg) or a CSV
+    manifest with columns path,label[,split] (paths relative to the CSV). Without given splits, a
+    stratified train/val/test split is drawn with --seed.
+
+    \b
+    The store holds features.npy (N x D float32, L2-normalized, memory-mappable), index.csv
+    (row,path,label,split) and meta.json (model identity, preprocessing, count, skipped files).
+    Extraction streams batches to disk; an interrupted run resumes where it stopped, and running
+    again on unchanged files with the same model reuses the store.
+
+    \b
+    Examples:
+      clipkit extract out/demo --config configs/demo.yaml --out out/demo-features
+      clipkit extract labels.csv --model ViT-B-32 --pretrained openai --out features/mine
+    """
+    from ..data import load_dataset
+    from ..store import extract_store
+
+    cfg = build_config(config_path, **_probe_overrides(flags), **flags)
+    dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
+    store = extract_store(_load_extractor(cfg), dataset, out, progress=_show_progress(progress))
+    click.echo(f"store     {_store_line(store)}")
+    click.echo(f"classes   {', '.join(f'{c} ({n})' for c, n in store.meta['class_counts'].items())}")
+    click.echo(f"splits    {', '.join(f'{s} {n}' for s, n in store.meta['split_counts'].items())}")
+
+
+def default_store_dir(data: str, identity) -> Path:
+    """Where train-probe caches a dataset's features: one folder per (dataset path, extractor)."""
+    from ..data import dataset_name
+
+    key = json.dumps([str(Path(data).resolve()), identity.to_dict()], sort_keys=True)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipkit" / "stores"
+    return root / f"{dataset_name(data)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _check_store_model(store, extractor) -> None:
+    reason = extractor.identity.mismatch(store.identity)
+    if reason:
+        raise DataError(f"store '{store.path}' holds features of {store.identity.label}, but the loaded model is "
+                        f"{extractor.identity.label} ({reason}); pass that store's --model/--pretrained (or --config)")
+
+
+def _zeroshot_head(cfg, extractor, classes: list[str], labels_given: bool):
+    from ..prompts import resolve_labels, resolve_templates
+    from ..zeroshot import ZeroShotHead
+
+    if labels_given and sorted(resolve_labels(cfg.prompts)) != sorted(classes):
+        raise ConfigError(f"--label/--labels {resolve_labels(cfg.prompts)} differ from the dataset's classes "
+                          f"{classes}; the zero-shot baseline prompts with the class names, so drop those flags")
+    return ZeroShotHead.from_extractor(extractor, classes, resolve_templates(cfg.prompts))
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "   n/a" if v is None else f"{100 * v:5.1f}%"
+
+
+def _summary(result, store, out: Path) -> str:
+    m, p = result.metrics, result.params
+    chosen = {"logreg": f"C={p.get('C', 0):.3g} ({p.get('n_candidates')} candidates)",
+              "linear": f"weight_decay={p.get('weight_decay')} (best epoch {p.get('best_epoch')})"}[p["method"]]
+    few = f", {p['fewshot']} shots per class" if p.get("fewshot") else ""
+    lines = [f"store     {_store_line(store)}",
+             f"split     train {p['n_train']}{few}, val {p['n_val']}, test {p['n_test']}",
+             f"method    {p['method']} (init {p['init']}): {chosen}, fit in {result.timings['fit_s']:.1f} s",
+             f"{'':<16}{'accuracy':>9} {'bal.acc':>8} {'macro-F1':>9}"]
+    for name, part in (("zero-shot", m.get("zeroshot_test")), (f"probe", m["test"])):
+        if part:
+            lines.append(f"{name:<16}{_fmt(part['accuracy']):>9} {_fmt(part['balanced_accuracy']):>8} "
+                         f"{_fmt(part['macro_f1']):>9}")
+    if m.get("gain_over_zeroshot") is not None:
+        lines.append(f"gain            {m['gain_over_zeroshot']:+.1f} accuracy points over zero-shot")
+    lines += [f"head      {out}", f"report    {result.report_dir} (report.json, confusion_matrix.png, sweep.png)"]
+    return "\n".join(lines)
+
+
+def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
+    """(store, extractor, dataset name): open DATA as a store, or load it as a dataset and extract it."""
+    from ..data import dataset_name, load_dataset
+    from ..store import FeatureStore, extract_store
+
+    if FeatureStore.is_store(data):
+        store = FeatureStore.open(data)
+        extractor = _load_extractor(cfg)
+        _check_store_model(store, extractor)
+        return store, extractor, dataset_name(store.meta.get("dataset_root") or data)
+    dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
+    extractor = _load_extractor(cfg)
+    where = Path(store_dir) if store_dir else default_store_dir(data, extractor.identity)
+    return extract_store(extractor, dataset, where, progress=progress), extractor, dataset_name(data)
+
+
+def _place_report(result, out: Path) -> None:
+    """Move the report next to the saved head (out/report); the head folder itself was written atomically."""
+    target = out / "report"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(result.report_dir), str(target))
+    result.report_dir = target
+
+
+def _c_grid(value: Optional[str]) -> Optional[list[float]]:
+    if not value:
+        return None
+    try:
+        grid = [float(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"--c-grid '{value}' is not a list of numbers; write e.g. --c-grid 0.01,0.1,1,10") from None
+    if not grid or min(grid) <= 0:
+        raise ConfigError(f"--c-grid '{value}' needs positive values; write e.g. --c-grid 0.01,0.1,1,10")
+    return grid
+
+
+@click.command("train-probe")
+@click.argument("data", type=click.Path(exists=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the trained head to (replaced atomically), with its report in OUT/report.")
+@click.option("--method", type=click.Choice(["logreg", "linear"]), default=None,
+              help="logreg: scikit-learn L-BFGS with the CLIP paper's C sweep. linear: a Lightning linear layer "
+                   "with AdamW, a weight-decay sweep and early stopping. [default: logreg]")
+@click.option("--init", type=click.Choice(["random", "zeroshot"]), default=None,
+              help="linear only: start from the zero-shot classifier (class embeddings x logit scale). "
+                   "[default: random]")
+@click.option("--fewshot", type=click.IntRange(1), default=None, help="Train on K examples per class (seeded).")
+@click.option("--c-grid", default=None, help="logreg: explicit C values, e.g. 0.1,1,10 (one value: no sweep).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False), default=None,
+              help="Where to extract DATA's features (reused when unchanged). [default: ~/.cache/clipkit/stores/...]")
+@model_options
+@prompt_options
+@_split_options
+@click.option("--experiment", default=None, help="MLflow experiment name. [default: from the dataset name]")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
+              "sqlite:///mlflow.db]")
+@click.option("--no-track", is_flag=True, help="Don't log the run to MLflow.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a terminal).")
+def train_probe(data: str, out: str, config_path: Optional[str], method: Optional[str], init: Optional[str],
+                fewshot: Optional[int], c_grid: Optional[str], store_dir: Optional[str], experiment: Optional[str],
+                tracking_uri: Optional[str], no_track: bool, progress: Optional[bool], **flags: Any) -> None:
+    """Train a linear probe on CLIP features and score it against zero-shot on the test split.
+
+    DATA is a feature store (from `clipkit extract`) or a dataset (image folder or CSV manifest,
+    see `clipkit extract --help`), which is extracted first into --store and reused next time.
+    Hyper-parameters are chosen on the validation split; the probe and the zero-shot classifier
+    (prompted with the class names and --templates) are both scored on the test split.
+
+    \b
+    Writes OUT/head.safetensors + OUT/head.json (use with `clipkit predict --head OUT`) and
+    OUT/report/: report.json, confusion matrices (CSV + PNG) of probe and zero-shot,
+    per_class.csv, predictions.csv and sweep.png. Logs the run to MLflow unless --no-track.
+
+    \b
+    Examples:
+      clipkit train-probe out/demo --config configs/demo.yaml --out out/head
+      clipkit train-probe out/demo-features --config configs/demo.yaml --out out/head-linear \\
+          --method linear --init zeroshot --fewshot 8
+      clipkit train-probe labels.csv --model ViT-B-32 --pretrained openai --out heads/mine --no-track
+    """
+    from .. import tracking
+    from ..probe import train_probe as fit
+
+    labels_given = bool(flags.get("labels") or flags.get("labels_file"))
+    overrides = _probe_overrides(flags, method=method, init=init, fewshot=fewshot, c_grid=_c_grid(c_grid))
+    overrides.update({"tracking.experiment": experiment, "tracking.uri": tracking_uri,
+                      "tracking.enabled": False if no_track else None})
+    cfg = build_config(config_path, **overrides, **flags)
+    if cfg.tracking.enabled:
+        tracking.check_tracking(cfg.tracking)  # fail in seconds, before any encoding
+    show = _show_progress(progress)
+    store, extractor, name = _open_or_extract(data, store_dir, cfg, show)
+    zeroshot = _zeroshot_head(cfg, extractor, store.classes, labels_given)
+    out_dir = Path(out)
+    with tracking.probe_run(cfg, name) as run:
+        result = fit(store, cfg.probe, zeroshot, progress=show)
+        result.head.save(out_dir)
+        _place_report(result, out_dir)
+        run.log_result(result)
+    click.echo(_summary(result, store, out_dir))

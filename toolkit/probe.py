@@ -1,0 +1,318 @@
+"""LinearProbe: a linear classifier over cached CLIP features, trained by scikit-learn or Lightning.
+
+The head has the scikit-learn classifier contract (`classes_`, `coef_` (C, D), `intercept_` (C,),
+`predict_proba` with columns in `classes_` order), like ZeroShotHead, so the Predictor, the CLI and the
+server use either one the same way. On disk a head is a folder: `head.safetensors` (coef, intercept; no
+pickle) and `head.json` (classes, the extractor's identity, the method, its hyper-parameters, metrics).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .config import ProbeConfig
+from .errors import ConfigError, DataError, HeadError
+from .zeroshot import softmax
+
+HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
+HEAD_FORMAT = "clipkit-linear-probe"
+REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
+
+
+class LinearProbe:
+    """softmax(features @ coef_.T + intercept_) over `classes_`."""
+
+    kind = "probe"
+
+    def __init__(self, classes: Sequence[str], coef: np.ndarray, intercept: Optional[np.ndarray] = None,
+                 identity=None, method: str = "logreg", params: Optional[dict[str, Any]] = None,
+                 metrics: Optional[dict[str, Any]] = None):
+        self.classes_ = [str(c) for c in classes]
+        self.coef_ = np.asarray(coef, np.float32)
+        self.intercept_ = np.zeros(len(self.classes_), np.float32) if intercept is None \
+            else np.asarray(intercept, np.float32).reshape(-1)
+        self.identity, self.method = identity, method
+        self.params, self.metrics = dict(params or {}), dict(metrics or {})
+        if self.coef_.ndim != 2 or self.coef_.shape[0] != len(self.classes_) \
+                or self.intercept_.shape != (len(self.classes_),):
+            raise ValueError(f"coef {self.coef_.shape} / intercept {self.intercept_.shape} don't fit "
+                             f"{len(self.classes_)} classes")
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) L2-normalized features -> (n, C) logits."""
+        return np.asarray(features, np.float32) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) features -> (n, C) probabilities, columns in `classes_` order, rows sum to 1."""
+        return softmax(self.decision_function(features))
+
+    def predict(self, features: np.ndarray) -> list[str]:
+        return [self.classes_[i] for i in self.decision_function(features).argmax(axis=1)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": self.classes_, "method": self.method, "params": self.params,
+                "metrics": self.metrics, "embed_dim": int(self.coef_.shape[1]),
+                "extractor": self.identity.label if self.identity is not None else None}
+
+    # -- persistence
+    def save(self, folder: str | Path) -> Path:
+        """Write the head folder atomically: a temp folder beside it, then a rename over the old one."""
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        # C order: safetensors writes an array's memory as is, and sklearn's coef_ is Fortran-ordered
+        save_file({"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)},
+                  str(tmp / HEAD_WEIGHTS))
+        doc = {"format": HEAD_FORMAT, "format_version": 1, "kind": self.kind, "classes": self.classes_,
+               "method": self.method, "params": self.params, "metrics": self.metrics,
+               "embed_dim": int(self.coef_.shape[1]),
+               "identity": self.identity.to_dict() if self.identity is not None else None,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (tmp / HEAD_JSON).write_text(json.dumps(doc, indent=2, default=_jsonable))
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LinearProbe":
+        """Read a head folder; HeadError (one line, naming the folder) when it is missing or corrupt."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise HeadError(f"head folder '{folder}' not found; train one with `clipkit train-probe DATA --out {folder}`")
+        if not (folder / HEAD_JSON).is_file() or not (folder / HEAD_WEIGHTS).is_file():
+            raise HeadError(f"'{folder}' is not a head folder (needs {HEAD_JSON} and {HEAD_WEIGHTS}); "
+                            "pass the --out folder of `clipkit train-probe`")
+        try:
+            doc = json.loads((folder / HEAD_JSON).read_text())
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(folder / HEAD_WEIGHTS))
+            identity = None
+            if doc.get("identity") is not None:
+                from .features import ExtractorIdentity
+
+                identity = ExtractorIdentity.from_dict(doc["identity"])
+            head = cls(doc["classes"], tensors["coef"], tensors["intercept"], identity, doc.get("method", "?"),
+                       doc.get("params"), doc.get("metrics"))
+        except Exception as e:  # JSON, safetensors header, missing keys, shapes: all mean "corrupt"
+            raise HeadError(f"head folder '{folder}' is corrupt ({e.__class__.__name__}: {str(e)[:200]}); "
+                            "train it again with `clipkit train-probe`") from None
+        if not np.isfinite(head.coef_).all() or not np.isfinite(head.intercept_).all():
+            raise HeadError(f"head folder '{folder}' has non-finite weights; train it again")
+        return head
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ---------------------------------------------------------------- fitting
+
+@dataclass
+class FitResult:
+    """What a fitting method returns: final weights, the chosen hyper-parameters, and the sweep."""
+
+    coef: np.ndarray  # (C, D)
+    intercept: np.ndarray  # (C,)
+    params: dict[str, Any]  # the chosen hyper-parameters and how they were chosen
+    sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
+    val_proba: np.ndarray  # (n_val, C) of the model picked on val (before any refit on train+val)
+
+
+def _softmax_weights(clf, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's binary LogisticRegression has one row; as two softmax rows it gives the same probabilities."""
+    coef, b = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
+    if n_classes == 2 and coef.shape[0] == 1:
+        return np.vstack([-coef / 2, coef / 2]), np.array([-b[0] / 2, b[0] / 2], np.float32)
+    return coef, b
+
+
+def _score(clf, X: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(accuracy, mean log loss, proba) of a fitted classifier on (X, y)."""
+    proba = clf.predict_proba(X)
+    loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
+    return float((proba.argmax(axis=1) == y).mean()), loss, proba
+
+
+def fit_logreg(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+               cfg: ProbeConfig, c_grid: Optional[Sequence[float]] = None, refit: bool = True) -> FitResult:
+    """L-BFGS logistic regression with C picked as in the CLIP paper.
+
+    A log-spaced sweep of C (cfg.c_min..cfg.c_max, cfg.c_steps values, or `c_grid`) on the validation
+    split, then REFINE_ROUNDS rounds that try C * 10**(+-step) around the best with the step halved each
+    round, then (with `refit`) a refit at the chosen C on train + val. y are class indices 0..C-1. Ties in
+    validation accuracy go to the lower validation log loss.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    grid = sorted(float(c) for c in (c_grid if c_grid else
+                                     np.logspace(np.log10(cfg.c_min), np.log10(cfg.c_max), cfg.c_steps)))
+    tried: dict[float, tuple[float, float, np.ndarray]] = {}
+    # one estimator, warm-started from the previous C's solution: a sweep over increasing C converges fast
+    clf = LogisticRegression(max_iter=cfg.max_iter, warm_start=True)
+
+    def trial(c: float) -> None:
+        clf.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(X_train, y_train)
+        tried[c] = _score(clf, X_val, y_val)
+
+    for c in grid:
+        trial(c)
+    best = min(tried, key=lambda c: (-tried[c][0], tried[c][1]))
+    step = float(np.diff(np.log10(grid)).min()) if len(grid) > 1 else 0.0
+    for _ in range(REFINE_ROUNDS if step > 0 else 0):
+        step /= 2
+        for c in (best * 10 ** -step, best * 10 ** step):
+            if c not in tried:
+                trial(c)
+        best = min(tried, key=lambda c: (-tried[c][0], tried[c][1]))
+    final = LogisticRegression(C=best, max_iter=cfg.max_iter)  # cold start: independent of the sweep's path
+    X_fit, y_fit = (np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])) if refit else (X_train, y_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        final.fit(X_fit, y_fit)
+    coef, intercept = _softmax_weights(final, int(max(y_train.max(), y_val.max(initial=0))) + 1)
+    sweep = [{"param": "C", "value": c, "val_accuracy": a, "val_loss": lo} for c, (a, lo, _) in sorted(tried.items())]
+    params = {"C": best, "solver": "lbfgs", "max_iter": cfg.max_iter, "n_iter": int(final.n_iter_.max()),
+              "n_candidates": len(tried), "refit": "train+val" if refit else "none"}
+    return FitResult(coef, intercept, params, sweep, tried[best][2])
+
+
+# ---------------------------------------------------------------- training on a store
+
+@dataclass
+class ProbeResult:
+    """Everything one training run produced; self-describing, so it can be logged as is (see tracking.py)."""
+
+    head: LinearProbe
+    metrics: dict[str, Any]  # 'val', 'test', 'zeroshot_test' (evaluate() dicts), 'gain_over_zeroshot' (points)
+    sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
+    report_dir: Path  # report.json, confusion matrices (CSV, PNG), sweep.png, predictions.csv, per_class.csv
+    params: dict[str, Any]  # method, chosen hyper-parameters, seed, fewshot, split sizes
+    config: dict[str, Any]  # the ProbeConfig used
+    store_path: Optional[str] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def scalar_metrics(self) -> dict[str, float]:
+        """Flat numbers for a metrics table: test_accuracy, zeroshot_test_accuracy, gain_over_zeroshot, ..."""
+        out: dict[str, float] = {}
+        for part in ("val", "test", "zeroshot_test"):
+            for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+                v = (self.metrics.get(part) or {}).get(k)
+                if v is not None:
+                    out[f"{part}_{k}"] = float(v)
+        if self.metrics.get("gain_over_zeroshot") is not None:
+            out["gain_over_zeroshot"] = float(self.metrics["gain_over_zeroshot"])
+        return out
+
+
+def fewshot_indices(train_idx: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """K training rows per class (all of a class's rows when it has fewer), drawn with `seed`; sorted."""
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(train_idx[labels[train_idx] == c])[:k] for c in sorted(set(labels[train_idx]))]
+    return np.sort(np.concatenate(picked))
+
+
+def _aligned_zeroshot(zeroshot_head, classes: list[str]):
+    """Row order of the zero-shot head's classes that matches `classes`; ConfigError when the sets differ."""
+    if zeroshot_head is None:
+        return None
+    zs = list(zeroshot_head.classes_)
+    if sorted(zs) != sorted(classes):
+        raise ConfigError(f"the zero-shot labels {zs} differ from the dataset's classes {classes}; "
+                          "the baseline must use the class names as labels")
+    return np.asarray([zs.index(c) for c in classes])
+
+
+def _split_arrays(store, classes: list[str], cfg: ProbeConfig):
+    pos = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([pos[v] for v in store.labels], dtype=np.int64)
+    idx = {s: store.split_indices(s) for s in ("train", "val", "test")}
+    if cfg.fewshot:
+        idx["train"] = fewshot_indices(idx["train"], y, cfg.fewshot, cfg.seed)
+    missing = [c for i, c in enumerate(classes) if not (y[idx["train"]] == i).any()]
+    if missing:
+        raise DataError(f"class '{missing[0]}' has no training examples in store '{store.path}'; "
+                        "add images of it to the train split")
+    if len(idx["val"]) == 0:
+        raise DataError(f"store '{store.path}' has no validation rows; hyper-parameters are chosen on val: "
+                        "give a val split or let clipkit draw one")
+    return {s: (np.asarray(store.features[i], np.float32), y[i]) for s, i in idx.items()}, idx
+
+
+def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
+                c_grid: Optional[Sequence[float]] = None, progress: bool = False) -> ProbeResult:
+    """Fit a linear probe on a FeatureStore's train split (hyper-parameters on val), score it and the
+    zero-shot head on test, and write a report folder. Returns a ProbeResult (the head is not saved)."""
+    from .metrics import evaluate
+
+    classes = store.classes
+    if len(classes) < 2:
+        raise DataError(f"store '{store.path}' has only one class {classes}; a classifier needs at least two")
+    order = _aligned_zeroshot(zeroshot_head, classes)
+    if cfg.init == "zeroshot" and (cfg.method != "linear" or zeroshot_head is None):
+        raise ConfigError("--init zeroshot starts the linear head from the zero-shot classifier; use it with "
+                          "--method linear (and prompts for the class names)")
+    data, idx = _split_arrays(store, classes, cfg)
+    t0 = time.perf_counter()
+    if cfg.method == "logreg":
+        # few-shot: the head must only ever fit K examples per class, so no refit on the (full) val split
+        fit = fit_logreg(*data["train"], *data["val"], cfg, c_grid or cfg.c_grid, refit=not cfg.fewshot)
+    else:
+        from .trainer import fit_linear
+
+        init = None
+        if cfg.init == "zeroshot":
+            init = zeroshot_head.coef_[order] * zeroshot_head.logit_scale
+        fit = fit_linear(*data["train"], *data["val"], len(classes), cfg, init_weight=init, progress=progress)
+    fit_s = time.perf_counter() - t0
+    params = {"method": cfg.method, "init": cfg.init, "seed": cfg.seed, "fewshot": cfg.fewshot, **fit.params,
+              **{f"n_{s}": int(len(i)) for s, i in idx.items()}}
+    head = LinearProbe(classes, fit.coef, fit.intercept, store.identity, cfg.method, params)
+    X_test, y_test = data["test"]
+    test_labels = [classes[i] for i in y_test]
+    proba = head.predict_proba(X_test)
+    zs_proba = zeroshot_head.predict_proba(X_test)[:, order] if zeroshot_head is not None else None
+    metrics = {"val": evaluate([classes[i] for i in data["val"][1]], fit.val_proba, classes),
+               "test": evaluate(test_labels, proba, classes),
+               "zeroshot_test": evaluate(test_labels, zs_proba, classes) if zs_proba is not None else None}
+    gain = None
+    if metrics["zeroshot_test"] and metrics["test"]["accuracy"] is not None:
+        gain = 100 * (metrics["test"]["accuracy"] - metrics["zeroshot_test"]["accuracy"])
+    metrics["gain_over_zeroshot"] = gain
+    result = ProbeResult(head, metrics, fit.sweep, Path(report_dir) if report_dir else _temp_report_dir(), params,
+                         cfg.model_dump(mode="json"), str(store.path), {"fit_s": round(fit_s, 3)})
+    head.metrics = {**result.scalar_metrics(), "n_test": len(y_test)}
+    from .metrics import write_report
+
+    write_report(result, store.paths[idx["test"]], test_labels, proba, zs_proba)
+    return result
+
+
+def _temp_report_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="clipkit-report-"))
