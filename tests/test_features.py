@@ -80,13 +80,13 @@ def test_encode_paths_with_worker_processes(tiny_extractor, image_dir):
 
 def test_text_embeddings_are_cached(tiny_extractor):
     calls = []
-    orig = tiny_extractor.model.encode_text
-    tiny_extractor.model.encode_text = lambda t, *a, **k: calls.append(t.shape[0]) or orig(t, *a, **k)
+    orig = tiny_extractor._encode_tokens
+    tiny_extractor._encode_tokens = lambda t, *a, **k: calls.append(t.shape[0]) or orig(t, *a, **k)
     try:
         a = tiny_extractor.encode_texts(["a photo of a cat", "a photo of a dog"])
         b = tiny_extractor.encode_texts(["a photo of a dog", "a photo of a cat", "a photo of a bird"])
     finally:
-        tiny_extractor.model.encode_text = orig
+        del tiny_extractor._encode_tokens
     assert calls == [2, 1]  # only the new text was encoded the second time
     np.testing.assert_allclose(a[0], b[1])
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)

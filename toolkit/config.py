@@ -35,8 +35,13 @@ class ModelConfig(_Section):
     pretrained: Optional[str] = "openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # fp32: reference numerics. bf16: weights cast to bfloat16 (faster on CPUs with AVX-512 bf16 and on GPUs).
-    # auto: bf16 on CUDA, fp32 on CPU.
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32. See BENCHMARKS.md.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    # torch.compile the image tower (weights frozen, one static batch size): faster per batch after a
+    # warm-up of tens of seconds, so worth it for long extractions only.
+    compile: bool = False
+    # Decode JPEGs at 1/2-1/8 scale when the shorter side stays >= the model's input size (PIL draft).
+    draft_decode: bool = False
     batch_size: int = Field(32, ge=1, le=4096)
     # DataLoader worker processes for decoding/preprocessing; -1 picks by dataset size and CPU count.
     num_workers: int = Field(-1, ge=-1, le=64)

@@ -49,3 +49,5 @@ from . import track as _track  # noqa: E402
 main.add_command(_track.eval_prompts); main.add_command(_track.compare)
 from . import probe as _probe  # noqa: E402
 main.add_command(_probe.extract); main.add_command(_probe.train_probe)
+from . import export as _export  # noqa: E402
+main.add_command(_export.export_onnx)

@@ -1,0 +1,131 @@
+"""Speed-ups for the extractor, each measured in BENCHMARKS.md ("Extraction performance"). torch and PIL only.
+
+features.py wires these in; nothing here imports open_clip. The text-tower helpers read the attributes that
+open_clip's `CLIP` (tower flattened into the model) and `TextTransformer` (`CustomTextCLIP.text`) share.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from PIL import Image
+
+
+# ---------------------------------------------------------------- precision
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX). Without it bf16 is emulated: slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """What precision 'auto' means: bf16 where the hardware runs it natively, else fp32 (fp16 on old GPUs)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+
+
+def image_memory_format(dtype: torch.dtype) -> torch.memory_format:
+    """channels_last speeds up the reduced-precision patch convolution (oneDNN); fp32 keeps the reference layout."""
+    return torch.contiguous_format if dtype == torch.float32 else torch.channels_last
+
+
+# ---------------------------------------------------------------- torch.compile
+
+def compile_encoder(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile for inference: static shapes (callers pad to one batch size) and weights frozen as constants.
+
+    Freezing lets inductor pre-pack the weights for oneDNN and fold the casts; it needs no_grad/inference_mode,
+    which the extractor always uses. The first call pays the compilation (tens of seconds on 2 CPU cores).
+    """
+    return torch.compile(fn, dynamic=False, options={"freezing": True})
+
+
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad (n, ...) with zero rows to (size, ...), so a compiled encoder sees one shape and never recompiles."""
+    if x.shape[0] >= size:
+        return x
+    return torch.cat([x, x.new_zeros((size - x.shape[0], *x.shape[1:]))])
+
+
+# ---------------------------------------------------------------- text: drop the padding
+
+class CausalTextTower:
+    """open_clip's causal text tower, run on tokens truncated to the longest prompt in the batch.
+
+    CLIP tokenizers pad every prompt to the context length (77) with `pad_id`; most prompts use 10-20 tokens.
+    With the causal mask, position i attends only to positions <= i, so the padding after the longest prompt
+    never influences a real token, and pooling (at the EOT token, or the first token) reads a position that is
+    kept. Truncating to that length therefore gives the same embeddings, with the positional embeddings and the
+    mask cut to the same length, for a fraction of the work (attention is quadratic in the length).
+    """
+
+    POOLS = ("argmax", "eos", "first")
+
+    def __init__(self, tower: Any, pool_type: str, eos_id: Optional[int], pad_id: int):
+        self.tower, self.pool_type, self.eos_id, self.pad_id = tower, pool_type, eos_id, pad_id
+
+    @classmethod
+    def find(cls, model: torch.nn.Module) -> Optional["CausalTextTower"]:
+        """The model's text tower when truncation is exact for it; None otherwise (bidirectional, CLS, HF...)."""
+        text = getattr(model, "text", None)
+        tower = text if text is not None and hasattr(text, "token_embedding") else model
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+        if not all(hasattr(tower, n) for n in needed) or tower.attn_mask is None:
+            return None  # no causal mask: every position attends to the padding
+        if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+            return None
+        pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
+        if pool not in cls.POOLS:
+            return None  # 'last' pools at the padding position, which truncation moves
+        eos = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        return cls(tower, pool, eos, int(getattr(tower, "pad_id", 0) or 0))
+
+    def used_length(self, tokens: torch.Tensor) -> int:
+        """1 + the last position holding a non-pad token in any row, i.e. the longest prompt's length."""
+        used = (tokens != self.pad_id).any(dim=0).nonzero()
+        return int(used[-1].item()) + 1 if len(used) else 1
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, context_length) token ids -> (n, D) unnormalized text features, as `model.encode_text` gives."""
+        t = self.tower
+        n = self.used_length(tokens)
+        tokens = tokens[:, :n]
+        cast = t.transformer.get_cast_dtype()
+        x = t.token_embedding(tokens).to(cast) + t.positional_embedding[:n].to(cast)
+        x = t.transformer(x, attn_mask=t.attn_mask[:n, :n])
+        x = t.ln_final(x)
+        x = self._pool(x, tokens)
+        proj = t.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)
+        if self.pool_type == "first":
+            return x[:, 0]
+        if self.pool_type == "eos":
+            return x[rows, (tokens == self.eos_id).int().argmax(dim=-1)]
+        return x[rows, tokens.argmax(dim=-1)]  # the EOT token has the highest id in CLIP's vocabulary
+
+
+# ---------------------------------------------------------------- images: decode at reduced size
+
+def draft_for(im: Image.Image, min_side: Optional[int]) -> None:
+    """Ask the JPEG decoder for its smallest DCT scale (1/2, 1/4, 1/8) whose shorter side stays >= min_side.
+
+    Decoding a 640x480 JPEG for a 224 px model then decodes 320x240: a quarter of the pixels, and the bicubic
+    resize that follows starts from a smaller image. The preprocessed tensor keeps its size; its values differ
+    slightly (DCT-domain downscaling before the bicubic one), see BENCHMARKS.md for the effect on embeddings.
+    """
+    if not min_side or getattr(im, "format", None) != "JPEG":
+        return
+    w, h = im.size
+    scale = min_side / min(w, h)
+    if scale < 0.5:  # the smallest JPEG reduction is 1/2
+        im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))
