@@ -54,30 +54,14 @@ def _invoke(args, env=None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
-def _train_probe_run(cfg, data: Path, store_dir: Path, name: str = "colors"):
-    """What `clipkit train-probe` does: extract, then train inside a probe run and log the result."""
-    from toolkit import tracking
-    from toolkit.data import load_dataset
-    from toolkit.features import FeatureExtractor
-    from toolkit.probe import train_probe
-    from toolkit.store import extract_store
-    from toolkit.zeroshot import ZeroShotHead
-
-    tracking.check_tracking(cfg.tracking)
-    extractor = FeatureExtractor.from_config(cfg.model)
-    store = extract_store(extractor, load_dataset(data), store_dir)
-    zeroshot = ZeroShotHead.from_extractor(extractor, store.classes, ["{}"])
-    with tracking.probe_run(cfg, name) as run:
-        result = train_probe(store, cfg.probe, zeroshot)
-        run.log_result(result)
-    return run, result, store
-
-
 # ---------------------------------------------------------------- a populated store shared by several tests
 
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory, template_db, tiny_model, colors):
-    """Two prompt runs (eval-prompts CLI) and one probe run on the colour dataset, in one SQLite store."""
+    """Two prompt runs (eval-prompts) and one probe run (train-probe) on the colour dataset, in one SQLite store."""
+    from toolkit.probe import LinearProbe
+    from toolkit.store import FeatureStore
+
     d = tmp_path_factory.mktemp("populated")
     uri = new_store(template_db, d)
     cfg_path = write_config(d / "cfg.yaml", tiny_model, uri, d / "mlartifacts", registered_model="colors-head")
@@ -86,9 +70,12 @@ def populated(tmp_path_factory, template_db, tiny_model, colors):
                    "--store", d / "store", "--format", "json"])
     assert res.exit_code == 0, res.output
     prompt_doc = json.loads(res.stdout)
-    run, result, store = _train_probe_run(load_config(cfg_path), colors, d / "store")
-    return {"dir": d, "uri": uri, "config": cfg_path, "prompt_doc": prompt_doc, "probe_run": run,
-            "probe_result": result, "store": store}
+    res = _invoke(["train-probe", colors, "--config", cfg_path, "--store", d / "store", "--out", d / "head"])
+    assert res.exit_code == 0, res.output
+    probe_runs = [r for r in _runs(uri, "clipkit-colors") if r.data.tags["kind"] == "probe"]
+    assert len(probe_runs) == 1
+    return {"dir": d, "uri": uri, "config": cfg_path, "prompt_doc": prompt_doc, "probe_run": probe_runs[0],
+            "head": LinearProbe.load(d / "head"), "store": FeatureStore.open(d / "store")}
 
 
 def test_eval_prompts_logs_one_finished_run_per_prompt_set(populated):
@@ -127,21 +114,20 @@ def test_eval_prompts_json_matches_the_runs(populated):
 
 def test_probe_run_logs_params_metrics_artifacts_and_a_registered_model(populated):
     uri, run = populated["uri"], populated["probe_run"]
-    r = _client(uri).get_run(run.run_id)
-    assert r.info.status == "FINISHED" and r.data.tags["kind"] == "probe"
-    p, m = r.data.params, r.data.metrics
+    assert run.info.status == "FINISHED"
+    p, m, head = run.data.params, run.data.metrics, populated["head"]
     assert p["method"] == "logreg" and p["shots"] == "all" and p["seed"] == "0"
-    assert float(p["chosen_value"]) == pytest.approx(populated["probe_result"].params["C"])
+    assert float(p["chosen_value"]) == pytest.approx(head.params["C"])
     assert "c_grid" in p and p["store_fingerprint"] == populated["store"].meta["fingerprint"][:16]
-    test = populated["probe_result"].metrics["test"]
-    assert m["accuracy"] == pytest.approx(test["accuracy"]) == pytest.approx(m["test_accuracy"])
-    assert {"val_accuracy", "zeroshot_test_accuracy", "gain_over_zeroshot"} <= set(m)
-    arts = _artifacts(uri, run.run_id)
+    assert m["accuracy"] == pytest.approx(head.metrics["test_accuracy"]) == pytest.approx(m["test_accuracy"])
+    assert m["zeroshot_test_accuracy"] == pytest.approx(head.metrics["zeroshot_test_accuracy"])
+    assert {"val_accuracy", "gain_over_zeroshot"} <= set(m)
+    arts = _artifacts(uri, run.info.run_id)
     assert {"confusion_matrix.png", "sweep.png", "config.yaml", "head"} <= arts
-    head_files = {Path(f.path).name for f in _client(uri).list_artifacts(run.run_id, "head")}
+    head_files = {Path(f.path).name for f in _client(uri).list_artifacts(run.info.run_id, "head")}
     assert head_files == {"head.json", "head.safetensors"}
-    assert run.registered_uri == "models:/colors-head/1"
-    assert _client(uri).get_model_version("colors-head", "1").run_id == run.run_id
+    assert run.data.tags["registered_model"] == "models:/colors-head/1"
+    assert _client(uri).get_model_version("colors-head", "1").run_id == run.info.run_id
 
 
 def _images(colors: Path) -> list[str]:
@@ -151,7 +137,7 @@ def _images(colors: Path) -> list[str]:
 def _local_labels(populated, tiny_extractor, paths) -> list[str]:
     from toolkit.predictor import Predictor
 
-    return [r["label"] for r in Predictor(tiny_extractor, populated["probe_result"].head).predict_paths(paths)]
+    return [r["label"] for r in Predictor(tiny_extractor, populated["head"]).predict_paths(paths)]
 
 
 def test_pyfunc_model_loads_and_predicts_from_paths_base64_and_bytes(populated, colors, tiny_extractor):
@@ -168,7 +154,7 @@ def test_pyfunc_model_loads_and_predicts_from_paths_base64_and_bytes(populated, 
     assert list(out["label"]) == _local_labels(populated, tiny_extractor, paths)
     assert np.allclose(out[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     # the small local checkpoint and model config travel with the model, so it loads offline
-    local = Path(mlflow.artifacts.download_artifacts(populated["probe_run"].model_uri))
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{populated['probe_run'].info.run_id}/model"))
     names = {p.name for p in (local / "artifacts").iterdir()}
     assert {"head", "tiny-rn.json", "tiny-rn.safetensors", "extractor.json"} <= names
     assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.cloudpickle"))
@@ -176,7 +162,7 @@ def test_pyfunc_model_loads_and_predicts_from_paths_base64_and_bytes(populated, 
 
 @pytest.mark.parametrize("spec", ["runs:/{run_id}/head", "models:/colors-head/1"])
 def test_predict_loads_a_head_from_mlflow(populated, colors, tiny_extractor, tiny_model, spec):
-    head = spec.format(run_id=populated["probe_run"].run_id)
+    head = spec.format(run_id=populated["probe_run"].info.run_id)
     paths = _images(colors)
     res = _invoke(["predict", *paths, "--head", head, "--model", tiny_model["config"], "--pretrained",
                    tiny_model["checkpoint"], "--device", "cpu", "--format", "json"],
@@ -301,6 +287,7 @@ def test_check_tracking_refuses_unusable_stores(uri, fragment):
 
 def test_no_track_records_nothing_and_flags_make_a_product(colors, tmp_path, tiny_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (tmp_path / "names.txt").write_text("\n".join(CLASSES) + "\n")
     (tmp_path / "upper.txt").write_text("\n".join(c.upper() for c in CLASSES) + "\n")
     res = _invoke(["eval-prompts", colors, "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
@@ -312,8 +299,8 @@ def test_no_track_records_nothing_and_flags_make_a_product(colors, tmp_path, tin
                                                                 "upper+people"]
     assert all(r["run_id"] is None for r in doc["results"]) and doc["experiment"] is None
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
-    # images were encoded once, into one default feature store under the working directory
-    assert len(list((tmp_path / ".clipkit" / "features").iterdir())) == 1
+    # images were encoded once, into one feature store in train-probe's default cache
+    assert len(list((tmp_path / "cache" / "clipkit" / "stores").iterdir())) == 1
 
 
 def test_labels_that_are_not_classes_are_refused_before_the_model_loads(colors, tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -12,9 +11,6 @@ import click
 
 from ..prompt_eval import SPLIT_CHOICES
 from .common import build_config, model_options
-
-STORE_ROOT = Path(".clipkit") / "features"
-
 
 def tracking_options(f: Callable) -> Callable:
     """--experiment, --tracking-uri, --no-track (fill cfg.tracking through `tracking_overrides`)."""
@@ -30,14 +26,6 @@ def tracking_options(f: Callable) -> Callable:
 def tracking_overrides(experiment: Optional[str], tracking_uri: Optional[str], no_track: bool) -> dict[str, Any]:
     return {"tracking.experiment": experiment, "tracking.uri": tracking_uri,
             "tracking.enabled": False if no_track else None}
-
-
-def default_store_path(dataset, identity) -> Path:
-    """.clipkit/features/<dataset>-<hash of root + extractor> under the working directory."""
-    from ..data import dataset_name
-
-    key = json.dumps({"root": str(dataset.root), "identity": identity.to_dict()}, sort_keys=True)
-    return STORE_ROOT / f"{dataset_name(dataset.root)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _open_data(data: str, cfg):
@@ -77,7 +65,7 @@ def _results_table(rows: list[dict[str, Any]]) -> str:
               help="Which images to score (test = the split a probe is tested on, for `clipkit compare`).")
 @click.option("--seed", type=int, default=None, help="Seed of the drawn val/test splits (as train-probe's). [default: 0]")
 @click.option("--store", "store_path", default=None, type=click.Path(file_okay=False),
-              help="Feature-store folder to reuse or fill. [default: .clipkit/features/<dataset>-<hash>]")
+              help="Feature-store folder to reuse or fill. [default: train-probe's, ~/.cache/clipkit/stores/...]")
 @tracking_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
@@ -110,7 +98,7 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     if len({s.name for s in sets}) != len(sets):
         raise click.UsageError("two prompt sets share a name; rename one in the YAML")
     tracking.check_tracking(cfg.tracking)  # before the model load
-    extractor, store = _extract(cfg, dataset, store, store_path, progress)
+    extractor, store = _extract(cfg, data, dataset, store, store_path, progress)
     rows = []
     for ps in sets:
         with tracking.prompt_run(cfg, name, ps, store) as run:
@@ -131,7 +119,7 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
                    f"rank them with `clipkit compare --experiment {exp}`", err=True)
 
 
-def _extract(cfg, dataset, store, store_path: Optional[str], progress: Optional[bool]):
+def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress: Optional[bool]):
     """Load the extractor and the dataset's feature store (extracting what is missing)."""
     from ..errors import DataError
     from ..features import FeatureExtractor
@@ -144,7 +132,9 @@ def _extract(cfg, dataset, store, store_path: Optional[str], progress: Optional[
             raise DataError(f"feature store '{store.path}' holds features of {store.identity.label}, not of "
                             f"{extractor.identity.label} ({reason}); pass the store's --model/--pretrained")
         return extractor, store
-    out = Path(store_path) if store_path else default_store_path(dataset, extractor.identity)
+    from .probe import default_store_dir  # the same cache train-probe uses, so images are encoded once
+
+    out = Path(store_path) if store_path else default_store_dir(data, extractor.identity)
     show = sys.stderr.isatty() if progress is None else progress
     return extractor, extract_store(extractor, dataset, out, progress=show)
 
