@@ -127,5 +127,5 @@ def draft_for(im: Image.Image, min_side: Optional[int]) -> None:
         return
     w, h = im.size
     scale = min_side / min(w, h)
-    if scale < 0.5:  # the smallest JPEG reduction is 1/2
+    if scale <= 0.5:  # the mildest JPEG reduction is 1/2
         im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))
