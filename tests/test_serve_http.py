@@ -161,7 +161,11 @@ def test_a_streamed_body_over_the_limit_is_refused_without_content_length(plain)
 def test_predict_gives_the_same_numbers_as_the_cli(plain, tiny_model, image_dir, labels):
     from toolkit.cli import main
 
+    y, x = np.mgrid[0:360, 0:480]  # a large JPEG too: file loading may decode it at reduced size
+    rgb = np.stack([x * 255 // 480, y * 255 // 360, (x + y) % 256], -1).astype("uint8")
+    Image.fromarray(rgb).save(image_dir / "large.jpg", quality=90)
     paths = sorted(str(p) for p in image_dir.rglob("*") if p.is_file())
+    assert len(paths) == 7
     label_args = [a for lb in labels or [] for a in ("--label", lb)]
     res = CliRunner().invoke(main, ["predict", *paths, "--model", tiny_model["config"], "--pretrained",
                                     tiny_model["checkpoint"], "--device", "cpu", "--format", "json", *label_args])

@@ -7,7 +7,7 @@ so a decompression bomb costs nothing), then the decode of the first frame only.
 from __future__ import annotations
 
 import io
-from typing import Optional
+from typing import Callable, Optional
 
 from PIL import Image, ImageOps
 
@@ -44,9 +44,12 @@ def check_size(n_bytes: int, name: str, max_bytes: int) -> None:
                        "(serve.max_upload_bytes); send a smaller image")
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, name: str, max_pixels: int,
+                 prepare: Optional[Callable[[Image.Image], None]] = None) -> Image.Image:
     """Bytes of one upload -> RGB image (first frame of a GIF/WebP, EXIF orientation applied).
 
+    prepare: called on the opened, size-checked image before decoding (the extractor's reduced-size JPEG
+    decode, so that the server sees the same pixels as `clipkit predict`).
     Raises ApiError: 400 empty or corrupt, 413 too many pixels, 415 not an accepted format.
     """
     if not data:
@@ -69,6 +72,8 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ApiError(400, "corrupt_image", f"{name!r} has no pixels ({width}x{height}); upload a real image")
     try:
+        if prepare is not None:
+            prepare(im)
         return ImageOps.exif_transpose(im).convert("RGB")  # decodes the current (first) frame only
     except Exception as e:  # truncated data, bad compressed stream, ...
         raise _corrupt(name, fmt, e) from None
