@@ -74,6 +74,8 @@ def populated(tmp_path_factory, template_db, tiny_model, colors):
     assert res.exit_code == 0, res.output
     probe_runs = [r for r in _runs(uri, "clipkit-colors") if r.data.tags["kind"] == "probe"]
     assert len(probe_runs) == 1
+    run_id = probe_runs[0].info.run_id  # train-probe tells where its head is in MLflow
+    assert f"runs:/{run_id}/head" in res.output and "models:/colors-head/1" in res.output
     return {"dir": d, "uri": uri, "config": cfg_path, "prompt_doc": prompt_doc, "probe_run": probe_runs[0],
             "head": LinearProbe.load(d / "head"), "store": FeatureStore.open(d / "store")}
 
@@ -89,7 +91,8 @@ def test_eval_prompts_logs_one_finished_run_per_prompt_set(populated):
         assert {"pretrained", "labels", "templates", "template_count"} <= set(p)
         assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(m)
         assert {f"recall/{c}" for c in CLASSES} <= set(m)
-        assert {"confusion_matrix.png", "predictions.csv", "prompt_set.yaml", "config.yaml"} <= _artifacts(uri, r.info.run_id)
+        arts = _artifacts(uri, r.info.run_id)
+        assert {"confusion_matrix.png", "predictions.csv", "prompt_set.yaml", "config.yaml"} <= arts
         # the logged accuracy is what the logged predictions say
         text = Path(_client(uri).download_artifacts(r.info.run_id, "predictions.csv")).read_text()
         rows = list(csv.DictReader(io.StringIO(text)))

@@ -18,7 +18,8 @@ def _pick_dataset(runs: list[dict[str, Any]], dataset: Optional[str]) -> tuple[s
     datasets = sorted({r["dataset"] for r in runs if r.get("dataset")})
     if dataset is not None:
         if dataset not in datasets:
-            raise ConfigError(f"no runs on dataset '{dataset}' here; datasets with runs: {', '.join(datasets) or 'none'}")
+            raise ConfigError(f"no runs on dataset '{dataset}' here; datasets with runs: "
+                              f"{', '.join(datasets) or 'none'}")
         return dataset, [d for d in datasets if d != dataset]
     latest = max(runs, key=lambda r: r.get("start_time") or 0)["dataset"]
     return latest, [d for d in datasets if d != latest]
@@ -27,7 +28,8 @@ def _pick_dataset(runs: list[dict[str, Any]], dataset: Optional[str]) -> tuple[s
 def _description(run: dict[str, Any]) -> str:
     p = run["params"]
     if run["kind"] == "prompt":
-        return f"{p.get('template_count', '?')} templates ({p.get('templates_spec', '?')}), labels: {p.get('labels_spec', '?')}"
+        return (f"{p.get('template_count', '?')} templates ({p.get('templates_spec', '?')}), "
+                f"labels: {p.get('labels_spec', '?')}")
     return f"{p.get('method', '?')} {('C' if p.get('method') == 'logreg' else 'wd')}={p.get('chosen_value', '?')}, " \
            f"shots: {p.get('shots', 'all')}"
 

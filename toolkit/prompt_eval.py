@@ -125,7 +125,8 @@ def load_prompt_sets(path: str | Path, classes: Sequence[str]) -> list[PromptSet
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"prompt-sets file '{path}' is not valid YAML ({e.__class__.__name__}); fix its syntax") from None
+        raise ConfigError(f"prompt-sets file '{path}' is not valid YAML ({e.__class__.__name__}); "
+                          "fix its syntax") from None
     sets = doc.get("prompt_sets") if isinstance(doc, dict) else None
     if not isinstance(sets, dict) or not sets:
         raise ConfigError(f"prompt-sets file '{path}' needs a non-empty 'prompt_sets:' mapping of name -> "

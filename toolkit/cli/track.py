@@ -11,6 +11,7 @@ import click
 
 from ..prompt_eval import SPLIT_CHOICES
 from .common import build_config, model_options
+from .probe import _probe_overrides as probe_overrides, _split_options as split_options  # same split flags
 
 def tracking_options(f: Callable) -> Callable:
     """--experiment, --tracking-uri, --no-track (fill cfg.tracking through `tracking_overrides`)."""
@@ -63,14 +64,14 @@ def _results_table(rows: list[dict[str, Any]]) -> str:
               help="YAML of named prompt sets; labels may map class -> prompt text. See configs/prompt_sets.yaml.")
 @click.option("--split", type=click.Choice(SPLIT_CHOICES), default="test", show_default=True,
               help="Which images to score (test = the split a probe is tested on, for `clipkit compare`).")
-@click.option("--seed", type=int, default=None, help="Seed of the drawn val/test splits (as train-probe's). [default: 0]")
+@split_options
 @click.option("--store", "store_path", default=None, type=click.Path(file_okay=False),
               help="Feature-store folder to reuse or fill. [default: train-probe's, ~/.cache/clipkit/stores/...]")
 @tracking_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ...], labels_files: tuple[str, ...],
-                 prompt_sets: Optional[str], split: str, seed: Optional[int], store_path: Optional[str],
+                 prompt_sets: Optional[str], split: str, store_path: Optional[str],
                  experiment: Optional[str], tracking_uri: Optional[str], no_track: bool, fmt: str,
                  progress: Optional[bool], **flags: Any) -> None:
     """Score several prompt sets zero-shot on one labelled dataset; one MLflow run (kind=prompt) each.
@@ -89,8 +90,8 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     from .. import tracking
     from ..prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
 
-    cfg = build_config(config_path, **flags, **tracking_overrides(experiment, tracking_uri, no_track),
-                       **{"probe.seed": seed})
+    overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track)}
+    cfg = build_config(config_path, **overrides, **flags)
     dataset, store, classes, name = _open_data(data, cfg)
     sets = load_prompt_sets(prompt_sets, classes) if prompt_sets else []
     if templates or labels_files or not sets:
