@@ -101,6 +101,8 @@ def bars_png(report: dict[str, Any], path) -> Any:
 
     m = report["metric"]
     rows = report["runs"]
-    return plots.comparison_bars_png([r["name"] or r["run_id"][:8] for r in rows], [r[m] for r in rows],
+    names = [r["name"] or r["run_id"][:8] for r in rows]
+    names = [f"{n} ({r['run_id'][:6]})" if names.count(n) > 1 else n for n, r in zip(names, rows)]
+    return plots.comparison_bars_png(names, [r[m] for r in rows],
                                      [r["kind"] for r in rows], path, baseline=report["baseline"],
                                      title=f"{report['dataset']}: {m} by run", metric=m)

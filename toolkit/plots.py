@@ -159,17 +159,18 @@ def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Se
     ax.barh(ys, vals, color=[colors.get(k, "gray") for k in kinds], height=0.7)
     for y, v in zip(ys, vals):
         ax.text(v + 0.5, y, f"{v:.1f}%", va="center", fontsize=8)
-    ax.set_yticks(ys, [_short(f"{k}: {nm}", 34) for nm, k in zip(names, kinds)], fontsize=8)
+    ax.set_yticks(ys, [_short(nm, 34) for nm in names], fontsize=8)
     if baseline is not None:
         ax.axvline(100 * baseline, color="black", ls="--", lw=1, label=f"best zero-shot {100 * baseline:.1f}%")
-    for k, c in colors.items():
-        if k in kinds:
-            ax.barh([], [], color=c, label=k)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=k) for k, c in colors.items() if k in kinds]
+    handles += ax.get_legend_handles_labels()[0]
     ax.set_xlim(0, min(110, max(vals + [100 * (baseline or 0)]) + 12))
     ax.set_xlabel(f"{metric} (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
