@@ -244,7 +244,8 @@ class _PathDataset(Dataset):
             return i, None, f"'{self.paths[i]}' could not be preprocessed ({e.__class__.__name__}: {e})"
 
 
-def _collate(items):
+def collate_images(items):
+    """[(i, tensor or None, error or None)] -> ([i of the good items], (n_ok, 3, H, W) or None, {i: error})."""
     ok = [(i, t) for i, t, err in items if err is None]
     errors = {i: err for i, _, err in items if err is not None}
     idx = [i for i, _ in ok]
@@ -343,6 +344,13 @@ class FeatureExtractor:
                for i in range(0, len(images), bs)]
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
+    def path_dataset(self, paths: Sequence[str]) -> Dataset:
+        """A Dataset whose item i is (i, (3, H, W) preprocessed tensor or None, error message or None).
+
+        Batch items with `collate_images`; used by iter_path_batches and by distributed extraction.
+        """
+        return _PathDataset(paths, self.preprocess, self.min_decode_side)
+
     def iter_path_batches(self, paths: Sequence[str], batch_size: Optional[int] = None,
                           num_workers: Optional[int] = None) -> Iterable[tuple[list[int], np.ndarray, dict[int, str]]]:
         """Yield (indices, (n_ok, D) features, {index: error}) per batch, decoding in worker processes."""
@@ -350,8 +358,8 @@ class FeatureExtractor:
         workers = self.cfg.num_workers if num_workers is None else num_workers
         if workers < 0:  # auto: worker processes only pay off when there are many images to decode
             workers = 0 if len(paths) < 4 * bs else min(4, os.cpu_count() or 1)
-        loader = DataLoader(_PathDataset(paths, self.preprocess, self.min_decode_side), batch_size=bs, num_workers=workers,
-                            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+        loader = DataLoader(self.path_dataset(paths), batch_size=bs, num_workers=workers,
+                            collate_fn=collate_images, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         for idx, batch, errors in loader:
             feats = self.encode_batch(batch) if batch is not None else np.zeros((0, self.embed_dim), np.float32)

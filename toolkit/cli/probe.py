@@ -56,7 +56,14 @@ def _store_line(store) -> str:
 @model_options
 @_split_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
-def extract(data: str, out: str, config_path: Optional[str], progress: Optional[bool], **flags: Any) -> None:
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes per machine (CPU processes, or GPUs); >1 shards the batches with Lightning DDP.")
+@click.option("--num-nodes", type=click.IntRange(1), default=1, show_default=True,
+              help="Machines (launch the same command on each, with MASTER_ADDR/NODE_RANK set; --out on a shared disk).")
+@click.option("--strategy", type=click.Choice(["ddp", "ddp_spawn"]), default="ddp", show_default=True,
+              help="Lightning strategy for --devices/--num-nodes > 1.")
+def extract(data: str, out: str, config_path: Optional[str], progress: Optional[bool], devices: int, num_nodes: int,
+            strategy: str, **flags: Any) -> None:
     """Encode a labelled dataset's images into a feature store.
 
     DATA is an image folder (ROOT/<label>/*.jpg, or ROOT/{train,val,test}/<label>/*.jpg) or a CSV
@@ -73,13 +80,22 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
     Examples:
       clipkit extract out/demo --config configs/demo.yaml --out out/demo-features
       clipkit extract labels.csv --model ViT-B-32 --pretrained openai --out features/mine
+      clipkit extract out/demo --config configs/demo.yaml --out out/f --devices 2   # 2 processes (DDP)
     """
     from ..data import load_dataset
     from ..store import extract_store
 
     cfg = build_config(config_path, **_probe_overrides(flags), **flags)
     dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
-    store = extract_store(_load_extractor(cfg), dataset, out, progress=_show_progress(progress))
+    if devices > 1 or num_nodes > 1:  # one process per device, each writing its batches' rows of the store
+        from ..trainer import extract_distributed
+
+        store = extract_distributed(_load_extractor(cfg), dataset, out, devices, num_nodes, strategy,
+                                    progress=_show_progress(progress))
+        if store is None:  # not global rank 0: that one reports
+            return
+    else:
+        store = extract_store(_load_extractor(cfg), dataset, out, progress=_show_progress(progress))
     click.echo(f"store     {_store_line(store)}")
     click.echo(f"classes   {', '.join(f'{c} ({n})' for c, n in store.meta['class_counts'].items())}")
     click.echo(f"splits    {', '.join(f'{s} {n}' for s, n in store.meta['split_counts'].items())}")
