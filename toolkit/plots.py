@@ -23,6 +23,16 @@ def _short(label: str, width: int = 22) -> str:
     return label if len(label) <= width else label[:width - 1] + "…"
 
 
+def _wrap(label: str, width: int = 18, max_lines: int = 3) -> str:
+    """Wrap a long label onto a few lines (class names often differ only at the end: "...a squat")."""
+    import textwrap
+
+    lines = textwrap.wrap(label, width) or [label]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + ["…" + " ".join(lines[max_lines - 1:])[-(width - 1):]]
+    return "\n".join(lines)
+
+
 def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
                          title: str = "confusion matrix") -> Path:
     """Row-normalized confusion matrix (rows = true class) with the raw counts written in each cell."""
@@ -30,11 +40,11 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], pa
     counts = np.asarray(cm, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(2.2 + 0.75 * n, 1.8 + 0.6 * n))
+    fig, ax = plt.subplots(figsize=(2.6 + 0.8 * n, 2.2 + 0.7 * n))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    names = [_short(c) for c in classes]
-    ax.set_xticks(range(n), names, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xticks(range(n), [_wrap(c, 12) for c in classes], rotation=0 if n <= 6 else 45,
+                  ha="center" if n <= 6 else "right", fontsize=8)
+    ax.set_yticks(range(n), [_wrap(c) for c in classes], fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
@@ -44,7 +54,7 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], pa
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 

@@ -210,7 +210,7 @@ class ProbeResult:
     head: LinearProbe
     metrics: dict[str, Any]  # 'val', 'test', 'zeroshot_test' (evaluate() dicts), 'gain_over_zeroshot' (points)
     sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
-    report_dir: Path  # report.json, confusion matrices (CSV, PNG), sweep.png, predictions.csv, per_class.csv
+    report_dir: Optional[Path]  # report.json, confusion matrices (CSV, PNG), sweep.png, predictions.csv, per_class.csv
     params: dict[str, Any]  # method, chosen hyper-parameters, seed, fewshot, split sizes
     config: dict[str, Any]  # the ProbeConfig used
     store_path: Optional[str] = None
@@ -264,9 +264,10 @@ def _split_arrays(store, classes: list[str], cfg: ProbeConfig):
 
 
 def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
-                c_grid: Optional[Sequence[float]] = None, progress: bool = False) -> ProbeResult:
+                c_grid: Optional[Sequence[float]] = None, progress: bool = False, report: bool = True) -> ProbeResult:
     """Fit a linear probe on a FeatureStore's train split (hyper-parameters on val), score it and the
-    zero-shot head on test, and write a report folder. Returns a ProbeResult (the head is not saved)."""
+    zero-shot head on test, and write a report folder (`report_dir`, else a temp folder; none when
+    `report` is False, e.g. inside a sweep). Returns a ProbeResult (the head is not saved)."""
     from .metrics import evaluate
 
     classes = store.classes
@@ -303,12 +304,14 @@ def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optiona
     if metrics["zeroshot_test"] and metrics["test"]["accuracy"] is not None:
         gain = 100 * (metrics["test"]["accuracy"] - metrics["zeroshot_test"]["accuracy"])
     metrics["gain_over_zeroshot"] = gain
-    result = ProbeResult(head, metrics, fit.sweep, Path(report_dir) if report_dir else _temp_report_dir(), params,
-                         cfg.model_dump(mode="json"), str(store.path), {"fit_s": round(fit_s, 3)})
+    where = (Path(report_dir) if report_dir else _temp_report_dir()) if report else None
+    result = ProbeResult(head, metrics, fit.sweep, where, params, cfg.model_dump(mode="json"), str(store.path),
+                         {"fit_s": round(fit_s, 3)})
     head.metrics = {**result.scalar_metrics(), "n_test": len(y_test)}
-    from .metrics import write_report
+    if report:
+        from .metrics import write_report
 
-    write_report(result, store.paths[idx["test"]], test_labels, proba, zs_proba)
+        write_report(result, store.paths[idx["test"]], test_labels, proba, zs_proba)
     return result
 
 

@@ -61,6 +61,18 @@ def quiet_lightning(verbose: bool = False) -> Iterator[None]:
                 logging.getLogger(n).setLevel(lvl)
 
 
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops on `n` threads. A linear layer's batches are too small to gain from more, and on
+    a busy machine extra OpenMP threads spin and wait: measured 1.1 ms/step on 1 thread vs 21 ms on 2."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- linear head on cached features
 
 
@@ -131,7 +143,8 @@ def _train_one(X_train, y_train, val_loader, n_classes: int, wd: float, cfg: Pro
     module = LinearHead(X_train.shape[1], n_classes, lr=cfg.lr, weight_decay=wd, init_weight=init_weight)
     best = KeepBest()
     trainer = L.Trainer(**trainer_kwargs(progress, max_epochs=cfg.max_epochs, callbacks=[
-        EarlyStopping("val_loss", patience=cfg.patience, mode="min"), best]))
+        # min_delta: once the learning rate has been cut a few times, gains of 1e-4 nats are not worth epochs
+        EarlyStopping("val_loss", patience=cfg.patience, mode="min", min_delta=1e-4), best]))
     batch = min(cfg.batch_size, len(X_train))
     trainer.fit(module, _loader(X_train, y_train, batch, True, cfg.seed), val_loader)
     return best
@@ -147,7 +160,7 @@ def fit_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
     """
     val_loader = _loader(X_val, y_val, 4096, False, cfg.seed)
     sweep, runs = [], {}
-    with quiet_lightning(progress):
+    with quiet_lightning(progress), cpu_threads(1):
         for wd in cfg.weight_decays:
             best = _train_one(X_train, y_train, val_loader, n_classes, float(wd), cfg, init_weight, progress)
             runs[float(wd)] = best
