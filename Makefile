@@ -12,8 +12,10 @@ install: $(STAMP)
 # Re-runs only when pyproject.toml changes, so a second `make install` is instant.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --upgrade pip 2>/dev/null || $(PIP) install -q --upgrade pip
+	@# pip's notes about this machine's optional local package mirrors are noise: filter them, keep the exit code.
+	$(PIP) install -q --progress-bar off -e ".[dev]" 2>$(VENV)/pip.log; rc=$$?; \
+	  grep -v "is ignored: it is neither a file nor a directory" $(VENV)/pip.log >&2; exit $$rc
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: could not install Debian's chromium; browser tests will fail")
@@ -29,7 +31,7 @@ demo: install
 	$(CLIPKIT) predict --config configs/demo.yaml data/samples
 
 serve: install
-	$(CLIPKIT) serve --config configs/default.yaml
+	$(CLIPKIT) serve --config configs/demo.yaml
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
