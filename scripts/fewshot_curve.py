@@ -6,7 +6,7 @@ class for each K over several seeds (mean and spread). The zero-shot classifier,
 names and the config's templates, is scored on the same test split.
 
 Usage:
-  .venv/bin/python scripts/fewshot_curve.py --config configs/demo.yaml --data out/demo --plot docs/fewshot_curve.png
+  .venv/bin/python scripts/fewshot_curve.py --config configs/demo.yaml --data out/demo6 --plot docs/fewshot_curve.png
   .venv/bin/python scripts/fewshot_curve.py --methods logreg linear --seeds 5
 """
 from __future__ import annotations
@@ -28,12 +28,27 @@ from toolkit.data import load_dataset  # noqa: E402
 from toolkit.probe import train_probe  # noqa: E402
 
 
-def ensure_demo_data(path: Path, n_per_class: int, seed: int) -> None:
+def ensure_demo_data(path: Path, n_per_class: int, seed: int, classes: str) -> None:
     if path.exists():
         return
     cmd = [sys.executable, "-c", "from toolkit.cli import main; main()", "demo-data", str(path),
-           "--n-per-class", str(n_per_class), "--seed", str(seed)]
+           "--n-per-class", str(n_per_class), "--seed", str(seed), "--classes", classes]
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def keys_manifest(data: Path) -> Path:
+    """A CSV manifest of the demo data labelled by exercise key ('squat') instead of label text
+    ('a person repeating a squat'): label names the model never saw in a prompt, as a user's own would be."""
+    import csv
+
+    with open(data / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = data / "keys.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows([r["path"], r["exercise"], r["split"]] for r in rows)
+    return out
 
 
 def build(args):
@@ -44,8 +59,8 @@ def build(args):
     from toolkit.zeroshot import ZeroShotHead
 
     cfg = load_config(args.config, {"model.device": "cpu"})
-    ensure_demo_data(args.data, args.n_per_class, args.data_seed)
-    dataset = load_dataset(args.data, seed=0)
+    ensure_demo_data(args.data, args.n_per_class, args.data_seed, args.demo_classes)
+    dataset = load_dataset(keys_manifest(args.data) if args.label_names == "keys" else args.data, seed=0)
     extractor = FeatureExtractor.from_config(cfg.model)
     t0 = time.perf_counter()
     store = extract_store(extractor, dataset, args.store, progress=True)
@@ -86,7 +101,8 @@ def markdown(res: dict, shots, seeds: int) -> str:
         lines.append(f"| {label} | {r['n_train']} | {100 * r['test_accuracy']:.1f}% | "
                      f"{100 * (r['test_accuracy'] - res['zeroshot']):+.1f} | {r['fit_s']:.1f} |")
     lines += ["", f"Few-shot (mean +- std over {seeds} seeds of the K-shot draw):", "",
-              "| shots per class | zero-shot | " + " | ".join(methods) + " |", "|---" * (2 + len(methods)) + "|"]
+              "| shots per class | zero-shot | " + " | ".join(m + (" (init zeroshot)" if m == "linear" else "")
+                                                         for m in methods) + " |", "|---" * (2 + len(methods)) + "|"]
     for k in shots:
         cells = [f"{100 * res['fewshot'][m][k]['mean']:.1f}% +- {100 * res['fewshot'][m][k]['std']:.1f}" for m in methods]
         lines.append(f"| {k} | {100 * res['zeroshot']:.1f}% | " + " | ".join(cells) + " |")
@@ -98,7 +114,8 @@ def plot(res: dict, shots, path: Path) -> None:
 
     series = {"zero-shot": (list(shots), [100 * res["zeroshot"]] * len(shots))}
     for m, per_k in res["fewshot"].items():
-        series[f"probe: {m}"] = (list(shots), [100 * per_k[k]["mean"] for k in shots])
+        name = f"probe: {m}" + (" (init zeroshot)" if m == "linear" else "")
+        series[name] = (list(shots), [100 * per_k[k]["mean"] for k in shots])
     path.parent.mkdir(parents=True, exist_ok=True)
     curve_png(series, path, "demo dataset: few-shot linear probe vs zero-shot", "shots per class",
               "test accuracy (%)", logx=True)
@@ -111,13 +128,17 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=None, help="[default: DATA-features]")
     ap.add_argument("--n-per-class", type=int, default=100, help="when generating the demo data")
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--demo-classes", default="all", help="when generating: exercise keys or 'all' (the demo "
+                    "model was trained on 4 of the 6; push-up and lunge are new to it)")
+    ap.add_argument("--label-names", choices=["text", "keys"], default="text",
+                    help="class names (and so zero-shot prompts): the label text, or the short exercise keys")
     ap.add_argument("--methods", nargs="+", default=["logreg"], choices=["logreg", "linear"])
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    args.store = args.store or args.data.with_name(args.data.name + "-features")
+    args.store = args.store or args.data.with_name(f"{args.data.name}-{args.label_names}-features")
     store, zs, cfg = build(args)
     res = curve(store, zs, cfg, args.methods, args.shots, args.seeds)
     print(markdown(res, args.shots, args.seeds))

@@ -98,6 +98,8 @@ def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
         ax.plot(xs, ys, style, ms=4, label=name)
     if logx:
         ax.set_xscale("log", base=2)
+        ticks = sorted({x for xs, _ in series.values() for x in xs})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
