@@ -86,6 +86,13 @@ def zero_shot_check(model, tokenizer, preprocess, keys, n_per_class, seed, size=
     return correct / (n_per_class * len(keys))
 
 
+def _rel(value):
+    """Paths under the repository as repo-relative strings, so the recorded recipe is portable."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(ROOT):
+        return str(Path(value).relative_to(ROOT))
+    return value
+
+
 def lr_at(step, steps, lr, warmup):
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -111,7 +118,7 @@ def lr_at(step, steps, lr, warmup):
 def main(config_path, out, steps, batch_size, lr, weight_decay, warmup, pool_per_class,
          render_size, classes, seed, threads, check_every):
     """Train the demo CLIP from scratch on CPU and save an fp16 safetensors checkpoint."""
-    recipe = {k: v for k, v in locals().items()}
+    recipe = {k: _rel(v) for k, v in locals().items()}
     t0 = time.time()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -164,6 +171,7 @@ def main(config_path, out, steps, batch_size, lr, weight_decay, warmup, pool_per
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"model": name, "format": "pt"})
+    tmp.chmod(0o644)
     tmp.replace(out)
     report = {"recipe": recipe, "params": n_params, "wall_s": round(wall, 1),
               "final_check_acc_4class_200imgs_seed12345": acc,

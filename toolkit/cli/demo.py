@@ -36,7 +36,7 @@ def demo_data(out, n_per_class, seed, classes, split, size, overwrite):
         keys, fractions = parse_classes(classes), parse_split(split)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    with tqdm(total=n_per_class * len(keys), desc="demo-data", unit="img", leave=False) as bar:
+    with tqdm(total=n_per_class * len(keys), desc="demo-data", unit="img", leave=False, delay=0.5) as bar:
         summary = write_imagefolder(out, n_per_class, seed, keys, fractions, size, overwrite,
                                     on_image=bar.update)  # fmt: skip
     for split_name, per_label in summary.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -49,9 +50,13 @@ def parse_classes(text: str) -> list[str]:
 
 
 def split_counts(n: int, split: tuple[float, float, float]) -> dict[str, int]:
-    """Images per split for ``n`` per class: val and test rounded, train gets the rest."""
-    n_val, n_test = round(n * split[1]), round(n * split[2])
-    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+    """Images per split for ``n`` per class (largest remainder; ties go to the earlier split)."""
+    exact = [n * f for f in split]
+    counts = [int(np.floor(x + 1e-9)) for x in exact]
+    by_remainder = sorted(range(3), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(SPLITS, counts))
 
 
 def write_imagefolder(
@@ -77,7 +82,7 @@ def write_imagefolder(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"output folder {out} is not empty; choose another folder or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{np.random.default_rng().integers(1 << 30)}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         summary = _write_all(tmp, keys, n_per_class, seed, counts, size, on_image)
         _swap_in(tmp, out)
@@ -115,8 +120,8 @@ def _write_all(root: Path, keys, n_per_class, seed, counts, size, on_image):
 def _swap_in(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``, removing an existing ``out`` only once ``tmp`` is complete."""
     if out.exists():
-        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        out.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old)  # replaces the empty placeholder folder
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     else:

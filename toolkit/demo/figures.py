@@ -154,9 +154,10 @@ def _bounds(pts: dict[str, np.ndarray], head_r: float) -> tuple[float, float, fl
     return x0 - ref, y0 - y1, x1 - ref, 0.0
 
 
-def _effective(angles: np.ndarray, figure: Figure) -> np.ndarray:
-    a = angles + np.asarray(figure.angle_offsets)
-    return -a if figure.mirrored else a
+def _effective(angles: np.ndarray, offsets, mirrored: bool) -> np.ndarray:
+    """The angles a figure actually shows: its own offsets added, negated when mirrored."""
+    a = angles + np.asarray(offsets)
+    return -a if mirrored else a
 
 
 def _pick_colors(rng: np.random.Generator) -> tuple[str, str]:
@@ -193,9 +194,7 @@ def random_figure(
     offsets[1] *= 1.5  # heads nod more than limbs bend
     mirrored = bool(rng.random() < 0.5)
     color, background = _pick_colors(rng)
-    draft = Figure(tuple(length.items()), tuple(offsets), mirrored, 1.0, 0.0, 0.0, 0.0,
-                   False, color, background, PALETTE[color], PALETTE[background], 0.0, False, 0.0)
-    boxes = np.array([_bounds(joints(_effective(a, draft), length, lv), length["head_r"])
+    boxes = np.array([_bounds(joints(_effective(a, offsets, mirrored), length, lv), length["head_r"])
                       for a, lv in poses])  # fmt: skip
     x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
     x1 = boxes[:, 2].max()
@@ -235,7 +234,7 @@ def render_pose(
     width, height = size
     k = supersample
     length = figure.length
-    pts = joints(_effective(angles, figure), length, level)
+    pts = joints(_effective(angles, figure.angle_offsets, figure.mirrored), length, level)
     lowest = max(max(p[1] for p in pts.values()), pts["head"][1] + length["head_r"])
     ref_x = (pts["foot_l"][0] + pts["foot_r"][0]) / 2
 
@@ -279,7 +278,7 @@ def _background(figure: Figure, width: int, height: int) -> np.ndarray:
 
 def _floor_rgb(figure: Figure) -> tuple[int, int, int]:
     """Halfway between figure and background: visible, but never mistaken for a limb."""
-    return tuple((np.asarray(figure.rgb) + np.asarray(figure.background_rgb)) // 2)
+    return tuple(int(c) for c in (np.asarray(figure.rgb) + np.asarray(figure.background_rgb)) // 2)
 
 
 def _add_noise(img: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
