@@ -54,6 +54,7 @@ def quiet_lightning(verbose: bool = False) -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's pytree shim on this torch
         try:
             yield
         finally:

@@ -157,6 +157,7 @@ def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
 
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)
+        store.reused = True  # given as DATA: used as is
         extractor = _load_extractor(cfg)
         _check_store_model(store, extractor)
         return store, extractor, dataset_name(store.meta.get("dataset_root") or data)
