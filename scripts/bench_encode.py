@@ -8,7 +8,9 @@ interleaved round by round. Sides:
   naive            one image at a time, fp32: preprocess a PIL image, encode it, normalize (the old demo API)
   clipkit-<prec>   FeatureExtractor.encode_images(PIL images, batch_size=B): preprocessing included
   hf-<prec>        transformers CLIPModel.get_image_features on already preprocessed tensors (no preprocessing)
-  clipkit-bf16-compiled   (with --compile) the same with ModelConfig.compile=True, after its warm-up
+  clipkit-bf16-compiled   (with --compile B) the same with ModelConfig.compile=True at batch B, after its warm-up
+  onnxruntime-fp32 (with --onnx) the fp32 image tower exported by `clipkit export-onnx`, run by ONNX Runtime
+                   on the same PIL images (preprocessing included, as for clipkit)
 GFLOP/s = images/s x GFLOP per image (FlopCounterMode, autograd on); "% peak" divides by this machine's
 measured matmul peak in the same precision.
 """
@@ -64,6 +66,14 @@ def clipkit_side(ex: FeatureExtractor, pil: list[Image.Image], bs: int):
     return lambda: len(ex.encode_images(pil, batch_size=bs))
 
 
+def onnx_side(ex: FeatureExtractor, enc, pil: list[Image.Image], bs: int):
+    def run() -> int:
+        for i in range(0, len(pil), bs):
+            enc.encode_batch(torch.stack([ex.preprocess(im.convert("RGB")) for im in pil[i:i + bs]]))
+        return len(pil)
+    return run
+
+
 def hf_side(model, x: torch.Tensor, bs: int):
     def run() -> int:
         with torch.inference_mode():
@@ -92,8 +102,9 @@ def cosine_check(ex32: FeatureExtractor, ex16: FeatureExtractor, pil: list[Image
 @click.option("--rounds", default=3, help="Alternating rounds; the median is reported.")
 @click.option("--precisions", default="fp32,bf16")
 @click.option("--compile", "compile_bs", default=None, type=int, help="Also time ModelConfig.compile=True at this batch size.")
+@click.option("--onnx", is_flag=True, help="Also time ONNX Runtime on the exported fp32 image tower.")
 @click.option("--out", default=None, help="Write all figures as JSON here.")
-def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_bs, out) -> None:
+def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_bs, onnx: bool, out) -> None:
     sizes = [int(b) for b in batch_sizes.split(",")]
     precs = precisions.split(",")
     note = _bench.machine_note()
@@ -112,6 +123,16 @@ def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_
         for p in precs:
             sides[f"clipkit-{p} b{bs}"] = clipkit_side(exs[p], pil, bs)
             sides[f"hf-{p} b{bs}"] = hf_side(hfs[p], x.to(DTYPES[p]), bs)
+    if onnx:
+        import tempfile
+
+        from toolkit.onnx_export import OnnxImageEncoder, export_image_encoder, parity
+
+        tmp = tempfile.mkdtemp()
+        enc = OnnxImageEncoder(export_image_encoder(exs["fp32"], f"{tmp}/vit-b-32.onnx"))
+        print(f"onnxruntime vs eager fp32: max |diff| {parity(exs['fp32'], enc):.1e}")
+        for bs in sizes:
+            sides[f"onnxruntime-fp32 b{bs}"] = onnx_side(exs["fp32"], enc, pil, bs)
     warm = None
     if compile_bs:
         torch.manual_seed(0)
@@ -133,7 +154,7 @@ def report(res, sizes, precs, peaks, gflop, cos, warm, compile_bs, note, out) ->
         side, bs = name.rsplit(" b", 1)
         prec = "bf16" if "bf16" in side else "fp32"
         hf = res.get(f"hf-{prec} b{bs}", {}).get("rate")
-        vs_hf = f"{r['rate'] / hf:.2f}" if hf and side.startswith("clipkit") else ""
+        vs_hf = f"{r['rate'] / hf:.2f}" if hf and not side.startswith("hf") else ""
         rows.append([f"{side} (b{bs})", prec, r["rate"], r["rate"] / naive, vs_hf, r["rate"] * gflop,
                      100 * r["rate"] * gflop / peaks[prec]])
     print(f"\nMachine: {note}")

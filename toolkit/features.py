@@ -382,7 +382,7 @@ class FeatureExtractor:
 
     # -- texts
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Texts -> (n, D) float32, rows L2-normalized. Each distinct text is encoded once per extractor.
 
         With a causal text tower, texts are batched by token length and each batch runs only up to its longest

@@ -1,0 +1,114 @@
+"""Benchmark 3: end-to-end throughput from 640x480 JPEG files (decode, resize, crop, model), with and without
+reduced-size JPEG decoding (PIL draft), against the model alone on ready tensors and decoding alone.
+
+    .venv/bin/python scripts/bench_e2e.py --images 256 --batch-size 64 --workers 2 --precision bf16 \
+        --rounds 3 --out out/bench/e2e.json
+
+Sides, interleaved in one process:
+  model-only     encode_batch on already preprocessed tensors: the ceiling
+  e2e            FeatureExtractor.encode_paths(files) with DataLoader workers, full-size JPEG decoding
+  e2e-draft      the same with ModelConfig.draft_decode=True
+  decode-only    the same DataLoader without the model (full decoding / draft)
+If e2e is close to model-only, the model, not decoding, is the bottleneck.
+Also reports how much draft decoding changes the embeddings (min cosine; on the demo model when present).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import _bench
+from toolkit.config import ModelConfig
+from toolkit.features import FeatureExtractor, collate_images, load_image
+
+DEMO = _bench.ROOT / "data" / "models"
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n photo-like 640x480 JPEGs (smooth colour fields plus fine noise), quality 90."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        base = Image.fromarray((rng.random((12, 16, 3)) * 255).astype("uint8")).resize((640, 480), Image.BICUBIC)
+        arr = np.asarray(base, np.float32) + rng.normal(0, 8, (480, 640, 3))
+        paths.append(str(folder / f"img{i:04d}.jpg"))
+        Image.fromarray(arr.clip(0, 255).astype("uint8")).save(paths[-1], quality=90)
+    return paths
+
+
+def with_draft(ex: FeatureExtractor, on: bool) -> FeatureExtractor:
+    """Another extractor on the same model with draft decoding switched."""
+    return FeatureExtractor(ex.model, ex.preprocess, ex.tokenizer, ex.identity,
+                            ex.cfg.model_copy(update={"draft_decode": on}))
+
+
+def decode_side(ex: FeatureExtractor, paths: list[str], bs: int, workers: int):
+    def run() -> int:
+        loader = DataLoader(ex.path_dataset(paths), batch_size=bs, num_workers=workers, collate_fn=collate_images)
+        return sum(len(idx) for idx, _, _ in loader)
+    return run
+
+
+def draft_effect(ex: FeatureExtractor, paths: list[str]) -> dict:
+    """Min cosine of embeddings and mean |difference| of preprocessed pixels, draft vs full decoding."""
+    on = with_draft(ex, True)
+    a, _ = ex.encode_paths(paths, num_workers=0)
+    b, _ = on.encode_paths(paths, num_workers=0)
+    x = torch.stack([ex.preprocess(load_image(p)) for p in paths[:16]])
+    y = torch.stack([ex.preprocess(load_image(p, on.min_decode_side)) for p in paths[:16]])
+    return {"model": ex.identity.label, "input": ex.identity.image_size, "min_cosine": float((a * b).sum(1).min()),
+            "mean_abs_pixel_diff": float((x - y).abs().mean()), "decoded_size": list(load_image(paths[0], on.min_decode_side).size)}
+
+
+def demo_extractor():
+    cfg, ckpt = DEMO / "clipkit-demo.json", DEMO / "clipkit-demo.safetensors"
+    if not (cfg.is_file() and ckpt.is_file()):
+        return None
+    return FeatureExtractor.from_config(ModelConfig(name=str(cfg), pretrained=str(ckpt), device="cpu"))
+
+
+@click.command()
+@click.option("--images", "n_images", default=256)
+@click.option("--batch-size", default=64)
+@click.option("--workers", default=2, help="DataLoader worker processes.")
+@click.option("--precision", default="bf16", type=click.Choice(["fp32", "bf16", "auto"]))
+@click.option("--rounds", default=3)
+@click.option("--out", default=None)
+def main(n_images: int, batch_size: int, workers: int, precision: str, rounds: int, out) -> None:
+    note = _bench.machine_note()
+    ex = FeatureExtractor.from_config(ModelConfig(name="ViT-B-32", pretrained="none", device="cpu",
+                                                  precision=precision, batch_size=batch_size))
+    draft = with_draft(ex, True)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), n_images)
+        x = torch.stack([ex.preprocess(load_image(p)) for p in paths])
+        effects = [draft_effect(ex, paths[:32])]
+        demo = demo_extractor()
+        if demo is not None:
+            effects.append(draft_effect(demo, paths[:32]))
+        res = _bench.alternate({
+            "model-only": lambda: sum(len(ex.encode_batch(x[i:i + batch_size])) for i in range(0, len(x), batch_size)),
+            "e2e": lambda: len(ex.encode_paths(paths, batch_size, workers)[0]),
+            "e2e-draft": lambda: len(draft.encode_paths(paths, batch_size, workers)[0]),
+            "decode-only": decode_side(ex, paths, batch_size, workers),
+            "decode-only-draft": decode_side(draft, paths, batch_size, workers),
+        }, rounds)
+    model = res["model-only"]["rate"]
+    rows = [[k, v["rate"], v["rate"] / model] for k, v in res.items()]
+    print(f"\nMachine: {note}")
+    print(f"ViT-B-32 {precision}, {n_images} JPEGs 640x480, batch {batch_size}, {workers} DataLoader workers")
+    print(_bench.table(["side", "images/s", "x model-only"], rows))
+    print(_bench.table(["model", "input", "draft decodes 640x480 to", "min cosine draft vs full", "mean |pixel diff|"],
+                       [[e["model"], "x".join(map(str, e["input"])), "x".join(map(str, e["decoded_size"])),
+                         f"{e['min_cosine']:.5f}", f"{e['mean_abs_pixel_diff']:.4f}"] for e in effects]))
+    _bench.write_json(out, {"machine": note, "results": res, "draft_effect": effects})
+
+
+if __name__ == "__main__":
+    main()
