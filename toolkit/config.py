@@ -122,7 +122,10 @@ class ServeConfig(_Section):
 class VideoConfig(_Section):
     """Frame sampling, smoothing, segments and repetition counting."""
 
-    fps: Optional[float] = Field(None, gt=0)  # sample at this rate; null: every `stride`-th frame
+    # Sample this many frames per second (sources at a lower rate give every frame); null: every `stride`-th
+    # frame. 10 keeps the windows below the same length in seconds whatever the source's rate (window 5 =
+    # 0.5 s), scores a 30 fps video 3x faster than every frame, and still sees the rest phase of a fast rep.
+    fps: Optional[float] = Field(10.0, gt=0)
     stride: int = Field(1, ge=1)
     window: int = Field(5, ge=1)  # centered moving average, in sampled frames
     min_confidence: float = Field(0.0, ge=0, le=1)
@@ -134,9 +137,15 @@ class VideoConfig(_Section):
     # per-exercise rest pose where it isn't rest_label (a push-up rests in a high plank, not standing)
     rest_for: dict[str, str] = {"a person doing a push-up": "a person performing a plank"}
     # a run of an exercise's rest label shorter than this between two runs of the exercise is the top of a
-    # rep, not a pause: it joins the exercise's segment (seconds; 0 turns it off)
-    rest_gap_s: float = Field(1.0, ge=0)
-    # hysteresis thresholds on the smoothed probability of the exercise label for counting a rep
+    # rep, not a pause: it joins the exercise's segment (seconds; 0 turns it off). The top of a rep looks
+    # like the rest pose for ~40-50% of the rep, so 1.5 s covers reps of up to ~3 s.
+    rest_gap_s: float = Field(1.5, ge=0)
+    # Reps are counted on a lighter smoothing than the labels: at 10 fps the rest phase of a fast rep lasts
+    # 2-3 frames, which a 5-frame window fills in (on the demo videos window 5 missed 3 of 8 fast jumping
+    # jacks; windows 2-3 counted every video exactly, window 1 let single-frame confusions through).
+    rep_window: int = Field(3, ge=1)
+    # hysteresis on that series: a rep counts when the exercise's probability reaches rep_high after having
+    # dropped to rep_low since the last rep (0.4/0.6 is the middle of the range that counted exactly)
     rep_high: float = Field(0.6, gt=0, le=1)
     rep_low: float = Field(0.4, ge=0, lt=1)
 

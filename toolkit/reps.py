@@ -10,9 +10,10 @@ The pipeline (see `analyze`):
   3. bouts: a short run of an exercise's rest label between two runs of that exercise is the top of a rep,
      not a pause, so it joins the exercise (`rest_gap_s`);
   4. flickers: runs shorter than `min_segment_s` join their longer neighbour;
-  5. reps: hysteresis on the smoothed probability of each repetitive label: a rep is counted when the
-     probability climbs to `high` after having dropped to `low` (the rest pose) since the last rep, so
-     noise around one threshold never counts twice. Only rises on frames of that label count;
+  5. reps: hysteresis on each repetitive label's probability, smoothed over `rep_window` frames (lighter than
+     `window`, so a fast rep's short rest phase stays visible): a rep is counted when the probability climbs
+     to `high` after having dropped to `low` (the rest pose) since the last rep, so noise around one
+     threshold never counts twice. Only rises on frames of that label count;
   6. sets: a run of an exercise with reps grows into the rest frames where its probability is still rising
      into the first rep / falling out of the last one (the first descent looks like the rest pose);
   7. segments: consecutive frames with one label, with their rep counts.
@@ -74,15 +75,16 @@ def frame_ends(times: np.ndarray, end_s: Optional[float] = None) -> np.ndarray:
 
 def join_rest_gaps(labels: list[str], times: np.ndarray, rest_of: dict[str, str], max_gap_s: float,
                    ends: Optional[np.ndarray] = None) -> list[str]:
-    """Relabel runs of an exercise's rest label shorter than `max_gap_s` that sit between two runs of it."""
+    """Relabel the frames between two runs of a repetitive label when they last less than `max_gap_s` and are
+    mostly its rest label (a frame or two of another label at the turn of a rep doesn't break the set)."""
     out = list(labels)
     ends = frame_ends(times) if ends is None else ends
-    rs = runs(out)
-    for k in range(1, len(rs) - 1):
-        start, stop, label = rs[k]
-        before, after = rs[k - 1][2], rs[k + 1][2]
-        if before == after and rest_of.get(before) == label and ends[stop - 1] - times[start] < max_gap_s:
-            out[start:stop] = [before] * (stop - start)
+    for label, rest in rest_of.items():
+        own = [(start, stop) for start, stop, lb in runs(out) if lb == label]
+        for (_, gap_start), (gap_stop, _) in zip(own, own[1:]):
+            gap = out[gap_start:gap_stop]
+            if ends[gap_stop - 1] - times[gap_start] < max_gap_s and 2 * gap.count(rest) > len(gap):
+                out[gap_start:gap_stop] = [label] * len(gap)
     return out
 
 
@@ -114,6 +116,7 @@ def hysteresis_events(signal: np.ndarray, high: float, low: float) -> list[int]:
     if low >= high:
         raise ValueError(f"rep_low ({low}) must be below rep_high ({high})")
     events, armed = [], True
+    high, low = high - 1e-9, low + 1e-9  # a moving average of 0/1 frames lands exactly on 0.4, 0.6, ...
     for i, v in enumerate(np.asarray(signal, np.float64)):
         if armed and v >= high:
             events.append(i)
@@ -161,14 +164,14 @@ def make_segments(labels: Sequence[str], times: np.ndarray, smoothed: np.ndarray
     return segs
 
 
-def rep_events(smoothed: np.ndarray, classes: Sequence[str], labels: Sequence[str], repetitive: Sequence[str],
+def rep_events(series: np.ndarray, classes: Sequence[str], labels: Sequence[str], repetitive: Sequence[str],
                high: float, low: float) -> dict[str, list[int]]:
-    """{repetitive label present in classes: frame positions of counted reps}; a rise counts only on a frame
-    decided as that label."""
+    """{repetitive label present in classes: frame positions of counted reps} from the (n, C) `series`
+    (probabilities smoothed over rep_window); a rise counts only on a frame decided as that label."""
     events: dict[str, list[int]] = {}
     for label in repetitive:
         if label in classes:
-            rises = hysteresis_events(smoothed[:, list(classes).index(label)], high, low)
+            rises = hysteresis_events(series[:, list(classes).index(label)], high, low)
             events[label] = [i for i in rises if labels[i] == label]
     return events
 
@@ -176,7 +179,8 @@ def rep_events(smoothed: np.ndarray, classes: Sequence[str], labels: Sequence[st
 def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, window: int = 5,
             min_confidence: float = 0.0, fallback: Optional[str] = None, min_segment_s: float = 0.0,
             repetitive: Sequence[str] = (), rest_of: Optional[dict[str, str]] = None, rest_gap_s: float = 0.0,
-            rep_high: float = 0.6, rep_low: float = 0.4, end_s: Optional[float] = None) -> dict[str, Any]:
+            rep_window: int = 3, rep_high: float = 0.6, rep_low: float = 0.4, end_s: Optional[float] = None
+            ) -> dict[str, Any]:
     """The whole pipeline on (n, C) raw probabilities. Returns {smoothed, raw_labels, labels, segments,
     rep_events, reps}: smoothed (n, C); labels after bouts and flicker removal; reps {label: count}."""
     probs = np.asarray(probs, np.float64)
@@ -188,7 +192,8 @@ def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, win
     if rest_gap_s > 0 and rest_of:
         labels = join_rest_gaps(labels, times, rest_of, rest_gap_s, ends)
     labels = drop_short(labels, times, min_segment_s, ends)
-    events = rep_events(smoothed, classes, labels, repetitive, rep_high, rep_low)
+    rep_series = smoothed if rep_window == window else moving_average(probs, rep_window)
+    events = rep_events(rep_series, classes, labels, repetitive, rep_high, rep_low)
     if rest_of:
         labels = extend_sets(labels, smoothed, classes, rest_of, events)
     segments = make_segments(labels, times, smoothed, classes, ends)

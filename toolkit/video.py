@@ -223,8 +223,8 @@ def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray,
     end_s = info.duration_s if info.duration_s and times.size and info.duration_s >= times[-1] else None
     result = analyze(probs, times, classes, window=vcfg.window, min_confidence=vcfg.min_confidence,
                      fallback=vcfg.fallback, min_segment_s=vcfg.min_segment_s, repetitive=vcfg.repetitive,
-                     rest_of=rest_map(vcfg, classes), rest_gap_s=vcfg.rest_gap_s, rep_high=vcfg.rep_high,
-                     rep_low=vcfg.rep_low, end_s=end_s)
+                     rest_of=rest_map(vcfg, classes), rest_gap_s=vcfg.rest_gap_s, rep_window=vcfg.rep_window,
+                     rep_high=vcfg.rep_high, rep_low=vcfg.rep_low, end_s=end_s)
     return build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result)
 
 

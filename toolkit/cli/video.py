@@ -78,8 +78,10 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
     series = {lb: [f["smoothed"][lb] for f in doc["frames"]] for lb in doc["labels"]}
     events = {lb: [e["time_s"] for e in es] for lb, es in doc["rep_events"].items()}
     s = doc["settings"]
-    timeseries_png(times, series, doc["segments"], path, rep_events=events, thresholds=(s["rep_low"], s["rep_high"]),
-                   title=f"{doc['video']['path']}: smoothed probabilities (window {s['window']})")
+    same = s["rep_window"] == s["window"]  # the thresholds apply to the plotted lines only then
+    timeseries_png(times, series, doc["segments"], path, rep_events=events,
+                   thresholds=(s["rep_low"], s["rep_high"]) if same else None,
+                   title=f"{doc['video']['path']}: smoothed probabilities (window {s['window']}), reps counted")
 
 
 @click.command("predict-video")
@@ -88,8 +90,10 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
 @prompt_options
 @click.option("--head", default=None, help="A trained probe head (folder, runs:/..., models:/...). Default: zero-shot.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Score this many frames per second of video. [default: every frame]")
-@click.option("--stride", type=click.IntRange(1), default=None, help="Score every K-th frame (instead of --fps).")
+              help="Score this many frames per second of video; a source with fewer gives every frame. "
+              "[default: 10]")
+@click.option("--stride", type=click.IntRange(1), default=None,
+              help="Score every K-th frame instead (--stride 1: every frame).")
 @click.option("--window", type=click.IntRange(1), default=None,
               help="Centered moving-average window, in scored frames; shrinks at the ends. [default: 5]")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
@@ -101,9 +105,13 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
 @click.option("--repetitive", multiple=True, help="A label done in reps; LABEL=REST gives its own rest pose. "
               "Repeat for several. [default: squat, jumping jack, push-up (rest: plank), lunge]")
 @click.option("--rest-gap-s", type=click.FloatRange(0), default=None,
-              help="Rest-pose runs shorter than this inside a set of reps belong to the set. [default: 1.0]")
+              help="Rest-pose runs shorter than this inside a set of reps belong to the set. [default: 1.5]")
+@click.option("--rep-window", type=click.IntRange(1), default=None,
+              help="Moving-average window for counting reps, lighter than --window so that a fast rep's "
+              "rest phase stays visible. [default: 3]")
 @click.option("--rep-high", type=click.FloatRange(0, 1), default=None,
-              help="A rep counts when the exercise's smoothed probability reaches this... [default: 0.6]")
+              help="A rep counts when the exercise's probability (over --rep-window) reaches this... "
+              "[default: 0.6]")
 @click.option("--rep-low", type=click.FloatRange(0, 1), default=None,
               help="...after having dropped to this since the last rep. [default: 0.4]")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -120,7 +128,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     \b
     Examples:
       clipkit predict-video --config configs/demo.yaml workout.mp4
-      clipkit predict-video clip.mp4 --fps 5 --window 7 --plot scores.png --annotate labelled.mp4
+      clipkit predict-video clip.mp4 --fps 15 --window 7 --plot scores.png --annotate labelled.mp4
       clipkit predict-video clip.mp4 --head out/head --format json > clip.json
       clipkit predict-video clip.mp4 --min-confidence 0.5 --fallback uncertain --min-segment-s 0.5
       clipkit predict-video clip.mp4 --repetitive "a person doing a push-up=a person performing a plank"
@@ -129,7 +137,9 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     How it works: each sampled frame is scored like an image; the per-label probabilities are averaged
     over a centered window; each frame takes the best smoothed label. Short rest-pose stretches inside a
     set of reps join the set, and consecutive frames with one label form a segment. A rep is counted
-    each time an exercise's smoothed probability climbs to --rep-high after dropping to --rep-low.
+    each time an exercise's probability (smoothed over --rep-window) climbs to --rep-high after
+    dropping to --rep-low. Rep counting needs the rest phase between reps to be sampled: keep at least
+    ~10 scored frames per second (the default).
     JSON has every frame (raw and smoothed scores), the segments and the reps; CSV has the frames.
     """
     from ..predictor import build_predictor
@@ -139,11 +149,13 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
         raise ConfigError("give --fps or --stride, not both")
     labels, rest_for = parse_repetitive(repetitive)
     video_keys = ["fps", "stride", "window", "min_confidence", "fallback", "min_segment_s", "rest_label",
-                  "rest_gap_s", "rep_high", "rep_low"]
+                  "rest_gap_s", "rep_window", "rep_high", "rep_low"]
     explicit = {k: flags.pop(k) for k in video_keys}
     explicit.update(repetitive=labels or None, rest_for=rest_for or None)
     overrides = {f"video.{k}": v for k, v in explicit.items() if k != "rest_for"}
     cfg = build_config(config_path, **flags, **overrides)
+    if explicit["stride"] is not None:
+        cfg.video.fps = None  # --stride replaces the default (or configured) fps sampling
     if rest_for:
         cfg.video.rest_for = {**cfg.video.rest_for, **rest_for}
     probe_video(video)  # not a video / no video stream: fail before the (slow) model load

@@ -88,6 +88,8 @@ def video_config(request: Request, **given: Any) -> VideoConfig:
     data.update({k: v for k, v in given.items() if v is not None})
     if given.get("fps") is not None and given.get("stride") is not None:
         raise ApiError(422, "invalid_request", "give fps or stride, not both")
+    if given.get("stride") is not None:
+        data["fps"] = None  # stride replaces the default fps sampling
     try:
         vcfg = VideoConfig.model_validate(data)
         from ..video import check_video_config
@@ -130,13 +132,16 @@ async def predict_video(
         file: Annotated[UploadFile, File(description="A video (MP4, MOV, MKV, WebM, AVI)")],
         labels: Annotated[Optional[list[str]], Form(description="Zero-shot only: labels instead of the default "
                                                     "ones; repeat the field or put one per line")] = None,
-        fps: Annotated[Optional[float], Query(gt=0, description="Frames scored per second of video")] = None,
-        stride: Annotated[Optional[int], Query(ge=1, description="Score every K-th frame (instead of fps)")] = None,
+        fps: Annotated[Optional[float], Query(gt=0, description="Frames scored per second of video "
+                                              "(default 10)")] = None,
+        stride: Annotated[Optional[int], Query(ge=1, description="Score every K-th frame instead of fps")] = None,
         window: Annotated[Optional[int], Query(ge=1, description="Moving-average window, in frames")] = None,
         min_confidence: Annotated[Optional[float], Query(ge=0, le=1)] = None,
         fallback: Annotated[Optional[str], Query(max_length=200)] = None,
         min_segment_s: Annotated[Optional[float], Query(ge=0)] = None,
         rest_gap_s: Annotated[Optional[float], Query(ge=0)] = None,
+        rep_window: Annotated[Optional[int], Query(ge=1, description="Moving-average window for counting reps")
+                              ] = None,
         rep_high: Annotated[Optional[float], Query(gt=0, le=1)] = None,
         rep_low: Annotated[Optional[float], Query(ge=0, lt=1)] = None) -> dict[str, Any]:
     """The same document as `clipkit predict-video --format json`: every sampled frame's raw and smoothed
@@ -145,8 +150,8 @@ async def predict_video(
     from ..video import VideoLimitError, summarize
 
     vcfg = video_config(request, fps=fps, stride=stride, window=window, min_confidence=min_confidence,
-                        fallback=fallback, min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_high=rep_high,
-                        rep_low=rep_low)
+                        fallback=fallback, min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_window=rep_window,
+                        rep_high=rep_high, rep_low=rep_low)
     label_list = parse_labels(labels, settings)
     head = await state.batcher.call(state.predictor.head_for, label_list)  # bad labels fail before decoding
     folder = tempfile.mkdtemp(prefix="clipkit-video-")
