@@ -122,6 +122,10 @@ def test_join_rest_gaps_only_inside_a_set_of_reps():
     assert join_rest_gaps(labels, times[:14], rest_of, 0.3) == labels  # a 0.4 s pause is longer than 0.3 s
     between = [SQUAT] * 5 + [STAND] * 4 + [JACK] * 5
     assert join_rest_gaps(between, times[:14], rest_of, 1.0) == between
+    flicker = [SQUAT] * 5 + [JACK] + [STAND] * 3 + [SQUAT] * 5  # one confused frame at the turn of the rep
+    assert join_rest_gaps(flicker, times[:14], rest_of, 1.0) == [SQUAT] * 14
+    other = [SQUAT] * 5 + [JACK] * 3 + [STAND] + [SQUAT] * 5  # mostly another exercise: not a rest
+    assert join_rest_gaps(other, times[:14], rest_of, 1.0) == other
     edge = [STAND] * 4 + [SQUAT] * 5
     assert join_rest_gaps(edge, times[:9], rest_of, 1.0) == edge
 
