@@ -37,8 +37,8 @@ class ModelConfig(_Section):
     # fp32: reference numerics. bf16: weights cast to bfloat16 (faster on CPUs with AVX-512 bf16 and on GPUs).
     # auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32. See BENCHMARKS.md.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    # torch.compile the image tower (weights frozen, one static batch size): faster per batch after a
-    # warm-up of tens of seconds, so worth it for long extractions only.
+    # torch.compile the image tower (weights frozen, one static batch size; tens of seconds of warm-up).
+    # Off by default: on the 2-core CPU it measured slower than eager bf16 (BENCHMARKS.md); try it on GPUs.
     compile: bool = False
     # Decode JPEGs at 1/2-1/8 scale when the shorter side stays >= the model's input size (PIL draft).
     draft_decode: bool = False
@@ -106,6 +106,7 @@ class ServeConfig(_Section):
     micro_batching: bool = True
     queue_size: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    video_timeout_s: float = Field(600.0, gt=0)  # deadline of one /v1/predict/video request (decode + model)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     max_files: int = Field(32, ge=1)

@@ -251,3 +251,6 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
         _place_report(result, out_dir)
         run.log_result(result)
     click.echo(_summary(result, store, out_dir))
+    if run.run_id:  # None when --no-track
+        click.echo(f"mlflow    run {run.run_id} in {tracking.experiment_name(cfg.tracking, name)}: "
+                   f"--head runs:/{run.run_id}/head" + (f" or {run.registered_uri}" if run.registered_uri else ""))

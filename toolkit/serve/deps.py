@@ -114,15 +114,16 @@ def parse_labels(values: Optional[Sequence[str]], settings: ServeConfig) -> Opti
     return labels
 
 
-async def with_deadline(work: Awaitable[T], settings: ServeConfig) -> T:
-    """Await `work` within serve.request_timeout_s (504 after), turning a full queue into 503 + Retry-After."""
+async def with_deadline(work: Awaitable[T], settings: ServeConfig, setting: str = "request_timeout_s") -> T:
+    """Await `work` within the serve.<setting> deadline (504 after), turning a full queue into 503 + Retry-After."""
     from .batcher import QueueFull
 
+    timeout = getattr(settings, setting)
     try:
-        return await asyncio.wait_for(work, settings.request_timeout_s)
+        return await asyncio.wait_for(work, timeout)
     except asyncio.TimeoutError:
-        raise ApiError(504, "timeout", f"the request took longer than {settings.request_timeout_s}s "
-                       "(serve.request_timeout_s); retry with fewer images or when the service is less busy"
+        raise ApiError(504, "timeout", f"the request took longer than {timeout}s "
+                       f"(serve.{setting}); retry with less input or when the service is less busy"
                        ) from None
     except QueueFull as e:
         raise overloaded(settings.retry_after_s, e.depth, e.capacity, e.n) from None

@@ -159,7 +159,7 @@ async def predict_video(
     try:
         await asyncio.to_thread(save_upload, file, settings.max_video_bytes, path)
         idx, times, probs, stats = await with_deadline(score_upload(path, vcfg, label_list, state, settings),
-                                                       settings)
+                                                       settings, "video_timeout_s")
         doc = await asyncio.to_thread(summarize, state.predictor, vcfg, list(head.classes_), idx,
                                       times, probs.reshape(len(idx), len(head.classes_)), stats)
     except InputError as e:  # messages name our temporary file: name the upload instead
