@@ -1,0 +1,30 @@
+"""clipkit: zero-shot CLIP and linear-probe classifiers for your own labels.
+
+The public API, re-exported lazily so `import toolkit` (and the CLI's start-up) doesn't pay for
+open_clip, Lightning or MLflow until a name that needs them is used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Config": "config", "load_config": "config",
+    "ToolkitError": "errors", "ConfigError": "errors", "ModelError": "errors", "InputError": "errors",
+    "HeadError": "errors", "DataError": "errors", "TrackingError": "errors",
+    "FeatureExtractor": "features", "ExtractorIdentity": "features", "load_extractor": "features",
+    "ZeroShotHead": "zeroshot",
+    "LinearProbe": "probe", "train_probe": "probe",
+    "Predictor": "predictor", "build_predictor": "predictor", "load_head": "predictor",
+    "LabelledDataset": "data", "load_dataset": "data",
+    "FeatureStore": "store", "extract_store": "store",
+    "predict_video": "video",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
