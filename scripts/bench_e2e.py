@@ -79,8 +79,11 @@ def demo_extractor():
 @click.option("--workers", default=2, help="DataLoader worker processes.")
 @click.option("--precision", default="bf16", type=click.Choice(["fp32", "bf16", "auto"]))
 @click.option("--rounds", default=3)
+@click.option("--threads", default=None, type=int, help="torch threads in the main process; default: torch's.")
 @click.option("--out", default=None)
-def main(n_images: int, batch_size: int, workers: int, precision: str, rounds: int, out) -> None:
+def main(n_images: int, batch_size: int, workers: int, precision: str, rounds: int, threads, out) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     note = _bench.machine_note()
     ex = FeatureExtractor.from_config(ModelConfig(name="ViT-B-32", pretrained="none", device="cpu",
                                                   precision=precision, batch_size=batch_size))

@@ -103,8 +103,11 @@ def cosine_check(ex32: FeatureExtractor, ex16: FeatureExtractor, pil: list[Image
 @click.option("--precisions", default="fp32,bf16")
 @click.option("--compile", "compile_bs", default=None, type=int, help="Also time ModelConfig.compile=True at this batch size.")
 @click.option("--onnx", is_flag=True, help="Also time ONNX Runtime on the exported fp32 image tower.")
+@click.option("--threads", default=None, type=int, help="torch (and ONNX Runtime) threads; default: torch's.")
 @click.option("--out", default=None, help="Write all figures as JSON here.")
-def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_bs, onnx: bool, out) -> None:
+def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_bs, onnx: bool, threads, out) -> None:
+    if threads:  # on a shared machine, 2 OpenMP threads on ~1 free core stall at every barrier
+        torch.set_num_threads(threads)
     sizes = [int(b) for b in batch_sizes.split(",")]
     precs = precisions.split(",")
     note = _bench.machine_note()
@@ -129,7 +132,7 @@ def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_
         from toolkit.onnx_export import OnnxImageEncoder, export_image_encoder, parity
 
         tmp = tempfile.mkdtemp()
-        enc = OnnxImageEncoder(export_image_encoder(exs["fp32"], f"{tmp}/vit-b-32.onnx"))
+        enc = OnnxImageEncoder(export_image_encoder(exs["fp32"], f"{tmp}/vit-b-32.onnx"), threads=threads)
         print(f"onnxruntime vs eager fp32: max |diff| {parity(exs['fp32'], enc):.1e}")
         for bs in sizes:
             sides[f"onnxruntime-fp32 b{bs}"] = onnx_side(exs["fp32"], enc, pil, bs)
@@ -141,7 +144,12 @@ def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_
         exc.encode_images(pil[:compile_bs], batch_size=compile_bs)
         warm = time.perf_counter() - t
         sides[f"clipkit-bf16-compiled b{compile_bs}"] = clipkit_side(exc, pil, compile_bs)
-    res = _bench.alternate(sides, rounds)
+    with torch.inference_mode():  # warm-up: oneDNN picks its kernels per shape on first use
+        for bs in sizes:
+            for p in precs:
+                exs[p].encode_images(pil[:bs], batch_size=bs)
+                hf_side(hfs[p], x[:bs].to(DTYPES[p]), bs)()
+    res = _bench.alternate(sides, rounds, warmup=False)
     report(res, sizes, precs, peaks, gflop, cos, warm, compile_bs, note, out)
 
 

@@ -37,8 +37,11 @@ def clipkit_weights(ex: FeatureExtractor, labels, templates) -> np.ndarray:
 
 @click.command()
 @click.option("--rounds", default=3, help="Alternating rounds; the median is reported.")
+@click.option("--threads", default=None, type=int, help="torch threads; default: torch's.")
 @click.option("--out", default=None, help="Write the figures as JSON here.")
-def main(rounds: int, out) -> None:
+def main(rounds: int, threads, out) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     note = _bench.machine_note()
     labels, templates = EXERCISE_LABELS, openai_imagenet_templates()
     ex = FeatureExtractor.from_config(ModelConfig(name="ViT-B-32", pretrained="none", device="cpu"))

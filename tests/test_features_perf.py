@@ -135,6 +135,15 @@ def test_draft_decode_extraction_stays_close(tmp_path, tiny_model):
 
 # ---------------------------------------------------------------- torch.compile
 
+def test_eager_encoder_runs_each_batch_at_its_own_size(tiny_model):
+    """Only a compiled encoder pads to a fixed batch; eager must not (a batch of 1 padded to 32 is 32x the work)."""
+    ex = _extractor(tiny_model["config"], tiny_model["checkpoint"], batch_size=32)
+    seen = []
+    ex.model.visual.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    ex.encode_images(_images(1))
+    ex.encode_images(_images(5), batch_size=2)
+    assert seen == [1, 2, 2, 1]
+
 @pytest.mark.slow
 def test_compiled_encoder_matches_eager_and_pads_the_last_batch(tiny_model):
     eager = _extractor(tiny_model["config"], tiny_model["checkpoint"])

@@ -41,6 +41,9 @@ def compile_encoder(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[tor
 
     Freezing lets inductor pre-pack the weights for oneDNN and fold the casts; it needs no_grad/inference_mode,
     which the extractor always uses. The first call pays the compilation (tens of seconds on 2 CPU cores).
+    Measured on the 2-core CPU it was ~2x SLOWER than eager bf16: inductor lowers nn.MultiheadAttention's
+    in-projection (on its internally transposed input) to a bmm that copies the weight on every call, so it
+    is opt-in (ModelConfig.compile) and not part of the default path. See BENCHMARKS.md.
     """
     return torch.compile(fn, dynamic=False, options={"freezing": True})
 

@@ -267,8 +267,8 @@ class FeatureExtractor:
         self._text_cache: dict[str, np.ndarray] = {}
         self._memory_format = image_memory_format(self.dtype)
         self._text_tower = CausalTextTower.find(model)  # None: encode full-length tokens (not causal, or HF)
-        self._encode_image = compile_encoder(model.encode_image) if getattr(cfg, "compile", False) \
-            else model.encode_image
+        self._compiled = bool(getattr(cfg, "compile", False))
+        self._encode_image = compile_encoder(model.encode_image) if self._compiled else model.encode_image
         self._compiled_batch: Optional[int] = None  # the one batch size a compiled encoder runs at
         # JPEGs decode at reduced size when the shorter side stays >= the model's input size (PIL draft)
         self.min_decode_side = max(identity.image_size) if getattr(cfg, "draft_decode", False) else None
@@ -324,7 +324,7 @@ class FeatureExtractor:
     @torch.inference_mode()
     def encode_batch(self, batch: torch.Tensor) -> np.ndarray:
         """(n, 3, H, W) preprocessed images -> (n, D) float32, rows L2-normalized."""
-        if self._encode_image is not self.model.encode_image:  # compiled: one static batch size, pad the rest
+        if self._compiled:  # one static batch size, pad the rest
             size = self._compiled_batch = self._compiled_batch or max(len(batch), self.cfg.batch_size)
             parts = [self._run_image(pad_batch(batch[i:i + size], size))[:len(batch[i:i + size])]
                      for i in range(0, len(batch), size)]

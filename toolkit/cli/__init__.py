@@ -34,20 +34,15 @@ def main() -> None:
     """
 
 
-from . import predict as _predict  # noqa: E402
+from . import demo, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)
 
-main.add_command(_predict.predict)
-main.add_command(_predict.models)
-# -- other areas register their commands below, one line each
-from . import demo as _demo  # noqa: E402
-main.add_command(_demo.demo_data); main.add_command(_demo.demo_video)
-from . import video as _video  # noqa: E402
-main.add_command(_video.predict_video)
-from . import serve as _serve  # noqa: E402
-main.add_command(_serve.serve)
-from . import track as _track  # noqa: E402
-main.add_command(_track.eval_prompts); main.add_command(_track.compare)
-from . import probe as _probe  # noqa: E402
-main.add_command(_probe.extract); main.add_command(_probe.train_probe)
-from . import export as _export  # noqa: E402
-main.add_command(_export.export_onnx)
+for _command in (
+    predict.predict, predict.models,                  # zero-shot or probe prediction on images
+    video.predict_video,                              # videos: smoothed time series, segments, reps
+    probe.extract, probe.train_probe,                 # feature store, linear probe
+    track.eval_prompts, track.compare,                # MLflow experiments
+    serve.serve,                                      # HTTP server and web page
+    demo.demo_data, demo.demo_video,                  # synthetic exercise data
+    export.export_onnx,                               # ONNX Runtime image tower
+):
+    main.add_command(_command)
