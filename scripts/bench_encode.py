@@ -8,6 +8,9 @@ interleaved round by round. Sides:
   naive            one image at a time, fp32: preprocess a PIL image, encode it, normalize (the old demo API)
   clipkit-<prec>   FeatureExtractor.encode_images(PIL images, batch_size=B): preprocessing included
   hf-<prec>        transformers CLIPModel.get_image_features on already preprocessed tensors (no preprocessing)
+  hf+proc-<prec>   the same, preprocessing the PIL images with transformers' own CLIP image processor first
+  clipkit-model-<prec>  FeatureExtractor.encode_batch on the already preprocessed tensors (model only)
+"x hf" compares like with like: clipkit and ONNX (PIL in) against hf+proc, clipkit-model against hf.
   clipkit-bf16-compiled   (with --compile B) the same with ModelConfig.compile=True at batch B, after its warm-up
   onnxruntime-fp32 (with --onnx) the fp32 image tower exported by `clipkit export-onnx`, run by ONNX Runtime
                    on the same PIL images (preprocessing included, as for clipkit)
@@ -85,6 +88,33 @@ def hf_side(model, x: torch.Tensor, bs: int):
     return run
 
 
+def hf_proc_side(model, processor, pil: list[Image.Image], bs: int, dtype: torch.dtype):
+    def run() -> int:
+        with torch.inference_mode():
+            for i in range(0, len(pil), bs):
+                x = processor(images=pil[i:i + bs], return_tensors="pt")["pixel_values"].to(dtype)
+                f = model.get_image_features(pixel_values=x)
+                f = getattr(f, "pooler_output", f)
+                torch.nn.functional.normalize(f.float(), dim=-1).numpy()
+        return len(pil)
+    return run
+
+
+def hf_processor():
+    """transformers' CLIP image processor (torch-based in transformers 5)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+
+
+def model_side(ex: FeatureExtractor, x: torch.Tensor, bs: int):
+    def run() -> int:
+        for i in range(0, len(x), bs):
+            ex.encode_batch(x[i:i + bs])
+        return len(x)
+    return run
+
+
 def extractor(precision: str, compile_: bool = False, batch_size: int = 32) -> FeatureExtractor:
     return FeatureExtractor.from_config(ModelConfig(name="ViT-B-32", pretrained="none", device="cpu",
                                                     precision=precision, compile=compile_, batch_size=batch_size))
@@ -121,10 +151,13 @@ def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_
     hfs = {p: hf_clip(DTYPES[p]) for p in precs}
     gflop = _bench.count_gflop(exs["fp32"].model.visual, x[:1])
     cos = cosine_check(exs["fp32"], exs["bf16"], pil) if "bf16" in exs else None
+    proc = hf_processor()
     sides = {"naive": naive_side(exs["fp32"], pil)}
     for bs in sizes:
         for p in precs:
             sides[f"clipkit-{p} b{bs}"] = clipkit_side(exs[p], pil, bs)
+            sides[f"hf+proc-{p} b{bs}"] = hf_proc_side(hfs[p], proc, pil, bs, DTYPES[p])
+            sides[f"clipkit-model-{p} b{bs}"] = model_side(exs[p], x, bs)
             sides[f"hf-{p} b{bs}"] = hf_side(hfs[p], x.to(DTYPES[p]), bs)
     if onnx:
         import tempfile
@@ -161,7 +194,8 @@ def report(res, sizes, precs, peaks, gflop, cos, warm, compile_bs, note, out) ->
             continue
         side, bs = name.rsplit(" b", 1)
         prec = "bf16" if "bf16" in side else "fp32"
-        hf = res.get(f"hf-{prec} b{bs}", {}).get("rate")
+        peer = f"hf-{prec} b{bs}" if side.startswith("clipkit-model") else f"hf+proc-{prec} b{bs}"
+        hf = res.get(peer, {}).get("rate")
         vs_hf = f"{r['rate'] / hf:.2f}" if hf and not side.startswith("hf") else ""
         rows.append([f"{side} (b{bs})", prec, r["rate"], r["rate"] / naive, vs_hf, r["rate"] * gflop,
                      100 * r["rate"] * gflop / peaks[prec]])
@@ -172,7 +206,7 @@ def report(res, sizes, precs, peaks, gflop, cos, warm, compile_bs, note, out) ->
         print(f"bf16 vs fp32 embeddings: min cosine {cos:.6f} over 16 images")
     if warm is not None:
         print(f"compile warm-up at batch {compile_bs}: {warm:.1f} s")
-    print(_bench.table(["side", "precision", "images/s", "x naive", "x hf (same prec, batch)", "GFLOP/s",
+    print(_bench.table(["side", "precision", "images/s", "x naive", "x hf (same prec, batch, input)", "GFLOP/s",
                         "% matmul peak"], rows))
     _bench.write_json(out, {"machine": note, "peaks_gflops": peaks, "gflop_per_image": gflop, "min_cosine": cos,
                             "compile_warmup_s": warm, "results": res})

@@ -144,10 +144,28 @@ def test_eager_encoder_runs_each_batch_at_its_own_size(tiny_model):
     ex.encode_images(_images(5), batch_size=2)
     assert seen == [1, 2, 2, 1]
 
+def test_sdpa_self_attention_matches_multihead_attention(tmp_path):
+    """The attention that compile traces gives nn.MultiheadAttention's outputs, with and without the causal mask."""
+    from toolkit.accel import use_sdpa_self_attention
+
+    ex = _extractor(_model_json(tmp_path, "small-vit", SMALL_VIT), None)
+    imgs = _images()
+    before_img, before_txt = ex.encode_images(imgs), ex._encode_tokens(ex.tokenizer(TEXTS))
+    assert use_sdpa_self_attention(ex.model.visual) == 2
+    assert use_sdpa_self_attention(ex.model.transformer) == 2  # the text tower: causal float mask
+    np.testing.assert_allclose(ex.encode_images(imgs), before_img, atol=1e-5)
+    np.testing.assert_allclose(ex._encode_tokens(ex.tokenizer(TEXTS)), before_txt, atol=1e-5)
+
+
 @pytest.mark.slow
-def test_compiled_encoder_matches_eager_and_pads_the_last_batch(tiny_model):
-    eager = _extractor(tiny_model["config"], tiny_model["checkpoint"])
-    comp = _extractor(tiny_model["config"], tiny_model["checkpoint"], compile=True)
+@pytest.mark.parametrize("which", ["tiny_rn", "small_vit"])
+def test_compiled_encoder_matches_eager_and_pads_the_last_batch(which, tiny_model, tmp_path):
+    if which == "tiny_rn":
+        args = (tiny_model["config"], tiny_model["checkpoint"])
+    else:  # attention blocks: compiled through sdpa_self_attention
+        args = (_model_json(tmp_path, "small-vit", SMALL_VIT), None)
+    eager = _extractor(*args)
+    comp = _extractor(*args, compile=True)
     imgs = _images(7)
     out = comp.encode_images(imgs, batch_size=4)  # batches of 4 and 3: the 3 is padded to the compiled 4
     assert out.shape == (7, 32) and comp._compiled_batch == 4

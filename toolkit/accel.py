@@ -6,6 +6,7 @@ open_clip's `CLIP` (tower flattened into the model) and `TextTransformer` (`Cust
 from __future__ import annotations
 
 import math
+import types
 from typing import Any, Callable, Optional
 
 import torch
@@ -36,16 +37,51 @@ def image_memory_format(dtype: torch.dtype) -> torch.memory_format:
 
 # ---------------------------------------------------------------- torch.compile
 
-def compile_encoder(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_encoder(fn: Callable[[torch.Tensor], torch.Tensor], tower: torch.nn.Module
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile for inference: static shapes (callers pad to one batch size) and weights frozen as constants.
 
     Freezing lets inductor pre-pack the weights for oneDNN and fold the casts; it needs no_grad/inference_mode,
-    which the extractor always uses. The first call pays the compilation (tens of seconds on 2 CPU cores).
-    Measured on the 2-core CPU it was ~2x SLOWER than eager bf16: inductor lowers nn.MultiheadAttention's
-    in-projection (on its internally transposed input) to a bmm that copies the weight on every call, so it
-    is opt-in (ModelConfig.compile) and not part of the default path. See BENCHMARKS.md.
+    which the extractor always uses. The first call pays the compilation (~20 s for ViT-B-32 on 2 CPU cores).
+    Before compiling, `tower`'s self-attention blocks are switched to `sdpa_self_attention` (see there): traced
+    as is, nn.MultiheadAttention ran at half the eager speed. Gains are small where matmuls already run near the
+    machine's peak, so it is opt-in (ModelConfig.compile). Figures: BENCHMARKS.md.
     """
+    use_sdpa_self_attention(tower)
     return torch.compile(fn, dynamic=False, options={"freezing": True})
+
+
+def sdpa_self_attention(block: Any, q_x: torch.Tensor, k_x: Optional[torch.Tensor] = None,
+                        v_x: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """open_clip's ResidualAttentionBlock.attention, for batch-first self-attention, as one packed projection + SDPA.
+
+    Same parameters and math as nn.MultiheadAttention (float masks are added to the scores in both). Outside its
+    eager fast path, nn.MultiheadAttention transposes the input to (L, N, E) and projects it with a batched matmul
+    that copies the (E, 3E) weight once per sequence on every call; that is the path torch.compile traces.
+    """
+    mha = block.attn
+    if k_x is not None or v_x is not None:  # cross-attention: not what this handles
+        return type(block).attention(block, q_x, k_x, v_x, attn_mask)
+    n, length, e = q_x.shape
+    heads = mha.num_heads
+    qkv = torch.nn.functional.linear(q_x, mha.in_proj_weight, mha.in_proj_bias)
+    q, k, v = qkv.view(n, length, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+    mask = attn_mask.to(q_x.dtype) if attn_mask is not None else None
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return mha.out_proj(out.transpose(1, 2).reshape(n, length, e))
+
+
+def use_sdpa_self_attention(tower: torch.nn.Module) -> int:
+    """Route every batch-first, packed-projection nn.MultiheadAttention block in `tower` through
+    `sdpa_self_attention`; returns how many blocks were switched (0 for towers without them, e.g. ResNets)."""
+    switched = 0
+    for block in tower.modules():
+        mha = getattr(block, "attn", None)
+        if (isinstance(mha, torch.nn.MultiheadAttention) and mha.batch_first and mha._qkv_same_embed_dim
+                and mha.in_proj_weight is not None and callable(getattr(block, "attention", None))):
+            block.attention = types.MethodType(sdpa_self_attention, block)
+            switched += 1
+    return switched
 
 
 def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:

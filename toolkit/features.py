@@ -268,7 +268,7 @@ class FeatureExtractor:
         self._memory_format = image_memory_format(self.dtype)
         self._text_tower = CausalTextTower.find(model)  # None: encode full-length tokens (not causal, or HF)
         self._compiled = bool(getattr(cfg, "compile", False))
-        self._encode_image = compile_encoder(model.encode_image) if self._compiled else model.encode_image
+        self._encode_image = compile_encoder(model.encode_image, model.visual) if self._compiled else model.encode_image
         self._compiled_batch: Optional[int] = None  # the one batch size a compiled encoder runs at
         # JPEGs decode at reduced size when the shorter side stays >= the model's input size (PIL draft)
         self.min_decode_side = max(identity.image_size) if getattr(cfg, "draft_decode", False) else None
