@@ -206,3 +206,33 @@ def test_export_onnx_cli(tmp_path, tiny_model):
     bad = CliRunner().invoke(main, ["export-onnx", "--model", tiny_model["config"], "--pretrained", "none",
                                     "--out", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and "should end in .onnx" in bad.output
+
+
+# ---------------------------------------------------------------- uint8 preprocessing
+
+def test_uint8_preprocessing_is_exactly_the_transform(tmp_path, tiny_extractor):
+    """PIL steps per image + batched ToTensor/Normalize give the very values of open_clip's whole transform."""
+    ex = tiny_extractor
+    imgs = _images(5, size=(70, 50)) + [Image.new("L", (40, 40), 128).convert("RGB")]
+    u = torch.stack([ex.prepare(im) for im in imgs])
+    f = torch.stack([ex.preprocess(im) for im in imgs])
+    assert u.dtype == torch.uint8 and u.shape == f.shape
+    assert torch.equal(ex._uint8.normalize(u), f)
+    paths = []
+    for i, im in enumerate(imgs):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    feats, errors = ex.encode_paths(paths, batch_size=4, num_workers=0)
+    assert not errors
+    np.testing.assert_array_equal(feats, ex.encode_batch(f))
+
+
+def test_a_transform_that_does_not_split_runs_whole(tiny_model):
+    ex = _extractor(tiny_model["config"], tiny_model["checkpoint"])
+    whole = ex.preprocess
+    ex2 = FeatureExtractor(ex.model, lambda im: whole(im), ex.tokenizer, ex.identity, ex.cfg)
+    assert ex2.prepare is not ex2._uint8 and ex2._uint8 is None
+    imgs = _images(3)
+    np.testing.assert_array_equal(ex2.encode_images(imgs), ex.encode_images(imgs))
+    with pytest.raises(ValueError, match="uint8"):
+        ex2.encode_batch(torch.zeros((1, 3, 32, 32), dtype=torch.uint8))

@@ -2,34 +2,21 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from toolkit.cli import main
-from toolkit.config import Config, ModelConfig, ServeConfig
+from toolkit.config import Config
 from toolkit.serve import create_app
 
+from test_serve_app import make_cfg as base_cfg, wait_ready
 from test_video import bad_inputs, tiny_args, write_plain_video
 
 
 def make_cfg(tiny_model, **serve) -> Config:
-    return Config(model=ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"], device="cpu",
-                                    batch_size=8, num_workers=0),
-                  serve=ServeConfig(max_wait_ms=1, max_batch_size=8, **serve))
-
-
-def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return
-        assert r.json()["error"]["code"] != "load_failed", r.json()
-        time.sleep(0.05)
-    raise AssertionError("app not ready in time")
+    return base_cfg(tiny_model, max_batch_size=8, **serve)
 
 
 @pytest.fixture(scope="module")

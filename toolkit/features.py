@@ -244,6 +244,44 @@ class _PathDataset(Dataset):
             return i, None, f"'{self.paths[i]}' could not be preprocessed ({e.__class__.__name__}: {e})"
 
 
+class UInt8Preprocess:
+    """open_clip's preprocessing split at its ToTensor step: the PIL steps (resize, crop, RGB) per image, ending in a
+    (3, H, W) uint8 tensor; the scaling to [0, 1] and Normalize run once per batch, in `normalize`.
+
+    Same values as the whole transform (the same float ops, batched), a quarter of the bytes per image between
+    DataLoader workers and the model, and no per-image float passes. `split` returns None for transforms of
+    another shape, and the extractor then runs the transform as it is.
+    """
+
+    def __init__(self, pil_steps: Sequence[Callable], mean: Sequence[float], std: Sequence[float]):
+        self.pil_steps = list(pil_steps)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    @classmethod
+    def split(cls, preprocess: Callable) -> Optional["UInt8Preprocess"]:
+        from torchvision.transforms import Normalize, ToTensor
+
+        steps = list(getattr(preprocess, "transforms", None) or [])
+        if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize) \
+                or steps[-1].inplace:
+            return None
+        return cls(steps[:-2], steps[-1].mean, steps[-1].std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        for step in self.pil_steps:
+            img = step(img)
+        arr = np.array(img, dtype=np.uint8, copy=True)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an RGB image after preprocessing, got shape {arr.shape}")
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) uint8 -> float32, exactly as ToTensor then Normalize would give."""
+        x = batch.float().div_(255)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+
+
 def collate_images(items):
     """[(i, tensor or None, error or None)] -> ([i of the good items], (n_ok, 3, H, W) or None, {i: error})."""
     ok = [(i, t) for i, t, err in items if err is None]
@@ -265,6 +303,8 @@ class FeatureExtractor:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._text_cache: dict[str, np.ndarray] = {}
+        self._uint8 = UInt8Preprocess.split(preprocess)  # None: run `preprocess` whole
+        self.prepare: Callable[[Image.Image], torch.Tensor] = self._uint8 or preprocess
         self._memory_format = image_memory_format(self.dtype)
         self._text_tower = CausalTextTower.find(model)  # None: encode full-length tokens (not causal, or HF)
         self._compiled = bool(getattr(cfg, "compile", False))
@@ -323,7 +363,14 @@ class FeatureExtractor:
     # -- images
     @torch.inference_mode()
     def encode_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """(n, 3, H, W) preprocessed images -> (n, D) float32, rows L2-normalized."""
+        """(n, 3, H, W) preprocessed images -> (n, D) float32, rows L2-normalized.
+
+        The batch is either float (from `preprocess`) or uint8 (from `prepare`: scaled and normalized here).
+        """
+        if batch.dtype == torch.uint8:
+            if self._uint8 is None:
+                raise ValueError("uint8 batches need a preprocess that ends in ToTensor + Normalize")
+            batch = self._uint8.normalize(batch.to(self.device))
         if self._compiled:  # one static batch size, pad the rest
             size = self._compiled_batch = self._compiled_batch or max(len(batch), self.cfg.batch_size)
             parts = [self._run_image(pad_batch(batch[i:i + size], size))[:len(batch[i:i + size])]
@@ -340,16 +387,17 @@ class FeatureExtractor:
     def encode_images(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> np.ndarray:
         """PIL images -> (n, D) float32, rows L2-normalized."""
         bs = batch_size or self.cfg.batch_size
-        out = [self.encode_batch(torch.stack([self.preprocess(im.convert("RGB")) for im in images[i:i + bs]]))
+        out = [self.encode_batch(torch.stack([self.prepare(im.convert("RGB")) for im in images[i:i + bs]]))
                for i in range(0, len(images), bs)]
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def path_dataset(self, paths: Sequence[str]) -> Dataset:
         """A Dataset whose item i is (i, (3, H, W) preprocessed tensor or None, error message or None).
 
-        Batch items with `collate_images`; used by iter_path_batches and by distributed extraction.
+        Tensors are uint8 when the preprocessing splits (see UInt8Preprocess). Batch items with `collate_images`;
+        used by iter_path_batches and by distributed extraction.
         """
-        return _PathDataset(paths, self.preprocess, self.min_decode_side)
+        return _PathDataset(paths, self.prepare, self.min_decode_side)
 
     def iter_path_batches(self, paths: Sequence[str], batch_size: Optional[int] = None,
                           num_workers: Optional[int] = None) -> Iterable[tuple[list[int], np.ndarray, dict[int, str]]]:

@@ -79,6 +79,11 @@ def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "h
         ax.set_xlim(values[0] / 10, values[0] * 10)
     ax.set_xscale("log")
     ax.set_ylabel("validation accuracy (%)")
+    return _finish(plt, fig, ax, title, path)
+
+
+def _finish(plt, fig, ax, title: str, path: str | Path) -> Path:
+    """Title, grid and legend in the house style, then save the figure and close it."""
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -102,13 +107,7 @@ def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
         ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, ax, title, path)
 
 
 def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], segments: Sequence[dict[str, Any]],
