@@ -46,8 +46,9 @@ def tiny_extractor(tiny_model):
     from toolkit.config import ModelConfig
     from toolkit.features import FeatureExtractor
 
+    # fp32: the reference numerics that parity tests compare against open_clip (the default, auto, may pick bf16)
     return FeatureExtractor.from_config(ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"],
-                                                    device="cpu", batch_size=4, num_workers=0))
+                                                    device="cpu", precision="fp32", batch_size=4, num_workers=0))
 
 
 @pytest.fixture()

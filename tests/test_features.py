@@ -34,7 +34,7 @@ def test_torch_checkpoint_loads_with_weights_only(tiny_model, tmp_path, tiny_ext
 
     pt = tmp_path / "tiny.pt"
     torch.save({"state_dict": load_file(tiny_model["checkpoint"])}, pt)
-    ex = _load(tiny_model["config"], str(pt))
+    ex = _load(tiny_model["config"], str(pt), precision="fp32")  # compared with the fp32 fixture
     img = [Image.new("RGB", (40, 30), (200, 10, 10))]
     np.testing.assert_allclose(ex.encode_images(img), tiny_extractor.encode_images(img), atol=1e-6)
     assert ex.identity.pretrained == "tiny.pt"

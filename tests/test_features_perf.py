@@ -30,7 +30,7 @@ def _model_json(tmp_path, name, cfg):
 def _extractor(name, pretrained=None, **kw):
     torch.manual_seed(0)  # the same random weights for every precision
     return FeatureExtractor.from_config(ModelConfig(name=name, pretrained=pretrained, device="cpu",
-                                                    num_workers=0, **{"batch_size": 4, **kw}))
+                                                    num_workers=0, **{"batch_size": 4, "precision": "fp32", **kw}))
 
 
 def _images(n=6, seed=0, size=(48, 40)):

@@ -17,9 +17,10 @@ from toolkit.config import Config, ModelConfig, ServeConfig
 from toolkit.serve import create_app
 
 
-def make_cfg(tiny_model, **serve) -> Config:
+def make_cfg(tiny_model, precision="fp32", **serve) -> Config:
+    """fp32 by default: responses are compared with the fp32 `tiny_extractor` fixture."""
     return Config(model=ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"], device="cpu",
-                                    batch_size=8, num_workers=0),
+                                    precision=precision, batch_size=8, num_workers=0),
                   serve=ServeConfig(max_wait_ms=1, **serve))
 
 

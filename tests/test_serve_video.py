@@ -16,7 +16,7 @@ from test_video import bad_inputs, tiny_args, write_plain_video
 
 
 def make_cfg(tiny_model, **serve) -> Config:
-    return base_cfg(tiny_model, max_batch_size=8, **serve)
+    return base_cfg(tiny_model, precision="auto", max_batch_size=8, **serve)  # as the CLI's default
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,12 @@ class ModelConfig(_Section):
     # open_clip pretrained tag ("openai"), a local checkpoint (.pt/.pth/.bin/.safetensors), or null for random init.
     pretrained: Optional[str] = "openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # fp32: reference numerics. bf16: weights cast to bfloat16 (faster on CPUs with AVX-512 bf16 and on GPUs).
-    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32. See BENCHMARKS.md.
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    # torch.compile the image tower (weights frozen, one static batch size; tens of seconds of warm-up).
-    # Off by default: on the 2-core CPU it measured slower than eager bf16 (BENCHMARKS.md); try it on GPUs.
+    # fp32: open_clip's reference numerics. bf16: weights cast to bfloat16 (embeddings within cosine 0.9999 of fp32;
+    # ~1.9x the images/s of fp32 on an AVX-512 BF16 CPU). auto: bf16 on CUDA and on CPUs with native bf16
+    # (AVX-512 BF16 / AMX), else fp32. See BENCHMARKS.md, "Extraction performance".
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    # torch.compile the image tower (weights frozen, one static batch size; ~20 s of warm-up for ViT-B-32).
+    # Off by default: on the 2-core CPU it measured no faster than eager bf16 (BENCHMARKS.md); try it on GPUs.
     compile: bool = False
     # Decode JPEGs at 1/2-1/8 scale when the shorter side stays >= the model's input size (PIL draft).
     draft_decode: bool = False

@@ -22,7 +22,8 @@ def model_options(f: Callable) -> Callable:
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
                      help="auto picks CUDA when present. [default: auto]"),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default=None,
-                     help="Model weights' precision. [default: fp32]"),
+                     help="Model weights' precision: fp32 (reference numerics), bf16, fp16, or auto (bf16 where "
+                     "the CPU/GPU runs it natively, else fp32). [default: auto]"),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="Images per model batch."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
