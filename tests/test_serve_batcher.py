@@ -56,6 +56,20 @@ def test_a_partial_batch_runs_after_max_wait():
     np.testing.assert_array_equal(result, encode([1, 2, 3]))
 
 
+@pytest.mark.parametrize("in_flight, expected", [(1, [1, 1]), (2, [2])])
+def test_it_waits_only_while_a_request_in_flight_could_join(in_flight, expected):
+    """in_flight=1: the lone request runs at once (no max_wait), so a later one gets its own batch;
+    in_flight=2: the batch waits (max_wait is long) for the second request and they share one model call."""
+    async def go(b):
+        first = asyncio.ensure_future(b.submit([1]))
+        await asyncio.sleep(0.05)
+        return await asyncio.gather(first, b.submit([2]))
+
+    results, batches = run(_with_batcher(go, max_batch_size=8, max_wait_ms=60_000, in_flight=lambda: in_flight))
+    assert batches == expected
+    assert [r[0, 0] for r in results] == [1, 2]
+
+
 def test_a_job_that_does_not_fit_starts_the_next_batch():
     async def go(b):
         return await asyncio.gather(b.submit([1, 2, 3]), b.submit([4, 5, 6]))

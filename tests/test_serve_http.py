@@ -6,6 +6,7 @@ CLIPKIT_API_KEY (503, 504, 401, SIGTERM). Every hostile input is followed by a n
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -230,14 +231,6 @@ def test_api_key_from_the_environment_is_enforced(servers):
     assert httpx.get(url + "/v1/info", headers=KEY, timeout=10).status_code == 200
 
 
-def test_deadline_answers_504_and_the_next_request_still_works(servers):
-    url = servers["slow"].url
-    r = post(url, images(1), headers=KEY)  # would wait 4 s for a full batch; the deadline is 2 s
-    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
-    r = post(url, images(8), headers=KEY)  # a full batch runs at once
-    assert r.status_code == 200 and len(r.json()["results"]) == 8
-
-
 def wait_for(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -245,10 +238,43 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def slow_request(url: str, n: int = 8):
+    """A POST /v1/predict of n images whose body stalls after 100 bytes until `release` is set (at the latest when
+    the block ends): the server counts it in flight meanwhile. Yields (future of its response, release)."""
+    req = httpx.Request("POST", url + "/v1/predict", files=images(n))
+    body, release = req.read(), threading.Event()
+
+    def slow_body():
+        yield body[:100]
+        release.wait(30)
+        yield body[100:]
+
+    headers = {"content-type": req.headers["content-type"], **KEY}
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, url + "/v1/predict", content=slow_body(), headers=headers, timeout=60)
+        wait_for(lambda: metric(url, "clipkit_in_flight_requests") == 1)
+        try:
+            yield pending, release
+        finally:
+            release.set()
+
+
+def test_deadline_answers_504_and_the_next_request_still_works(servers):
+    url = servers["slow"].url
+    r = post(url, images(1), headers=KEY)  # alone: nobody could join its batch, so it runs at once
+    assert r.status_code == 200
+    with slow_request(url):  # another request in flight: the batch waits up to 4 s for it; the deadline is 2 s
+        r = post(url, images(1), headers=KEY)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    r = post(url, images(8), headers=KEY)  # a full batch runs at once
+    assert r.status_code == 200 and len(r.json()["results"]) == 8
+
+
 def test_full_queue_answers_503_with_retry_after(servers):
     url = servers["slow"].url
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(post, url, images(6), None, KEY)  # 6 of 8 places, then its deadline passes
+    with slow_request(url), ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, url, images(6), None, KEY)  # 6 of 8 places, waits for company, times out
         wait_for(lambda: metric(url, "clipkit_queue_depth_images") == 6)
         r = post(url, images(3), headers=KEY)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -259,19 +285,7 @@ def test_full_queue_answers_503_with_retry_after(servers):
 
 def test_sigterm_fails_readiness_lets_the_request_in_flight_finish_and_exits_0(servers):
     srv = servers["slow"]
-    req = httpx.Request("POST", srv.url + "/v1/predict", files=images(8))
-    body, release = req.read(), threading.Event()
-
-    def slow_body():  # the request stays in flight until the test releases the rest of its body
-        yield body[:100]
-        release.wait(30)
-        yield body[100:]
-
-    headers = {"content-type": req.headers["content-type"], **KEY}
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(httpx.post, srv.url + "/v1/predict", content=slow_body(), headers=headers,
-                              timeout=60)
-        wait_for(lambda: metric(srv.url, "clipkit_in_flight_requests") == 1)
+    with slow_request(srv.url) as (pending, release):  # in flight until the test releases the rest of its body
         srv.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: httpx.get(srv.url + "/readyz", timeout=5).status_code == 503)
         assert httpx.get(srv.url + "/readyz", timeout=5).json()["error"]["code"] == "shutting_down"

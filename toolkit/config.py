@@ -103,6 +103,7 @@ class ServeConfig(_Section):
     head: Optional[str] = None
     api_key: Optional[str] = None
     max_batch_size: int = Field(32, ge=1)
+    # how long a batch waits for more images; only while another request in flight could still join it
     max_wait_ms: float = Field(5.0, ge=0)
     micro_batching: bool = True
     queue_size: int = Field(256, ge=1)

@@ -39,7 +39,8 @@ def _resolve_mode(mode: Optional[str], head: Optional[str]) -> Optional[str]:
               help="Require this key in X-API-Key (or Authorization: Bearer) on /v1/*.")
 @click.option("--max-batch-size", type=click.IntRange(1), default=None, help="Images per model call. [default: 32]")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=None,
-              help="How long a batch waits for more images. [default: 5]")
+              help="How long a batch waits for more images, while another request in flight could join it "
+              "(a lone request never waits). [default: 5]")
 @click.option("--micro-batching/--no-micro-batching", default=None,
               help="Gather concurrent requests into one model call. [default: on]")
 @click.option("--queue-size", type=click.IntRange(1), default=None,

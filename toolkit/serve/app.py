@@ -96,7 +96,7 @@ async def _load(state: ServiceState, metrics: Metrics, cfg: Config, head: Option
     s = cfg.serve
     batcher = MicroBatcher(_encoder(predictor.extractor), max_batch_size=s.max_batch_size,
                            max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, enabled=s.micro_batching,
-                           on_batch=metrics.observe_batch)
+                           on_batch=metrics.observe_batch, in_flight=lambda: state.in_flight)
     batcher.start()
     state.predictor, state.batcher = predictor, batcher
     if state.phase == "loading":

@@ -3,7 +3,9 @@
 A request hands its preprocessed images to `MicroBatcher.submit`, which awaits their embeddings. One worker
 task takes the oldest job, then keeps gathering jobs until the batch holds `max_batch_size` images or
 `max_wait_ms` have passed since it took the first, and runs the model on all of them in one call. While
-the model runs, new jobs queue up, so under load batches fill without waiting at all.
+the model runs, new jobs queue up, so under load batches fill without waiting at all. With `in_flight` (how many
+requests the server is handling) it waits only while some request outside the batch could still join it: a
+lone request runs at once instead of paying max_wait_ms.
 
 The model runs in ONE dedicated thread (never on the event loop); everything else that touches the model
 (text encoding for a new label set, scoring) goes through `call`, so the model is never used concurrently.
@@ -44,12 +46,15 @@ class MicroBatcher:
 
     encode: list of inputs (e.g. (3, H, W) tensors) -> (n, D) array, called in the model thread.
     on_batch: optional callback(n_images, seconds) after each model call (metrics).
+    in_flight: optional count of requests being handled (each submits at most one job at a time); when every
+        one of them is already in the batch, the batch runs without waiting.
     """
 
     def __init__(self, encode: Callable[[list], np.ndarray], *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
                  queue_size: int = 256, enabled: bool = True,
-                 on_batch: Optional[Callable[[int, float], None]] = None):
-        self.encode, self.on_batch = encode, on_batch
+                 on_batch: Optional[Callable[[int, float], None]] = None,
+                 in_flight: Optional[Callable[[], int]] = None):
+        self.encode, self.on_batch, self.in_flight = encode, on_batch, in_flight
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000.0
         self.queue_size, self.enabled = queue_size, enabled
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clipkit-model")
@@ -140,6 +145,8 @@ class MicroBatcher:
             if self._jobs:  # a cancelled job at the head
                 self._jobs.popleft()
                 continue
+            if self.in_flight is not None and self.in_flight() <= len(batch):
+                break  # every request being handled is in this batch: nobody left to wait for
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
