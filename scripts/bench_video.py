@@ -60,6 +60,7 @@ def main() -> None:
     if Path(args.demo_weights).is_file():
         models = {"demo": build("demo", args.batch_size, args.demo_weights), **models}
     preprocess = models["ViT-B-32"][1].extractor.preprocess
+    precision = str(models["ViT-B-32"][1].extractor.dtype).replace("torch.", "")  # what auto resolved to
 
     def decode() -> int:
         return sum(1 for _ in iter_frames(clip))
@@ -84,7 +85,7 @@ def main() -> None:
         SECTION, "",
         f"`clipkit predict-video` throughput on a generated {width}x{height} clip of {truth.n_frames} frames "
         f"({args.fps:g} fps, {truth.n_frames / args.fps:.1f} s), every frame scored, batch {args.batch_size}, "
-        f"CPU fp32; median of {args.rounds} alternating rounds (after a warm-up round). "
+        f"CPU, precision {precision}; median of {args.rounds} alternating rounds (after a warm-up round). "
         "End to end = decode + RGB conversion + preprocess + model + head + smoothing/segments/reps.", "",
         table(["side", "frames/s", "x ViT-B-32 e2e", "per round"], rows), "",
         f"With ViT-B-32 the model takes {100 * share:.0f}% of the end-to-end time and decoding "
@@ -100,11 +101,12 @@ def main() -> None:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace (or append) our section of BENCHMARKS.md, leaving the others alone; atomic write."""
+    """Replace (or append) our part of BENCHMARKS.md: from our heading to the next heading of any level, so
+    subsections (e.g. the accuracy figures from eval_video.py) and other sections stay. Atomic write."""
     doc = path.read_text() if path.is_file() else "# Benchmarks\n"
     start = doc.find(SECTION)
     if start >= 0:
-        nxt = doc.find("\n## ", start + len(SECTION))
+        nxt = doc.find("\n#", start + len(SECTION))
         doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
