@@ -14,24 +14,15 @@ def test_defaults_and_overrides():
     assert cfg.serve.port == 9000
 
 
-def test_unknown_key_is_an_error_with_suggestion(tmp_path):
+@pytest.mark.parametrize("yaml_text, message", [
+    ("model:\n  nmae: RN50\n", r"unknown config key 'model.nmae'.*did you mean 'name'"),  # with a suggestion
+    ("modle:\n  name: RN50\n", "unknown config key 'modle'"),                              # unknown section
+    ("model:\n  device: tpu\n", r"model.device.*'tpu'"),                                   # names key and value
+])
+def test_bad_config_is_an_error_naming_what_is_wrong(tmp_path, yaml_text, message):
     p = tmp_path / "c.yaml"
-    p.write_text("model:\n  nmae: RN50\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'model.nmae'.*did you mean 'name'"):
-        load_config(p)
-
-
-def test_unknown_section_is_an_error(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("modle:\n  name: RN50\n")
-    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
-        load_config(p)
-
-
-def test_bad_value_names_key_and_value(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("model:\n  device: tpu\n")
-    with pytest.raises(ConfigError, match=r"model.device.*'tpu'"):
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
         load_config(p)
 
 

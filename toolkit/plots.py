@@ -83,14 +83,22 @@ def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "h
 
 
 def _finish(plt, fig, ax, title: str, path: str | Path) -> Path:
-    """Title, grid and legend in the house style, then save the figure and close it."""
+    """Title, grid and legend in the house style, then `_save`."""
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay out, write atomically (a temporary file renamed into place: never a half-written PNG) and close."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    return Path(path)
+    tmp.replace(path)
+    return path
 
 
 def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,
@@ -147,13 +155,7 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     ax.set_title(title, fontsize=10, pad=16)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(plt, fig, path)
 
 
 def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Sequence[str], path: str | Path,
@@ -182,10 +184,4 @@ def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Se
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(plt, fig, path)
