@@ -13,9 +13,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>/dev/null || $(PIP) install -q --upgrade pip
-	@# pip's notes about this machine's optional local package mirrors are noise: filter them, keep the exit code.
+	@# Noise filtered, exit code kept: pip's notes about this machine's optional local package mirrors, and
+	@# setuptools' generic warning about editable installs. The full log stays in .venv/pip.log.
 	$(PIP) install -q --progress-bar off -e ".[dev]" 2>$(VENV)/pip.log; rc=$$?; \
-	  grep -v "is ignored: it is neither a file nor a directory" $(VENV)/pip.log >&2; exit $$rc
+	  sed -e '/is ignored: it is neither a file nor a directory/d' \
+	      -e '/BuildBackendWarning: Editable installation/,/WheelFile(wheel_path/d' $(VENV)/pip.log >&2; exit $$rc
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: could not install Debian's chromium; browser tests will fail")
