@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +47,10 @@ def export_image_encoder(extractor: Any, out: str | Path, opset: int = 17) -> Pa
     os.close(fd)
     try:
         # Tracing with grad enabled keeps nn.MultiheadAttention off its fused fast path, which ONNX can't express.
-        with torch.enable_grad():
+        # The tracer warns about shape checks inside torch's own attention code; they hold for every batch size
+        # (the export is checked against eager afterwards), so they are not the user's concern.
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(_NormalizedImageTower(extractor.model).eval(), (example.requires_grad_(True),), tmp,
                               input_names=[INPUT], output_names=[OUTPUT], opset_version=opset, dynamo=False,
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
