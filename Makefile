@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 CLIPKIT := $(VENV)/bin/clipkit
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo serve mlflow-ui docker-build bench clean
+.PHONY: install test test-fast demo serve mlflow-ui docker-build clean
 
 install: $(STAMP)
 

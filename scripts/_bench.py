@@ -1,4 +1,5 @@
-"""Shared helpers for scripts/bench_*.py: machine peak, alternating timing, load note, markdown tables.
+"""Shared helpers for scripts/bench_*.py: machine peak, alternating timing, load note, markdown tables, and the
+BENCHMARKS.md section writer.
 
 Sides of a comparison run in one process, interleaved round by round, and are reported as ratios: the
 machines are shared and absolute times drift, while a ratio measured in alternation holds up.
@@ -19,7 +20,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built from configs: nothing to download
 
-VIT_B32_GFLOP = 8.8  # per 224 px image, the issue's figure; the scripts also count it with FlopCounterMode
 
 
 def machine_note() -> str:
@@ -101,3 +101,18 @@ def write_json(path: str | None, data: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=2))
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace the part of BENCHMARKS.md from `heading` to the next heading of any level with `text` (or append
+    it); subsections written by other scripts and other sections stay as they are. Atomic write."""
+    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
+    start = doc.find(heading)
+    if start >= 0:
+        nxt = doc.find("\n#", start + len(heading))
+        doc = doc[:start] + text.rstrip("\n") + "\n" + ("\n" + doc[nxt + 1:] if nxt >= 0 else "")
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(doc)
+    tmp.replace(path)

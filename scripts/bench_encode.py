@@ -200,7 +200,7 @@ def report(res, sizes, precs, peaks, gflop, cos, warm, compile_bs, note, out) ->
         rows.append([f"{side} (b{bs})", prec, r["rate"], r["rate"] / naive, vs_hf, r["rate"] * gflop,
                      100 * r["rate"] * gflop / peaks[prec]])
     print(f"\nMachine: {note}")
-    print(f"Matmul peak: " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items())
+    print("Matmul peak: " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items())
           + f"; ViT-B-32 image tower: {gflop:.2f} GFLOP/image (FlopCounterMode)")
     if cos is not None:
         print(f"bf16 vs fp32 embeddings: min cosine {cos:.6f} over 16 images")

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit.config import ProbeConfig  # noqa: E402
+import _bench  # puts the project root on sys.path
+from toolkit.config import ProbeConfig  # noqa: E402  (after _bench)
 from toolkit.probe import fit_logreg  # noqa: E402
 
 
@@ -78,7 +74,7 @@ def run(args) -> dict:
     for r in rows:
         r["time_vs_sklearn_default"] = r["wall_s"] / ref if ref else None
     return {"n": args.n, "dim": args.dim, "classes": args.classes, "noise": args.noise, "rows": rows,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+            "machine": _bench.machine_note(),
             "split": {"train": n_tr, "val": n_va, "test": args.n - n_tr - n_va}}
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import ROOT, alternate, machine_note, table
+from _bench import ROOT, alternate, machine_note, table, write_section
 
 SECTION = "## Video (issue 7)"
 SCHEDULE = "standing:1,squat:5x1.2,standing:1,jumping_jack:4x0.8,standing:1"
@@ -97,22 +97,7 @@ def main() -> None:
         "Reproduce: `.venv/bin/python scripts/bench_video.py --write`", ""])
     print(text)
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", text)
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) our part of BENCHMARKS.md: from our heading to the next heading of any level, so
-    subsections (e.g. the accuracy figures from eval_video.py) and other sections stay. Atomic write."""
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start = doc.find(SECTION)
-    if start >= 0:
-        nxt = doc.find("\n#", start + len(SECTION))
-        doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    tmp = path.with_name(".BENCHMARKS.md.tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
+        write_section(ROOT / "BENCHMARKS.md", SECTION, text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from toolkit.config import load_config  # noqa: E402
 from toolkit.demo import EXERCISES, MAIN_CLASSES  # noqa: E402
 from toolkit.demo.dataset import parse_classes  # noqa: E402
 from toolkit.demo.figures import example_rng, render_example  # noqa: E402
+from toolkit import metrics  # noqa: E402
 from toolkit.features import FeatureExtractor  # noqa: E402
 from toolkit.prompts import load_templates  # noqa: E402
 from toolkit.zeroshot import ZeroShotHead  # noqa: E402
@@ -33,16 +34,17 @@ def evaluate(extractor, keys, templates, seed, n, size=224, batch=64):
     """(accuracy, per-class accuracy dict, confusion matrix (C, C) rows = truth, cols = predicted)."""
     labels = [EXERCISES[k] for k in keys]
     head = ZeroShotHead.from_extractor(extractor, labels, templates)
-    confusion = np.zeros((len(keys), len(keys)), dtype=int)
-    for ci, key in enumerate(keys):
+    y_true, proba = [], []
+    for key, label in zip(keys, labels):
         class_index = list(EXERCISES).index(key)
         for start in range(0, n, batch):
             images = [render_example(key, example_rng(seed, class_index, i), size)[0]
                       for i in range(start, min(n, start + batch))]  # fmt: skip
-            pred = head.predict_proba(extractor.encode_images(images)).argmax(axis=1)
-            np.add.at(confusion[ci], pred, 1)
-    per_class = {labels[i]: confusion[i, i] / confusion[i].sum() for i in range(len(keys))}
-    return np.trace(confusion) / confusion.sum(), per_class, confusion
+            proba.append(head.predict_proba(extractor.encode_images(images)))
+            y_true += [label] * len(images)
+    m = metrics.evaluate(y_true, np.concatenate(proba), labels)
+    per_class = {label: m["per_class"][label]["recall"] for label in labels}  # accuracy within a class
+    return m["accuracy"], per_class, np.asarray(m["confusion_matrix"])
 
 
 def print_report(acc, per_class, confusion, keys):

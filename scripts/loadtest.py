@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import platform
 import re
 import statistics
 import sys
@@ -32,6 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _bench  # noqa: E402
 from toolkit.serve.process import ServerProcess  # noqa: E402
 
 SECTION = "## Serving (issue 6)"
@@ -132,7 +131,7 @@ def render(rows: list[dict], model: str, args, command: str) -> str:
     lines = [SECTION, "",
              f"`{command}`", "",
              f"{model}; one PNG per request to POST /v1/predict; clients (httpx, asyncio) and both servers on the "
-             f"same machine ({os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}); "
+             f"same machine ({_bench.machine_note()}); "
              f"each run at most {args.requests} requests and {args.max_seconds:.0f} s, after a short warm-up; "
              f"server defaults otherwise (max_batch_size 32, max_wait_ms 5). "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
@@ -151,20 +150,6 @@ def render(rows: list[dict], model: str, args, command: str) -> str:
         "preprocessing) is the same on both sides. A lone request doesn't wait for company: the batcher waits "
         "up to max_wait_ms only while another request in flight could still join the batch.", ""]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace our own section in BENCHMARKS.md (or append it); other sections stay as they are. Atomic."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -193,7 +178,7 @@ def main() -> None:
     if codes != {"on": 0, "off": 0}:
         print(f"warning: server exit codes {codes}", file=sys.stderr)
     if not args.no_write:
-        write_section(Path(args.out), section)
+        _bench.write_section(Path(args.out), SECTION, section)
         print(f"wrote {SECTION!r} into {args.out}", file=sys.stderr)
 
 

@@ -92,6 +92,18 @@ def test_text_embeddings_are_cached(tiny_extractor):
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
 
 
+def test_text_cache_keeps_only_the_most_recently_used(tiny_model, monkeypatch):
+    import toolkit.features as features
+
+    monkeypatch.setattr(features, "TEXT_CACHE_SIZE", 3)
+    ex = _load(tiny_model["config"], tiny_model["checkpoint"], precision="fp32")
+    first = ex.encode_texts(["a", "b", "c"])
+    ex.encode_texts(["a"])  # 'a' is now the most recent, 'b' the oldest
+    many = ex.encode_texts(["d", "e", "b", "c"])  # more distinct texts in one call than the cache holds
+    assert len(ex._text_cache) == 3 and list(ex._text_cache) == ["e", "b", "c"]
+    np.testing.assert_allclose(many[2:], first[1:], atol=1e-6)  # evicted and re-encoded: same embeddings
+
+
 def test_unknown_architecture_suggests_close_names():
     with pytest.raises(ModelError, match=r"unknown model 'ViT-B-23'.*'ViT-B-32'"):
         _load("ViT-B-23", None)

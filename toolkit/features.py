@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -27,6 +28,7 @@ from .errors import InputError, ModelError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 HUB_HOST = "huggingface.co"
+TEXT_CACHE_SIZE = 20_000  # prompt embeddings kept per extractor (~40 MB at 512 dims)
 
 
 @dataclass(frozen=True)
@@ -218,12 +220,18 @@ def load_image(path: str | Path, min_side: Optional[int] = None) -> Image.Image:
     try:
         with Image.open(path) as im:
             draft_for(im, min_side)
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # no full-size copy when there is nothing to rotate
+            return _rgb(im)
     except FileNotFoundError:
         raise InputError(f"image '{path}' not found; check the path") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"'{path}' is not a readable image ({e.__class__.__name__}: {e})") from None
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    """The image in RGB; itself when it already is (convert() would copy it)."""
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 class _PathDataset(Dataset):
@@ -302,7 +310,7 @@ class FeatureExtractor:
         self.identity, self.cfg = identity, cfg
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self._text_cache: dict[str, np.ndarray] = {}
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see encode_texts
         self._uint8 = UInt8Preprocess.split(preprocess)  # None: run `preprocess` whole
         self.prepare: Callable[[Image.Image], torch.Tensor] = self._uint8 or preprocess
         self._memory_format = image_memory_format(self.dtype)
@@ -387,7 +395,7 @@ class FeatureExtractor:
     def encode_images(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> np.ndarray:
         """PIL images -> (n, D) float32, rows L2-normalized."""
         bs = batch_size or self.cfg.batch_size
-        out = [self.encode_batch(torch.stack([self.prepare(im.convert("RGB")) for im in images[i:i + bs]]))
+        out = [self.encode_batch(torch.stack([self.prepare(_rgb(im)) for im in images[i:i + bs]]))
                for i in range(0, len(images), bs)]
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
@@ -431,12 +439,16 @@ class FeatureExtractor:
     # -- texts
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Texts -> (n, D) float32, rows L2-normalized. Each distinct text is encoded once per extractor.
+        """Texts -> (n, D) float32, rows L2-normalized. Each distinct text is encoded once per extractor while it
+        stays among the TEXT_CACHE_SIZE most recently used (a long-running server sees ever new label sets).
 
         With a causal text tower, texts are batched by token length and each batch runs only up to its longest
         prompt instead of the full context (see accel.CausalTextTower): same embeddings, several times sooner.
         """
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        cache = self._text_cache
+        distinct = list(dict.fromkeys(texts))
+        missing = [t for t in distinct if t not in cache]
+        fresh: dict[str, np.ndarray] = {}
         if missing:
             tokens = self.tokenizer(missing)
             pad = self._text_tower.pad_id if self._text_tower is not None else 0
@@ -444,10 +456,17 @@ class FeatureExtractor:
             for i in range(0, len(missing), batch_size):
                 rows = order[i:i + batch_size]
                 emb = self._encode_tokens(tokens[torch.as_tensor(rows)].to(self.device))
-                self._text_cache.update(zip((missing[r] for r in rows), emb))
+                fresh.update(zip((missing[r] for r in rows), emb))
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32)
-        return np.stack([self._text_cache[t] for t in texts]).astype(np.float32)
+        out = np.stack([fresh[t] if t in fresh else cache[t] for t in texts]).astype(np.float32)
+        for t in distinct:  # this call's texts become the most recent, in their order
+            if t in fresh:
+                cache[t] = fresh[t]
+            cache.move_to_end(t)
+        while len(cache) > TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return out
 
     def _encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """(n, context_length) token ids -> (n, D) float32, rows L2-normalized."""

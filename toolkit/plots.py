@@ -53,10 +53,7 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], pa
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, bbox_inches="tight")
 
 
 def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "hyper-parameter sweep",
@@ -90,12 +87,12 @@ def _finish(plt, fig, ax, title: str, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
-def _save(plt, fig, path: str | Path) -> Path:
+def _save(plt, fig, path: str | Path, **savefig: Any) -> Path:
     """Lay out, write atomically (a temporary file renamed into place: never a half-written PNG) and close."""
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, **savefig)
     plt.close(fig)
     tmp.replace(path)
     return path

@@ -71,8 +71,8 @@ class PromptRun:
 class ProbeRun:
     """A kind=probe run of `train-probe`; config params up front, results, head and model by `log_result`."""
 
-    def __init__(self, run):
-        self.run, self.run_id = run, run.run_id
+    def __init__(self, run, store=None):
+        self.run, self.run_id, self.store = run, run.run_id, store
         self.model_uri: Optional[str] = None
         self.registered_uri: Optional[str] = None
         p = run.cfg.probe
@@ -86,8 +86,7 @@ class ProbeRun:
 
     def log_result(self, result) -> None:
         """Params chosen by the sweep, val/test/zero-shot metrics, the report files, the head and its model."""
-        r = self.run
-        store = _open_store(result.store_path)
+        r, store = self.run, self.store
         chosen = {}  # what the fit chose; a name already logged from the config with another value gets 'fit_'
         for k, v in result.params.items():
             if k in self._logged and str(self._logged[k]) == str(v) or k == "fewshot":
@@ -127,17 +126,6 @@ class ProbeRun:
         info = r.pyfunc_model(MODEL_CODE, artifacts, list(classes), _requirements(), registered)
         self.model_uri, self.registered_uri = info["run_model_uri"], info["registered_uri"]
         r.tags({"model_uri": info["model_uri"], "registered_model": self.registered_uri})
-
-
-def _open_store(path: Optional[str]):
-    if not path:
-        return None
-    from .store import FeatureStore
-
-    try:
-        return FeatureStore.open(path)
-    except Exception:  # the store may have been moved; the run still gets its metrics
-        return None
 
 
 def _requirements() -> list[str]:

@@ -303,6 +303,19 @@ def _reusable(out: Path, fp: str, dataset: LabelledDataset) -> Optional[FeatureS
     return _relabel(store, dataset)
 
 
+def reuse_or_plan(extractor, dataset: LabelledDataset, out: str | Path,
+                  batch_size: Optional[int] = None) -> "FeatureStore | StoreWriter":
+    """The complete store of the same files by the same extractor at `out` (marked `reused`), or else a
+    StoreWriter for it: created, or resumed from an interrupted extraction with the same plan."""
+    out = Path(out)
+    fp = fingerprint(dataset, extractor.identity)
+    store = _reusable(out, fp, dataset)
+    if store is not None:
+        store.reused = True
+        return store
+    return StoreWriter.create_or_resume(out, dataset, extractor.identity, fp, batch_size or extractor.cfg.batch_size)
+
+
 def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_size: Optional[int] = None,
                   progress: bool = False, num_workers: Optional[int] = None) -> FeatureStore:
     """Encode every image of `dataset` into a store at `out`; reuse or resume an existing one when possible.
@@ -312,13 +325,9 @@ def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_si
     """
     from tqdm import tqdm
 
-    out = Path(out)
-    fp = fingerprint(dataset, extractor.identity)
-    store = _reusable(out, fp, dataset)
-    if store is not None:
-        store.reused = True
-        return store
-    writer = StoreWriter.create_or_resume(out, dataset, extractor.identity, fp, batch_size or extractor.cfg.batch_size)
+    writer = reuse_or_plan(extractor, dataset, out, batch_size)
+    if isinstance(writer, FeatureStore):
+        return writer
     pending = writer.pending_batches()
     rows = np.concatenate([writer.batch_rows(b) for b in pending]) if pending else np.zeros(0, np.int64)
     paths = [dataset.paths[i] for i in rows]

@@ -155,7 +155,6 @@ class TrackedRun:
     def __init__(self, mlflow, run, cfg: Config, experiment: str):
         self.mlflow, self.run, self.cfg, self.experiment = mlflow, run, cfg, experiment
         self.run_id: str = run.info.run_id
-        self.experiment_id: str = run.info.experiment_id
 
     def params(self, params: dict[str, Any]) -> None:
         self.mlflow.log_params(_flat_params(params))
@@ -278,8 +277,9 @@ def prompt_run(cfg: Config, dataset_name: str, prompt_set, store=None) -> Iterat
 # ---------------------------------------------------------------- probe runs
 
 @contextmanager
-def probe_run(cfg: Config, dataset_name: str, run_name: Optional[str] = None) -> Iterator[Any]:
-    """A run tagged kind=probe. Yields an object with `log_result(result)`; an exception ends it FAILED."""
+def probe_run(cfg: Config, dataset_name: str, run_name: Optional[str] = None, store: Any = None) -> Iterator[Any]:
+    """A run tagged kind=probe on the feature `store` the probe is trained from (its identity and split are
+    logged). Yields an object with `log_result(result)`; an exception ends it FAILED."""
     if not cfg.tracking.enabled:
         yield _NoRun()
         return
@@ -287,7 +287,7 @@ def probe_run(cfg: Config, dataset_name: str, run_name: Optional[str] = None) ->
 
     with tracked_run(cfg, dataset_name, "probe", run_name or f"probe:{cfg.probe.method}",
                      {"method": cfg.probe.method}) as run:
-        yield ProbeRun(run)
+        yield ProbeRun(run, store)
 
 
 # ---------------------------------------------------------------- reading back

@@ -253,16 +253,11 @@ def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1
     store's plan (created or resumed by the first process) is what they share, so nodes need one shared
     filesystem path for `out`. A complete store of the same files by the same extractor is reused as is.
     """
-    from pathlib import Path
+    from .store import FeatureStore, reuse_or_plan
 
-    from .store import StoreWriter, _reusable, fingerprint
-
-    fp = fingerprint(dataset, extractor.identity)
-    store = _reusable(Path(out), fp, dataset)
-    if store is not None:
-        store.reused = True
-        return store
-    writer = StoreWriter.create_or_resume(out, dataset, extractor.identity, fp, extractor.cfg.batch_size)
+    writer = reuse_or_plan(extractor, dataset, out)
+    if isinstance(writer, FeatureStore):
+        return writer
     workers = extractor.cfg.num_workers if num_workers is None else num_workers
     module = ExtractModule(extractor, list(dataset.paths), str(out), workers)
     accelerator = "gpu" if extractor.device.type == "cuda" else "cpu"

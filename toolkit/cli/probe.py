@@ -140,7 +140,7 @@ def _summary(result, store, out: Path) -> str:
              f"split     train {p['n_train']}{few}, val {p['n_val']}, test {p['n_test']}",
              f"method    {p['method']} (init {p['init']}): {chosen}, fit in {result.timings['fit_s']:.1f} s",
              f"{'':<16}{'accuracy':>9} {'bal.acc':>8} {'macro-F1':>9}"]
-    for name, part in (("zero-shot", m.get("zeroshot_test")), (f"probe", m["test"])):
+    for name, part in (("zero-shot", m.get("zeroshot_test")), ("probe", m["test"])):
         if part:
             lines.append(f"{name:<16}{_fmt(part['accuracy']):>9} {_fmt(part['balanced_accuracy']):>8} "
                          f"{_fmt(part['macro_f1']):>9}")
@@ -245,7 +245,7 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
     store, extractor, name = _open_or_extract(data, store_dir, cfg, show)
     zeroshot = _zeroshot_head(cfg, extractor, store.classes, labels_given)
     out_dir = Path(out)
-    with tracking.probe_run(cfg, name) as run:
+    with tracking.probe_run(cfg, name, store=store) as run:
         result = fit(store, cfg.probe, zeroshot, progress=show)
         result.head.save(out_dir)
         _place_report(result, out_dir)

@@ -88,6 +88,7 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
       clipkit compare          # then rank them against trained probes
     """
     from .. import tracking
+    from ..metrics import headline
     from ..prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
 
     overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track)}
@@ -106,7 +107,7 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
             ev = evaluate_prompt_set(extractor, store, ps, split)
             run.log_result(ev)
         rows.append({"prompt_set": ps.name, "template_count": len(ps.templates), "run_id": run.run_id,
-                     "metrics": {k: ev.metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")},
+                     "metrics": headline(ev.metrics),
                      "recall": {c: v["recall"] for c, v in ev.metrics["per_class"].items()}})
     rows.sort(key=lambda r: -r["metrics"]["accuracy"])
     exp = tracking.experiment_name(cfg.tracking, name)

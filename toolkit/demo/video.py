@@ -236,14 +236,3 @@ def write_video(
         container.mux(stream.encode())
     tmp.replace(path)
     return truth
-
-
-def random_schedule(
-    rng: np.random.Generator, exercises: Iterable[str] = ("squat", "jumping_jack")
-) -> list[Segment]:
-    """Standing, then each exercise for 2-6 reps at 0.6-2.0 s per rep, standing in between."""
-    segments = [hold("standing", rng.uniform(0.5, 1.5))]
-    for key in exercises:
-        segments.append(reps(key, int(rng.integers(2, 7)), round(float(rng.uniform(0.6, 2.0)), 2)))
-        segments.append(hold("standing", rng.uniform(0.5, 1.5)))
-    return segments
