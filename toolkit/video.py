@@ -161,12 +161,11 @@ def score_frames(predictor, frames: Iterator[tuple[int, float, Image.Image]], ba
     """(frame indices (n,), times (n,), probabilities (n, C) in the head's class order), scored in batches."""
     from tqdm import tqdm
 
-    classes = predictor.head_for(labels).classes_
+    head = predictor.head_for(labels)
     idx, times, probs, batch = [], [], [], []
 
     def flush() -> None:
-        rows = predictor.predict_images([im for _, _, im in batch], labels=labels)
-        probs.extend([[r["scores"][c] for c in classes] for r in rows])
+        probs.append(head.predict_proba(predictor.extractor.encode_images([im for _, _, im in batch])))
         idx.extend(i for i, _, _ in batch)
         times.extend(t for _, t, _ in batch)
         batch.clear()
@@ -180,8 +179,8 @@ def score_frames(predictor, frames: Iterator[tuple[int, float, Image.Image]], ba
         if batch:
             bar.update(len(batch))
             flush()
-    return np.asarray(idx, np.int64), np.asarray(times, np.float64), np.asarray(probs, np.float64).reshape(
-        len(idx), len(classes))
+    scores = np.concatenate(probs) if probs else np.zeros((0, len(head.classes_)))
+    return np.asarray(idx, np.int64), np.asarray(times, np.float64), scores.astype(np.float64)
 
 
 def rest_map(vcfg: VideoConfig, classes: Sequence[str]) -> dict[str, str]:

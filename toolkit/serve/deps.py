@@ -1,13 +1,13 @@
-"""Dependencies shared by the routes (and by routes_video.py): state, predictor, limits, API key, uploads.
+"""Dependencies shared by the routes (and by routes_video.py): state, limits, API key, uploads.
 
     @router.post("/v1/thing")
-    async def thing(predictor: PredictorDep, batcher: BatcherDep, settings: SettingsDep): ...
+    async def thing(state: StateDep, settings: SettingsDep): ...   # state.predictor, state.batcher
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Annotated, Any, Awaitable, Optional, Sequence, TypeVar
+from typing import Annotated, Awaitable, Optional, Sequence, TypeVar
 
 from fastapi import Depends, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
@@ -42,17 +42,6 @@ def get_ready_state(request: Request) -> ServiceState:
     return state
 
 
-def get_predictor(state: Annotated[ServiceState, Depends(get_ready_state)]):
-    """The loaded toolkit.predictor.Predictor."""
-    return state.predictor
-
-
-def get_batcher(state: Annotated[ServiceState, Depends(get_ready_state)]):
-    """The MicroBatcher: `await batcher.submit(tensors)` for embeddings, `await batcher.call(fn, ...)` for the
-    model thread."""
-    return state.batcher
-
-
 async def require_api_key(request: Request, header_key: Annotated[Optional[str], Security(_api_key_header)] = None
                           ) -> None:
     """401 unless the configured key came in `X-API-Key` or `Authorization: Bearer`; compared in constant time."""
@@ -71,8 +60,6 @@ async def require_api_key(request: Request, header_key: Annotated[Optional[str],
 
 StateDep = Annotated[ServiceState, Depends(get_ready_state)]
 SettingsDep = Annotated[ServeConfig, Depends(get_settings)]
-PredictorDep = Annotated[Any, Depends(get_predictor)]
-BatcherDep = Annotated[Any, Depends(get_batcher)]
 
 
 # ---------------------------------------------------------------- helpers for routes

@@ -7,13 +7,13 @@ so a decompression bomb costs nothing), then the decode of the first frame only.
 from __future__ import annotations
 
 import io
-from typing import Callable, Optional
+from typing import Optional
 
 from PIL import Image, ImageOps
 
+from ..accel import draft_for
 from .errors import ApiError
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
 
 
@@ -44,12 +44,11 @@ def check_size(n_bytes: int, name: str, max_bytes: int) -> None:
                        "(serve.max_upload_bytes); send a smaller image")
 
 
-def decode_image(data: bytes, name: str, max_pixels: int,
-                 prepare: Optional[Callable[[Image.Image], None]] = None) -> Image.Image:
+def decode_image(data: bytes, name: str, max_pixels: int, min_side: Optional[int] = None) -> Image.Image:
     """Bytes of one upload -> RGB image (first frame of a GIF/WebP, EXIF orientation applied).
 
-    prepare: called on the opened, size-checked image before decoding (the extractor's reduced-size JPEG
-    decode, so that the server sees the same pixels as `clipkit predict`).
+    min_side: the extractor's reduced-size JPEG decode (`accel.draft_for`, as its own file loading does), so
+    that the server sees the same pixels as `clipkit predict`.
     Raises ApiError: 400 empty or corrupt, 413 too many pixels, 415 not an accepted format.
     """
     if not data:
@@ -72,8 +71,7 @@ def decode_image(data: bytes, name: str, max_pixels: int,
     if width < 1 or height < 1:
         raise ApiError(400, "corrupt_image", f"{name!r} has no pixels ({width}x{height}); upload a real image")
     try:
-        if prepare is not None:
-            prepare(im)
+        draft_for(im, min_side)
         return ImageOps.exif_transpose(im).convert("RGB")  # decodes the current (first) frame only
     except Exception as e:  # truncated data, bad compressed stream, ...
         raise _corrupt(name, fmt, e) from None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Callable, Optional
 
@@ -19,27 +18,17 @@ router = APIRouter(prefix="/v1", tags=["classify"])
 FilesField = Annotated[list[UploadFile], File(description="One or more images (JPEG, PNG, WebP, BMP, GIF)")]
 
 
-def _to_tensors(uploads: list[tuple[str, bytes]], preprocess: Callable, max_pixels: int,
-                prepare: Optional[Callable]) -> list:
+def _to_tensors(uploads: list[tuple[str, bytes]], prepare: Callable, max_pixels: int,
+                min_side: Optional[int]) -> list:
     """Worker thread: validate and decode each upload, then preprocess; one full-size image in memory at a time."""
-    return [preprocess(decode_image(data, name, max_pixels, prepare)) for name, data in uploads]
-
-
-def decode_hook(extractor) -> Optional[Callable]:
-    """The extractor's reduced-size JPEG decode (as its own file loading does), or None when it has none."""
-    min_side = getattr(extractor, "min_decode_side", None)
-    if not min_side:
-        return None
-    from ..accel import draft_for
-
-    return functools.partial(draft_for, min_side=min_side)
+    return [prepare(decode_image(data, name, max_pixels, min_side)) for name, data in uploads]
 
 
 async def encode_uploads(uploads: list[tuple[str, bytes]], state: ServiceState) -> np.ndarray:
     """(name, bytes) uploads -> (n, D) L2-normalized embeddings, through the micro-batcher."""
     extractor = state.predictor.extractor
-    tensors = await asyncio.to_thread(_to_tensors, uploads, extractor.preprocess, state.settings.max_pixels,
-                                      decode_hook(extractor))
+    tensors = await asyncio.to_thread(_to_tensors, uploads, extractor.prepare, state.settings.max_pixels,
+                                      extractor.min_decode_side)
     return await state.batcher.submit(tensors)
 
 

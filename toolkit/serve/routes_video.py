@@ -102,27 +102,27 @@ def video_config(request: Request, **given: Any) -> VideoConfig:
     return vcfg
 
 
-async def score_upload(path: Path, vcfg: VideoConfig, labels: Optional[list[str]], state, settings: ServeConfig):
-    """(indices, times, (n, C) probabilities, stats) for the video at `path`, batch by batch."""
+async def score_upload(path: Path, vcfg: VideoConfig, head, state, settings: ServeConfig):
+    """(indices, times, (n, C) probabilities in `head`'s class order, stats) for the video at `path`, batch by
+    batch."""
     from ..video import iter_frames
 
     predictor, batcher = state.predictor, state.batcher
     stats: dict[str, Any] = {}
     frames = iter_frames(path, vcfg.fps, vcfg.stride, max_seconds=settings.max_video_seconds,
                          max_frames=settings.max_video_frames, stats=stats)
-    batches = FrameBatches(frames, predictor.extractor.preprocess, settings.max_batch_size)
+    batches = FrameBatches(frames, predictor.extractor.prepare, settings.max_batch_size)
     idx, times, probs = [], [], []
     try:
         while batch := await asyncio.to_thread(batches.next):
             feats = await batcher.submit([x for _, _, x in batch])
-            rows = await batcher.call(predictor.predict_features, feats, None, labels)
-            classes = list(rows[0]["scores"])
-            probs += [[r["scores"][c] for c in classes] for r in rows]
+            probs.append(head.predict_proba(feats))
             idx += [i for i, _, _ in batch]
             times += [t for _, t, _ in batch]
     finally:
         await asyncio.to_thread(batches.close)
-    return np.asarray(idx, np.int64), np.asarray(times, np.float64), np.asarray(probs, np.float64), stats
+    scores = np.concatenate(probs) if probs else np.zeros((0, len(head.classes_)))
+    return np.asarray(idx, np.int64), np.asarray(times, np.float64), scores.astype(np.float64), stats
 
 
 @router.post("/predict/video", responses=ERROR_RESPONSES,
@@ -158,10 +158,10 @@ async def predict_video(
     path, name = temp_path(folder, file.filename), display_name(file.filename, 0)
     try:
         await asyncio.to_thread(save_upload, file, settings.max_video_bytes, path)
-        idx, times, probs, stats = await with_deadline(score_upload(path, vcfg, label_list, state, settings),
+        idx, times, probs, stats = await with_deadline(score_upload(path, vcfg, head, state, settings),
                                                        settings, "video_timeout_s")
         doc = await asyncio.to_thread(summarize, state.predictor, vcfg, list(head.classes_), idx,
-                                      times, probs.reshape(len(idx), len(head.classes_)), stats)
+                                      times, probs, stats)
     except InputError as e:  # messages name our temporary file: name the upload instead
         message = e.message.replace(str(path), name).replace(path.name, name)
         if isinstance(e, VideoLimitError):
@@ -170,5 +170,4 @@ async def predict_video(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     doc["video"]["path"] = name
-    doc["video"]["path"] = display_name(file.filename, 0)
     return doc
