@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import DataError
-from .inputs import IMAGE_SUFFIXES
+from .inputs import IMAGE_SUFFIXES, images_under
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -40,10 +40,6 @@ class LabelledDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def indices(self, split: str) -> np.ndarray:
-        """Row indices of one split, in dataset order."""
-        return np.flatnonzero(np.asarray(self.splits) == split)
-
     def counts(self) -> dict[str, dict[str, int]]:
         """{split: {label: n_images}} for every split and class (zeros included)."""
         c = Counter(zip(self.splits, self.labels))
@@ -59,10 +55,6 @@ def dataset_name(source: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "dataset"
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -72,14 +64,14 @@ def _read_class_folders(folder: Path, where: str) -> tuple[list[str], list[str]]
     paths: list[str] = []
     labels: list[str] = []
     for cls_dir in _class_folders(folder):
-        found = _images_under(cls_dir)
+        found = images_under(cls_dir)
         if not found:
             raise DataError(f"class folder '{cls_dir}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             "add images or remove the folder")
         paths += [str(p.resolve()) for p in found]
         labels += [cls_dir.name] * len(found)
     if not paths:
-        loose = _images_under(folder)
+        loose = images_under(folder)
         hint = ("images must sit in one subfolder per class: ROOT/<label>/*.jpg" if loose
                 else "add one subfolder per class with images in it: ROOT/<label>/*.jpg")
         raise DataError(f"{where} '{folder}' contains no class folders with images; {hint}")

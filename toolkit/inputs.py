@@ -11,8 +11,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
 
+def images_under(folder: Path) -> list[Path]:
+    """Image files anywhere below `folder` (by suffix), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _folder_images(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(str(p) for p in images_under(folder))  # ordered as strings, as `predict` always listed them
 
 
 def expand_image_paths(args: Iterable[str]) -> list[str]:

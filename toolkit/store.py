@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -261,15 +262,15 @@ def _index_csv(dataset: LabelledDataset, rows: np.ndarray) -> str:
 def _meta(dataset: LabelledDataset, rows: np.ndarray, plan: dict[str, Any], skipped: list[dict[str, Any]],
           extra: dict[str, Any]) -> dict[str, Any]:
     ident = plan["identity"]
-    labels = [dataset.labels[i] for i in rows]
-    splits = [dataset.splits[i] for i in rows]
+    labels = Counter(dataset.labels[i] for i in rows)
+    splits = Counter(dataset.splits[i] for i in rows)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "count": int(len(rows)), "dim": int(plan["dim"]),
         "dtype": "float32", "normalized": True, "identity": ident,
         "preprocessing": {k: ident.get(k) for k in ("image_size", "mean", "std", "interpolation", "resize_mode")},
         "classes": list(dataset.classes), "dataset_root": str(dataset.root),
-        "split_counts": {s: splits.count(s) for s in ("train", "val", "test")},
-        "class_counts": {c: labels.count(c) for c in dataset.classes},
+        "split_counts": {s: splits[s] for s in ("train", "val", "test")},
+        "class_counts": {c: labels[c] for c in dataset.classes},
         "fingerprint": plan["fingerprint"], "batch_size": plan["batch_size"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "extraction_s": round(time.time() - float(plan.get("started", time.time())), 3),

@@ -303,6 +303,17 @@ def _encoder(container, rate: Fraction, width: int, height: int):
     raise InputError("this PyAV build has no h264 or mpeg4 encoder; reinstall PyAV (pip install av)")
 
 
+def running_reps(doc: dict[str, Any]) -> list[Optional[int]]:
+    """Per frame of a predict-video document: reps of the frame's label counted so far (0 before its first),
+    or None when the label isn't counted in repetitions."""
+    out, running = [], {}
+    for f in doc["frames"]:
+        if "rep" in f:
+            running[f["rep"]["label"]] = f["rep"]["count"]
+        out.append(running.get(f["label"], 0) if f["label"] in doc["reps"] else None)
+    return out
+
+
 def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) -> Path:
     """Write a copy of the video with each frame's current label, score and rep count drawn on it.
 
@@ -314,11 +325,7 @@ def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.mp4")
     keys = [f["index"] for f in doc["frames"]]
-    reps_so_far, running = [], {}
-    for f in doc["frames"]:
-        if "rep" in f:
-            running[f["rep"]["label"]] = f["rep"]["count"]
-        reps_so_far.append(running.get(f["label"]) if f["label"] in doc["reps"] else None)
+    reps_so_far = [n or None for n in running_reps(doc)]  # nothing drawn before a label's first rep
     try:
         with _open(path) as src, av.open(str(tmp), "w", format="mp4") as dst:
             s = src.streams.video[0]

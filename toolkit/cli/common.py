@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import os
 from typing import Any, Callable, Optional
 
@@ -62,3 +63,8 @@ def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
     if cfg.tracking.uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
         cfg.tracking.uri = os.environ["MLFLOW_TRACKING_URI"]
     return cfg
+
+
+def show_progress(flag: Optional[bool]) -> bool:
+    """--progress/--no-progress, or (not given) whether stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else flag

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import click
 
-from .common import build_config, model_options, prompt_options
+from .common import build_config, model_options, prompt_options, show_progress
 
 
 def render_table(doc: dict[str, Any], top_k: int) -> str:
@@ -74,7 +74,7 @@ def predict(paths: tuple[str, ...], config_path: Optional[str], head: Optional[s
     cfg = build_config(config_path, **flags)
     files = expand_image_paths(paths)
     predictor = build_predictor(cfg, head=head)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress(progress)
     results = predictor.predict_paths(files, top_k=top_k, progress=show and len(files) > 1)
     ident = predictor.extractor.identity
     doc = {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode,

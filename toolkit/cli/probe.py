@@ -5,14 +5,13 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
 from ..errors import ConfigError, DataError
-from .common import build_config, model_options, prompt_options
+from .common import build_config, model_options, prompt_options, show_progress
 
 
 def _split_options(f):
@@ -30,10 +29,6 @@ def _probe_overrides(flags: dict[str, Any], **more: Any) -> dict[str, Any]:
            "probe.test_fraction": flags.pop("test_fraction", None)}
     out.update({f"probe.{k}": v for k, v in more.items()})
     return out
-
-
-def _show_progress(progress: Optional[bool]) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def _load_extractor(cfg):
@@ -91,11 +86,11 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
         from ..trainer import extract_distributed
 
         store = extract_distributed(_load_extractor(cfg), dataset, out, devices, num_nodes, strategy,
-                                    progress=_show_progress(progress))
+                                    progress=show_progress(progress))
         if store is None:  # not global rank 0: that one reports
             return
     else:
-        store = extract_store(_load_extractor(cfg), dataset, out, progress=_show_progress(progress))
+        store = extract_store(_load_extractor(cfg), dataset, out, progress=show_progress(progress))
     click.echo(f"store     {_store_line(store)}")
     click.echo(f"classes   {', '.join(f'{c} ({n})' for c, n in store.meta['class_counts'].items())}")
     click.echo(f"splits    {', '.join(f'{s} {n}' for s, n in store.meta['split_counts'].items())}")
@@ -241,7 +236,7 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
     cfg = build_config(config_path, **overrides, **flags)
     if cfg.tracking.enabled:
         tracking.check_tracking(cfg.tracking)  # fail in seconds, before any encoding
-    show = _show_progress(progress)
+    show = show_progress(progress)
     store, extractor, name = _open_or_extract(data, store_dir, cfg, show)
     zeroshot = _zeroshot_head(cfg, extractor, store.classes, labels_given)
     out_dir = Path(out)

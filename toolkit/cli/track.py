@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
 
 from ..prompt_eval import SPLIT_CHOICES
-from .common import build_config, model_options
+from .common import build_config, model_options, show_progress
 from .probe import _probe_overrides as probe_overrides, _split_options as split_options  # same split flags
 
 def tracking_options(f: Callable) -> Callable:
@@ -137,7 +136,7 @@ def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress
     from .probe import default_store_dir  # the same cache train-probe uses, so images are encoded once
 
     out = Path(store_path) if store_path else default_store_dir(data, extractor.identity)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress(progress)
     return extractor, extract_store(extractor, dataset, out, progress=show)
 
 

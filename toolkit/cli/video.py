@@ -4,13 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from typing import Any, Optional
 
 import click
 
 from ..errors import ConfigError
-from .common import build_config, model_options, prompt_options
+from .common import build_config, model_options, prompt_options, show_progress
 
 
 def parse_repetitive(items: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -54,19 +53,17 @@ def render_table(doc: dict[str, Any]) -> str:
 def render_csv(doc: dict[str, Any]) -> str:
     """One row per sampled frame: index, time_s, label, score, raw_label, segment (its number in the JSON
     'segments'), reps (count of the current label's reps so far), then raw and smoothed score columns."""
+    from ..video import running_reps
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     labels = doc["labels"]
     w.writerow(["index", "time_s", "label", "score", "raw_label", "segment", "reps",
                 *[f"raw:{lb}" for lb in labels], *[f"smoothed:{lb}" for lb in labels]])
     seg_of = [k for k, s in enumerate(doc["segments"]) for _ in range(s["frames"])]
-    running: dict[str, int] = {}
-    for k, f in enumerate(doc["frames"]):
-        if "rep" in f:
-            running[f["rep"]["label"]] = f["rep"]["count"]
-        reps = running.get(f["label"], 0) if f["label"] in doc["reps"] else ""
+    for k, (f, reps) in enumerate(zip(doc["frames"], running_reps(doc))):
         w.writerow([f["index"], f"{f['time_s']:.4f}", f["label"], f"{f['score']:.6f}", f["raw_label"], seg_of[k],
-                    reps, *[f"{f['scores'][lb]:.6f}" for lb in labels],
+                    "" if reps is None else reps, *[f"{f['scores'][lb]:.6f}" for lb in labels],
                     *[f"{f['smoothed'][lb]:.6f}" for lb in labels]])
     return buf.getvalue()
 
@@ -161,7 +158,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     probe_video(video)  # not a video / no video stream: fail before the (slow) model load
     predictor = build_predictor(cfg, head=head)
     check_video_labels(cfg.video, predictor.labels, explicit)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress(progress)
     doc = run(predictor, video, cfg.video, progress=show)
     if plot_path:
         write_plot(doc, plot_path)
