@@ -16,7 +16,8 @@ import torch
 
 import _bench
 from toolkit.config import EXERCISE_LABELS, ModelConfig
-from toolkit.features import FeatureExtractor, openai_imagenet_templates
+from toolkit.features import FeatureExtractor
+from toolkit.weights import openai_imagenet_templates
 from toolkit.zeroshot import ZeroShotHead
 
 

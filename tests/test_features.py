@@ -8,7 +8,8 @@ from PIL import Image
 
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelError
-from toolkit.features import FeatureExtractor, load_image
+from toolkit.features import FeatureExtractor
+from toolkit.images import load_image
 
 
 def _load(name, pretrained, **kw):

@@ -10,7 +10,8 @@ from PIL import Image
 from toolkit.accel import CausalTextTower
 from toolkit.config import ModelConfig
 from toolkit.errors import InputError
-from toolkit.features import FeatureExtractor, load_image
+from toolkit.features import FeatureExtractor
+from toolkit.images import load_image
 
 SMALL_VIT = {
     "embed_dim": 32,

@@ -12,7 +12,7 @@ _EXPORTS = {
     "Config": "config", "load_config": "config",
     "ToolkitError": "errors", "ConfigError": "errors", "ModelError": "errors", "InputError": "errors",
     "HeadError": "errors", "DataError": "errors", "TrackingError": "errors",
-    "FeatureExtractor": "features", "ExtractorIdentity": "features", "load_extractor": "features",
+    "FeatureExtractor": "features", "ExtractorIdentity": "identity", "load_extractor": "features",
     "ZeroShotHead": "zeroshot",
     "LinearProbe": "probe", "train_probe": "probe",
     "Predictor": "predictor", "build_predictor": "predictor", "load_head": "predictor",

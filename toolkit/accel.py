@@ -5,12 +5,10 @@ open_clip's `CLIP` (tower flattened into the model) and `TextTransformer` (`Cust
 """
 from __future__ import annotations
 
-import math
 import types
 from typing import Any, Callable, Optional
 
 import torch
-from PIL import Image
 
 
 # ---------------------------------------------------------------- precision
@@ -155,16 +153,3 @@ class CausalTextTower:
 
 # ---------------------------------------------------------------- images: decode at reduced size
 
-def draft_for(im: Image.Image, min_side: Optional[int]) -> None:
-    """Ask the JPEG decoder for its smallest DCT scale (1/2, 1/4, 1/8) whose shorter side stays >= min_side.
-
-    Decoding a 640x480 JPEG for a 224 px model then decodes 320x240: a quarter of the pixels, and the bicubic
-    resize that follows starts from a smaller image. The preprocessed tensor keeps its size; its values differ
-    slightly (DCT-domain downscaling before the bicubic one), see BENCHMARKS.md for the effect on embeddings.
-    """
-    if not min_side or getattr(im, "format", None) != "JPEG":
-        return
-    w, h = im.size
-    scale = min_side / min(w, h)
-    if scale <= 0.5:  # the mildest JPEG reduction is 1/2
-        im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))

@@ -24,7 +24,7 @@ def _image(value, row: int):
     from PIL import Image
 
     from toolkit.errors import InputError
-    from toolkit.features import load_image
+    from toolkit.images import load_image
 
     if isinstance(value, str) and os.path.isfile(value):
         return load_image(value)

@@ -105,7 +105,7 @@ class LinearProbe:
             tensors = load_file(str(folder / HEAD_WEIGHTS))
             identity = None
             if doc.get("identity") is not None:
-                from .features import ExtractorIdentity
+                from .identity import ExtractorIdentity
 
                 identity = ExtractorIdentity.from_dict(doc["identity"])
             head = cls(doc["classes"], tensors["coef"], tensors["intercept"], identity, doc.get("method", "?"),

@@ -33,7 +33,7 @@ def builtin_templates(name: str) -> list[str]:
     if name == "people":
         return list(PEOPLE_TEMPLATES)
     if name == "openai_imagenet":
-        from .features import openai_imagenet_templates  # pulls in open_clip only when asked for
+        from .weights import openai_imagenet_templates  # pulls in open_clip only when asked for
 
         return openai_imagenet_templates()
     raise KeyError(name)

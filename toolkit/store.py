@@ -79,7 +79,7 @@ class FeatureStore:
 
     @property
     def identity(self):
-        from .features import ExtractorIdentity  # open_clip only when someone needs the identity object
+        from .identity import ExtractorIdentity
 
         return ExtractorIdentity.from_dict(self.meta["identity"])
 

@@ -97,7 +97,7 @@ def models(pretrained_only: bool, pattern: Optional[str]) -> None:
     Pass one as `--model ARCH --pretrained TAG`. Any architecture also works from a model-config
     JSON (`--model my_model.json`) and `hf-hub:org/repo` names load from the Hugging Face hub.
     """
-    from ..features import list_models, list_pretrained
+    from ..weights import list_models, list_pretrained
 
     tags: dict[str, list[str]] = {}
     for arch, tag in list_pretrained():

@@ -11,7 +11,7 @@ from typing import Optional
 
 from PIL import Image, ImageOps
 
-from ..accel import draft_for
+from ..images import draft_for
 from .errors import ApiError
 
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
@@ -47,7 +47,7 @@ def check_size(n_bytes: int, name: str, max_bytes: int) -> None:
 def decode_image(data: bytes, name: str, max_pixels: int, min_side: Optional[int] = None) -> Image.Image:
     """Bytes of one upload -> RGB image (first frame of a GIF/WebP, EXIF orientation applied).
 
-    min_side: the extractor's reduced-size JPEG decode (`accel.draft_for`, as its own file loading does), so
+    min_side: the extractor's reduced-size JPEG decode (`images.draft_for`, as its own file loading does), so
     that the server sees the same pixels as `clipkit predict`.
     Raises ApiError: 400 empty or corrupt, 413 too many pixels, 415 not an accepted format.
     """
