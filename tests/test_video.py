@@ -16,7 +16,7 @@ from PIL import Image
 from toolkit.cli import main
 from toolkit.errors import InputError
 from toolkit.reps import analyze, drop_short, hysteresis_events, join_rest_gaps, moving_average
-from toolkit.video import VideoLimitError, iter_frames
+from toolkit.video import VideoLimitError, VideoLimits, iter_frames
 
 STAND, SQUAT, JACK = "a person standing", "a person repeating a squat", "a person repeating a jumping jack"
 
@@ -201,10 +201,10 @@ def test_iter_frames_samples_by_stride_and_by_fps(tmp_path):
 def test_iter_frames_enforces_duration_and_frame_limits(tmp_path):
     path = write_plain_video(tmp_path / "v.mp4", n=30, fps=10)
     with pytest.raises(VideoLimitError, match="3.0 s, over the limit of 2 s"):
-        list(iter_frames(path, max_seconds=2))
+        list(iter_frames(path, limits=VideoLimits(max_seconds=2)))
     with pytest.raises(VideoLimitError, match="over the limit of 10"):
-        list(iter_frames(path, max_frames=10))
-    assert len(list(iter_frames(path, stride=3, max_frames=10))) == 10  # sampling brings it under the limit
+        list(iter_frames(path, limits=VideoLimits(max_frames=10)))
+    assert len(list(iter_frames(path, stride=3, limits=VideoLimits(max_frames=10)))) == 10  # sampling brings it under the limit
     assert VideoLimitError.http_status == 422
 
 

@@ -116,10 +116,21 @@ class ServeConfig(_Section):
     max_video_bytes: int = Field(100 * 1024 * 1024, ge=1)
     max_video_seconds: float = Field(600.0, gt=0)
     max_video_frames: int = Field(5000, ge=1)
+    # decoded frames x pixels per frame for one video (every decoded frame costs, sampled or not):
+    # 4e10 is ~10 minutes of 1080p at 30 fps
+    max_video_work: float = Field(4e10, gt=0, allow_inf_nan=False)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1)  # whole request body, refused (413) while streaming
     max_label_chars: int = Field(200, ge=1)  # per label in a request
     retry_after_s: int = Field(1, ge=0)  # the Retry-After header sent with 503
     shutdown_grace_s: float = Field(30.0, ge=0)  # after SIGTERM: longest wait for in-flight requests
+    # Slow clients (answer 408 and close): a request's headers must be complete this long after the connection
+    # opened or the previous response ended; a body may pause at most body_timeout_s and take
+    # body_total_timeout_s in all (a 100 MB video at ~350 KB/s); an idle keep-alive connection closes after
+    # keep_alive_s.
+    header_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
+    body_total_timeout_s: float = Field(300.0, gt=0, allow_inf_nan=False)
+    keep_alive_s: float = Field(5.0, gt=0, allow_inf_nan=False)
 
 
 class VideoConfig(_Section):
@@ -128,8 +139,9 @@ class VideoConfig(_Section):
     # Sample this many frames per second (sources at a lower rate give every frame); null: every `stride`-th
     # frame. 10 keeps the windows below the same length in seconds whatever the source's rate (window 5 =
     # 0.5 s), scores a 30 fps video 3x faster than every frame, and still sees the rest phase of a fast rep.
-    fps: Optional[float] = Field(10.0, gt=0)
-    stride: int = Field(1, ge=1)
+    # At most 240 (video.MAX_FPS); a finite number, so no value can make the sampling loop spin.
+    fps: Optional[float] = Field(10.0, gt=0, le=240, allow_inf_nan=False)
+    stride: int = Field(1, ge=1, le=1_000_000)
     window: int = Field(5, ge=1)  # centered moving average, in sampled frames
     min_confidence: float = Field(0.0, ge=0, le=1)
     fallback: Optional[str] = None

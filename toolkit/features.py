@@ -203,6 +203,12 @@ class FeatureExtractor:
         x = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=self._memory_format)
         return self._encode_image(x)
 
+    def encode_prepared(self, items: Sequence[torch.Tensor]) -> np.ndarray:
+        """Images already through `prepare` ((3, H, W) tensors) -> (n, D) float32, rows L2-normalized."""
+        if not len(items):
+            return np.zeros((0, self.embed_dim), np.float32)
+        return self.encode_batch(torch.stack(list(items)))
+
     def encode_images(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> np.ndarray:
         """PIL images -> (n, D) float32, rows L2-normalized."""
         bs = batch_size or self.cfg.batch_size

@@ -1,48 +1,49 @@
-"""Predictor(extractor, head): the one prediction path behind both the CLI and the server.
+"""Predictor(extractor, head): the narrow waist. Every prediction (CLI, server, videos, MLflow model) goes
+through `Predictor.proba`, and every image result document is built by `image_document`.
 
-A head is anything with the scikit-learn classifier contract over features: `classes_`, `kind`, and
-`predict_proba((n, D) features) -> (n, C)` with columns in `classes_` order.
+Heads come from local folders only (`heads.load_head`); the edges (CLI commands, `create_app`) turn
+runs:/ and models:/ URIs into folders with toolkit.tracking before they get here. Nothing here imports
+MLflow, Lightning or FastAPI.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Optional, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from .config import Config
 from .errors import ConfigError, HeadError
+from .heads import Head, load_head
 from .prompts import resolve_labels, resolve_templates, validate_labels
 
 
-class Head(Protocol):
-    kind: str
-    classes_: list[str]
-
-    def predict_proba(self, features: np.ndarray) -> np.ndarray: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-def check_head_matches(head, extractor) -> None:
-    """Refuse a head whose features came from a different extractor."""
+def check_head_matches(head, identity) -> None:
+    """Refuse a head whose features came from another extractor than the one of `identity`."""
     ident = getattr(head, "identity", None)
     if ident is None:
         return
-    reason = extractor.identity.mismatch(ident)
+    reason = identity.mismatch(ident)
     if reason:
         raise HeadError(f"head was trained on features of {ident.label}, but the loaded model is "
-                        f"{extractor.identity.label}: {reason}; load it with --model/--pretrained of its own model")
+                        f"{identity.label}: {reason}; load it with --model/--pretrained of its own model")
 
 
 class Predictor:
-    """Images or features in, per-image label + scores out."""
+    """Features (or images) in, (classes, probabilities) out. One extractor, one default head, and for a
+    zero-shot head a bounded cache of heads for other label sets."""
 
     def __init__(self, extractor, head: Head, max_label_sets: int = 64):
-        check_head_matches(head, extractor)
+        check_head_matches(head, extractor.identity)
         self.extractor, self.head = extractor, head
         self._heads: OrderedDict[tuple[str, ...], Head] = OrderedDict([(tuple(head.classes_), head)])
         self._max_label_sets = max_label_sets
+
+    @property
+    def identity(self):
+        """The extractor's ExtractorIdentity: what the features (and so the head) belong to."""
+        return self.extractor.identity
 
     @property
     def mode(self) -> str:
@@ -53,9 +54,8 @@ class Predictor:
         return list(self.head.classes_)
 
     def info(self) -> dict[str, Any]:
-        return {"mode": self.mode, "model": self.extractor.identity.model,
-                "pretrained": self.extractor.identity.pretrained, "identity": self.extractor.identity.to_dict(),
-                "labels": self.labels, "head": self.head.describe()}
+        return {"mode": self.mode, "model": self.identity.model, "pretrained": self.identity.pretrained,
+                "identity": self.identity.to_dict(), "labels": self.labels, "head": self.head.describe()}
 
     def head_for(self, labels: Optional[Sequence[str]] = None) -> Head:
         """The default head, or (zero-shot only) a head for another label set, cached per label set (LRU)."""
@@ -77,12 +77,21 @@ class Predictor:
         return head
 
     # -- scoring
+    def proba(self, features: np.ndarray, labels: Optional[Sequence[str]] = None
+              ) -> tuple[list[str], np.ndarray]:
+        """(n, D) L2-normalized features -> (classes, (n, C) probabilities, columns in `classes` order,
+        rows sum to 1). `labels` scores another label set (zero-shot only)."""
+        head = self.head_for(labels)
+        classes = list(head.classes_)
+        if len(features) == 0:
+            return classes, np.zeros((0, len(classes)))
+        return classes, head.predict_proba(np.asarray(features, np.float32))
+
     def predict_features(self, features: np.ndarray, top_k: Optional[int] = None,
                          labels: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         """(n, D) features -> n dicts {label, score, scores, top_k}; scores ordered as the head's classes."""
-        head = self.head_for(labels)
-        probs = head.predict_proba(features) if len(features) else np.zeros((0, len(head.classes_)))
-        return [_row(head.classes_, p, top_k) for p in probs]
+        classes, probs = self.proba(features, labels)
+        return [result_row(classes, p, top_k) for p in probs]
 
     def predict_images(self, images: Sequence, top_k: Optional[int] = None,
                        labels: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
@@ -99,7 +108,8 @@ class Predictor:
                 for i, p in enumerate(paths)]
 
 
-def _row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int]) -> dict[str, Any]:
+def result_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int]) -> dict[str, Any]:
+    """One image's result: best label and score, every label's score, and the `top_k` best."""
     order = np.argsort(-probs, kind="stable")
     k = len(classes) if not top_k else min(top_k, len(classes))
     return {"label": classes[order[0]], "score": float(probs[order[0]]),
@@ -107,31 +117,48 @@ def _row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int]) -> dic
             "top_k": [{"label": classes[i], "score": float(probs[i])} for i in order[:k]]}
 
 
-def load_head(spec: str):
-    """A trained head from a folder, `runs:/RUN_ID/head` or `models:/NAME/VERSION`."""
-    if spec.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        from .tracking import download_head  # mlflow is imported only for these URIs
+def image_document(predictor: Predictor, results: list[dict[str, Any]],
+                   labels: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """The image result document of `clipkit predict --format json` and `POST /v1/predict`:
+    {model, pretrained, mode, labels, results: [...]}."""
+    ident = predictor.identity
+    classes = list(predictor.head_for(labels).classes_)
+    return {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode, "labels": classes,
+            "results": results}
 
-        spec = download_head(spec)
-    from .probe import LinearProbe
 
-    return LinearProbe.load(spec)
+def serving_head(cfg: Config, head: Optional[str] = None, mode: Optional[str] = None) -> Optional[str]:
+    """The head that `clipkit serve` and `create_app` serve, or None for zero-shot.
+
+    `head` and `mode` are what the caller was given (flags, create_app's argument); otherwise the config's
+    serve.mode and serve.head decide. A given head means probe mode unless zeroshot was asked for: then
+    they conflict."""
+    if head and mode == "zeroshot":
+        raise ConfigError(f"--mode zeroshot conflicts with --head {head}; drop --head, or use --mode probe")
+    mode = mode or ("probe" if head else cfg.serve.mode)
+    if mode == "zeroshot":
+        return None
+    head = head or cfg.serve.head
+    if not head:
+        raise ConfigError("--mode probe needs a head; pass --head PATH|runs:/RUN_ID/head|models:/NAME/VERSION "
+                          "(or set serve.head in the config), or use --mode zeroshot")
+    return head
 
 
-def build_predictor(cfg: Config, head: Optional[str] = None, extractor=None) -> Predictor:
-    """The Predictor for a config: a probe head when `head` is given, else zero-shot on the config's prompts.
-
-    The head and the prompts are checked before the (slow) model load, so bad input fails in milliseconds.
-    """
-    probe = load_head(head) if head else None
-    if probe is None:
+def build_predictor(cfg: Config, head=None, extractor=None) -> Predictor:
+    """The Predictor for a config: a probe head when `head` is given (a loaded head or a local folder),
+    else zero-shot on the config's prompts. The head and the prompts are checked before the (slow) model
+    load, so bad input fails in milliseconds."""
+    if isinstance(head, (str, Path)):
+        head = load_head(head)
+    if head is None:
         labels, templates = resolve_labels(cfg.prompts), resolve_templates(cfg.prompts)
     if extractor is None:
         from .features import FeatureExtractor
 
         extractor = FeatureExtractor.from_config(cfg.model)
-    if probe is not None:
-        return Predictor(extractor, probe)
+    if head is not None:
+        return Predictor(extractor, head)
     from .zeroshot import ZeroShotHead
 
     return Predictor(extractor, ZeroShotHead.from_extractor(extractor, labels, templates))

@@ -8,10 +8,7 @@ pickle) and `head.json` (classes, the extractor's identity, the method, its hype
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,11 +18,10 @@ import numpy as np
 
 from .config import ProbeConfig
 from .errors import ConfigError, DataError, HeadError
-from .zeroshot import softmax
+from .heads import FitResult, softmax
 
 HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
 HEAD_FORMAT = "clipkit-linear-probe"
-REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
 
 
 class LinearProbe:
@@ -65,28 +61,23 @@ class LinearProbe:
 
     # -- persistence
     def save(self, folder: str | Path) -> Path:
-        """Write the head folder atomically: a temp folder beside it, then a rename over the old one."""
+        """Write the head folder atomically (a temp folder beside it, then a rename over the old one), readable
+        by others as the umask allows (0755 / 0644 under the usual 022)."""
         from safetensors.numpy import save_file
 
+        from .fsio import atomic_dir
+
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        # C order: safetensors writes an array's memory as is, and sklearn's coef_ is Fortran-ordered
-        save_file({"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)},
-                  str(tmp / HEAD_WEIGHTS))
         doc = {"format": HEAD_FORMAT, "format_version": 1, "kind": self.kind, "classes": self.classes_,
                "method": self.method, "params": self.params, "metrics": self.metrics,
                "embed_dim": int(self.coef_.shape[1]),
                "identity": self.identity.to_dict() if self.identity is not None else None,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (tmp / HEAD_JSON).write_text(json.dumps(doc, indent=2, default=_jsonable))
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(folder) as tmp:
+            # C order: safetensors writes an array's memory as is, and sklearn's coef_ is Fortran-ordered
+            save_file({"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)},
+                      str(tmp / HEAD_WEIGHTS))
+            (tmp / HEAD_JSON).write_text(json.dumps(doc, indent=2, default=_jsonable))
         return folder
 
     @classmethod
@@ -128,77 +119,19 @@ def _jsonable(o: Any) -> Any:
 
 # ---------------------------------------------------------------- fitting
 
-@dataclass
-class FitResult:
-    """What a fitting method returns: final weights, the chosen hyper-parameters, and the sweep."""
-
-    coef: np.ndarray  # (C, D)
-    intercept: np.ndarray  # (C,)
-    params: dict[str, Any]  # the chosen hyper-parameters and how they were chosen
-    sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
-    val_proba: np.ndarray  # (n_val, C) of the model picked on val (before any refit on train+val)
-
-
-def _softmax_weights(clf, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's binary LogisticRegression has one row; as two softmax rows it gives the same probabilities."""
-    coef, b = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
-    if n_classes == 2 and coef.shape[0] == 1:
-        return np.vstack([-coef / 2, coef / 2]), np.array([-b[0] / 2, b[0] / 2], np.float32)
-    return coef, b
-
-
-def _score(clf, X: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(accuracy, mean log loss, proba) of a fitted classifier on (X, y)."""
-    proba = clf.predict_proba(X)
-    loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
-    return float((proba.argmax(axis=1) == y).mean()), loss, proba
-
-
 def fit_logreg(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
                cfg: ProbeConfig, c_grid: Optional[Sequence[float]] = None, refit: bool = True) -> FitResult:
-    """L-BFGS logistic regression with C picked as in the CLIP paper.
+    """L-BFGS logistic regression (scikit-learn's objective, fitted in torch) with C picked as in the CLIP paper.
 
     A log-spaced sweep of C (cfg.c_min..cfg.c_max, cfg.c_steps values, or `c_grid`) on the validation
-    split, then REFINE_ROUNDS rounds that try C * 10**(+-step) around the best with the step halved each
-    round, then (with `refit`) a refit at the chosen C on train + val. y are class indices 0..C-1. Ties in
-    validation accuracy go to the lower validation log loss.
+    split, then 3 rounds that try C * 10**(+-step) around the best with the step halved each round, then
+    (with `refit`) a refit at the chosen C on train + val. y are class indices 0..C-1. Ties in validation
+    accuracy go to the lower validation log loss. On the GPU when there is one; see toolkit.logreg.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
+    from .logreg import log_grid, sweep_c
 
-    grid = sorted(float(c) for c in (c_grid if c_grid else
-                                     np.logspace(np.log10(cfg.c_min), np.log10(cfg.c_max), cfg.c_steps)))
-    tried: dict[float, tuple[float, float, np.ndarray]] = {}
-    # one estimator, warm-started from the previous C's solution: a sweep over increasing C converges fast
-    clf = LogisticRegression(max_iter=cfg.max_iter, warm_start=True)
-
-    def trial(c: float) -> None:
-        clf.set_params(C=c)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(X_train, y_train)
-        tried[c] = _score(clf, X_val, y_val)
-
-    for c in grid:
-        trial(c)
-    best = min(tried, key=lambda c: (-tried[c][0], tried[c][1]))
-    step = float(np.diff(np.log10(grid)).min()) if len(grid) > 1 else 0.0
-    for _ in range(REFINE_ROUNDS if step > 0 else 0):
-        step /= 2
-        for c in (best * 10 ** -step, best * 10 ** step):
-            if c not in tried:
-                trial(c)
-        best = min(tried, key=lambda c: (-tried[c][0], tried[c][1]))
-    final = LogisticRegression(C=best, max_iter=cfg.max_iter)  # cold start: independent of the sweep's path
-    X_fit, y_fit = (np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])) if refit else (X_train, y_train)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        final.fit(X_fit, y_fit)
-    coef, intercept = _softmax_weights(final, int(max(y_train.max(), y_val.max(initial=0))) + 1)
-    sweep = [{"param": "C", "value": c, "val_accuracy": a, "val_loss": lo} for c, (a, lo, _) in sorted(tried.items())]
-    params = {"C": best, "solver": "lbfgs", "max_iter": cfg.max_iter, "n_iter": int(final.n_iter_.max()),
-              "n_candidates": len(tried), "refit": "train+val" if refit else "none"}
-    return FitResult(coef, intercept, params, sweep, tried[best][2])
+    grid = c_grid if c_grid else log_grid(cfg.c_min, cfg.c_max, cfg.c_steps)
+    return sweep_c(X_train, y_train, X_val, y_val, grid, refit=refit, max_iter=cfg.max_iter)
 
 
 # ---------------------------------------------------------------- training on a store

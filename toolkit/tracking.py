@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 
 from .config import Config, TrackingConfig, config_to_yaml
 from .errors import TrackingError
+from .heads import is_mlflow_uri
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 HEAD_PATH = "head"  # the head folder's artifact path in a probe run: runs:/RUN_ID/head
@@ -292,26 +293,26 @@ def probe_run(cfg: Config, dataset_name: str, run_name: Optional[str] = None, st
 
 # ---------------------------------------------------------------- reading back
 
-def download_head(uri: str, tracking_uri: Optional[str] = None) -> str:
-    """Download a head logged to MLflow (`runs:/RUN_ID/head`, `models:/NAME/VERSION`) to a local folder.
-
-    The store is `tracking_uri`, else MLflow's own $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
-    Returns a folder holding head.json and head.safetensors.
-    """
+def fetch_head(spec: str, tcfg: TrackingConfig) -> str:
+    """A head folder for `spec`: a local folder as is; `runs:/RUN_ID/head`, `models:/NAME/VERSION` (or an
+    mlflow-artifacts:/ URI) downloaded from the config's tracking store (`resolve_uri`). Called by the edges
+    (CLI commands, create_app), so prediction code never needs MLflow."""
+    if not is_mlflow_uri(spec):
+        return spec
     from mlflow.exceptions import MlflowException
 
-    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    store = resolve_uri(tcfg)
     mlflow = _mlflow(store)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
     except MlflowException as e:
-        raise _mlflow_error(e, store, f"find head '{uri}'") from e
+        raise _mlflow_error(e, store, f"find head '{spec}'") from e
     except OSError as e:
-        raise TrackingError(f"could not download head '{uri}' from '{store}' ({e}); check the URI") from None
+        raise TrackingError(f"could not download head '{spec}' from '{store}' ({e}); check the URI") from None
     for folder in (local, local / "artifacts" / HEAD_PATH, local / HEAD_PATH):
         if (folder / "head.json").is_file():
             return str(folder)
-    raise TrackingError(f"'{uri}' in '{store}' holds no head (no head.json); pass runs:/RUN_ID/{HEAD_PATH} of a "
+    raise TrackingError(f"'{spec}' in '{store}' holds no head (no head.json); pass runs:/RUN_ID/{HEAD_PATH} of a "
                         "probe run or models:/NAME/VERSION of a registered head")
 
 

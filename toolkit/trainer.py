@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from .config import ProbeConfig
-from .probe import FitResult
+from .heads import FitResult
 
 # ---------------------------------------------------------------- shared trainer settings
 
@@ -172,7 +172,7 @@ def fit_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
     coef = state["linear.weight"].float().cpu().numpy()
     intercept = state["linear.bias"].float().cpu().numpy()
     logits = X_val.astype(np.float32) @ coef.T + intercept
-    from .zeroshot import softmax
+    from .heads import softmax
 
     params = {"weight_decay": wd, "lr": cfg.lr, "optimizer": "AdamW", "batch_size": min(cfg.batch_size, len(X_train)),
               "best_epoch": runs[wd].epoch, "max_epochs": cfg.max_epochs, "patience": cfg.patience,

@@ -1,17 +1,20 @@
 """Videos: PyAV decoding -> per-frame scores from the Predictor -> smoothed series, segments and reps.
 
-Frames are decoded one at a time and scored in batches of `model.batch_size`, so memory holds one batch of
-images plus an (n_frames, n_classes) score table, however long the video. The annotated copy is written in a
+ONE pipeline for the CLI and the server (`predict_video`): frames are decoded one at a time, preprocessed at
+once (one full-size frame in memory), encoded in batches and scored by `Predictor.proba`, so memory holds one
+batch of model-sized frames plus an (n_frames, n_classes) score table, however long the video. The annotated copy is written in a
 second decoding pass. The time-series logic (smoothing, segments, reps) lives in `reps.py`.
 """
 from __future__ import annotations
 
 import bisect
+import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,6 +24,7 @@ from .errors import ConfigError, InputError
 from .reps import analyze
 
 TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the declared count: the file was cut short
+MAX_FPS = 240.0  # the highest sampling rate accepted (sources above it are sampled, not scored frame by frame)
 
 
 class VideoLimitError(InputError):
@@ -81,64 +85,107 @@ def probe_video(path: str | Path) -> VideoInfo:
         return _info(container, path)
 
 
-def check_limits(info: VideoInfo, max_seconds: Optional[float], max_frames: Optional[int],
-                 fps: Optional[float], stride: int) -> None:
-    """VideoLimitError when the container already says the video is too long (decoding enforces it again)."""
-    if max_seconds is not None and info.duration_s is not None and info.duration_s > max_seconds:
-        raise VideoLimitError(f"video '{Path(info.path).name}' lasts {info.duration_s:.1f} s, over the limit of "
-                              f"{max_seconds:g} s; cut it shorter")
-    if max_frames is None or info.duration_s is None:
-        return
+@dataclass
+class VideoLimits:
+    """What one video may cost: None means no limit. The server fills these from its serve: section."""
+
+    max_seconds: Optional[float] = None
+    max_frames: Optional[int] = None  # sampled frames
+    max_pixels: Optional[int] = None  # per frame (width x height), as for images
+    max_work: Optional[float] = None  # decoded frames x pixels per frame, for the whole video
+
+
+class VideoTooLargeError(InputError):
+    """A video's frames are larger, or its decoding costlier, than the caller allows."""
+
+    http_status = 413
+
+
+def sampling_rate(info: VideoInfo, fps: Optional[float], stride: int) -> Optional[float]:
+    """Sampled frames per second: `fps` capped at the source's rate (sampling can't add frames), else the
+    source rate / stride; None when the container doesn't say its rate."""
     source = info.fps or 0.0
-    rate = (min(fps, source) if source else fps) if fps else source / stride  # sampling can't add frames
+    if fps:
+        return min(fps, source) if source else fps
+    return source / stride if source else None
+
+
+def check_sampling(fps: Optional[float], stride: int) -> None:
+    """ConfigError unless fps is finite and in (0, MAX_FPS] and stride a positive integer."""
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise ConfigError(f"fps {fps!r} is out of range; give a number above 0 and at most {MAX_FPS:g} "
+                          "(frames scored per second of video), or use stride")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ConfigError(f"stride {stride!r} is not a positive whole number; give e.g. stride 1 (every frame)")
+
+
+def check_limits(info: VideoInfo, limits: VideoLimits, fps: Optional[float], stride: int) -> None:
+    """Refuse from the container's header, before decoding: VideoTooLargeError for frames over max_pixels
+    or a decoding cost over max_work, VideoLimitError for a video too long (decoding enforces them again)."""
+    name = Path(info.path).name
+    pixels = info.width * info.height
+    if limits.max_pixels is not None and pixels > limits.max_pixels:
+        raise VideoTooLargeError(f"video '{name}' has {info.width}x{info.height} frames ({pixels} pixels), over "
+                                 f"the limit of {limits.max_pixels} pixels per frame; scale it down")
+    if limits.max_seconds is not None and info.duration_s is not None and info.duration_s > limits.max_seconds:
+        raise VideoLimitError(f"video '{name}' lasts {info.duration_s:.1f} s, over the limit of "
+                              f"{limits.max_seconds:g} s; cut it shorter")
+    decoded = info.declared_frames or (int(info.duration_s * info.fps) if info.duration_s and info.fps else 0)
+    if limits.max_work is not None and decoded * pixels > limits.max_work:
+        raise VideoTooLargeError(f"video '{name}' would decode ~{decoded} frames of {pixels} pixels, over the "
+                                 f"limit of {limits.max_work:.3g} decoded pixels; send a shorter or smaller video")
+    rate = sampling_rate(info, fps, stride)
+    if limits.max_frames is None or info.duration_s is None or rate is None:
+        return
     expected = int(info.duration_s * rate)
-    if expected > max_frames:
-        raise VideoLimitError(f"video '{Path(info.path).name}' would give ~{expected} sampled frames, over the limit "
-                              f"of {max_frames}; sample fewer with a lower fps or a larger stride")
+    if expected > limits.max_frames:
+        raise VideoLimitError(f"video '{name}' would give ~{expected} sampled frames, over the limit "
+                              f"of {limits.max_frames}; sample fewer with a lower fps or a larger stride")
 
 
 def iter_frames(path: str | Path, fps: Optional[float] = None, stride: int = 1, *,
-                max_seconds: Optional[float] = None, max_frames: Optional[int] = None,
-                stats: Optional[dict] = None) -> Iterator[tuple[int, float, Image.Image]]:
+                limits: Optional[VideoLimits] = None, stats: Optional[dict] = None,
+                cancel: Optional[threading.Event] = None) -> Iterator[tuple[int, float, Image.Image]]:
     """Yield (frame index in the stream, time in seconds from the first frame, RGB PIL image) for the sampled
-    frames: one frame per 1/fps seconds when `fps` is given, else every `stride`-th frame.
+    frames: the first frame at or after each multiple of 1/fps seconds when `fps` is given, else every
+    `stride`-th frame. Each decoded frame is looked at once, so no fps can make the loop spin.
 
-    Raises InputError for a file that isn't a video, has no video stream, has no decodable frame or is
-    truncated, and VideoLimitError past `max_seconds` / `max_frames` (sampled frames). `stats`, if given,
-    receives {decoded, sampled, info} at the end.
+    Raises ConfigError for bad sampling, InputError for a file that isn't a video, has no video stream, has
+    no decodable frame or is truncated, VideoLimitError / VideoTooLargeError past `limits`, and stops
+    (VideoCancelled) when `cancel` is set. `stats`, if given, receives {decoded, sampled, info} at the end.
     """
-    if stride < 1 or (fps is not None and fps <= 0):
-        raise InputError(f"bad sampling (fps={fps}, stride={stride}); use fps > 0 or stride >= 1")
+    check_sampling(fps, stride)
+    limits = limits or VideoLimits()
     import av
 
     with _open(path) as container:
         info = _info(container, path)
-        check_limits(info, max_seconds, max_frames, fps, stride)
+        check_limits(info, limits, fps, stride)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        step = 1.0 / fps if fps else None
-        next_t, start, decoded, sampled = 0.0, None, 0, 0
+        next_slot, start, decoded, sampled, work = 0, None, 0, 0, 0.0
         try:
             for frame in container.decode(stream):
+                if cancel is not None and cancel.is_set():
+                    raise VideoCancelled(f"scoring of video '{Path(path).name}' was cancelled")
                 t = frame.time if frame.time is not None else decoded / (info.fps or 1.0)
                 start = t if start is None else start
                 t -= start
                 index = decoded
                 decoded += 1
-                if max_seconds is not None and t > max_seconds:
-                    raise VideoLimitError(f"video '{Path(path).name}' runs past the limit of {max_seconds:g} s; "
-                                          "cut it shorter")
-                if step is not None:
-                    if t < next_t - 1e-6:
+                work += frame.width * frame.height
+                _check_running(path, t, frame, work, limits)
+                if fps is not None:
+                    slot = math.floor(t * fps + 1e-6)  # which 1/fps interval the frame falls in
+                    if slot < next_slot:
                         continue
-                    while next_t <= t + 1e-6:
-                        next_t += step
+                    next_slot = slot + 1
                 elif index % stride:
                     continue
                 sampled += 1
-                if max_frames is not None and sampled > max_frames:
-                    raise VideoLimitError(f"video '{Path(path).name}' gives more than {max_frames} sampled frames; "
-                                          "sample fewer with a lower fps or a larger stride")
+                if limits.max_frames is not None and sampled > limits.max_frames:
+                    raise VideoLimitError(f"video '{Path(path).name}' gives more than {limits.max_frames} sampled "
+                                          "frames; sample fewer with a lower fps or a larger stride")
                 yield index, round(float(t), 6), frame.to_image()
         except av.error.FFmpegError as e:
             if decoded == 0:
@@ -155,32 +202,65 @@ def iter_frames(path: str | Path, fps: Optional[float] = None, stride: int = 1, 
         stats.update(decoded=decoded, sampled=sampled, info=info)
 
 
-def score_frames(predictor, frames: Iterator[tuple[int, float, Image.Image]], batch_size: int,
-                 labels: Optional[Sequence[str]] = None, progress: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frame indices (n,), times (n,), probabilities (n, C) in the head's class order), scored in batches."""
+def _check_running(path, t: float, frame, work: float, limits: VideoLimits) -> None:
+    """The limits again while decoding: a container's header can understate duration, size or length."""
+    name = Path(path).name
+    if limits.max_seconds is not None and t > limits.max_seconds:
+        raise VideoLimitError(f"video '{name}' runs past the limit of {limits.max_seconds:g} s; cut it shorter")
+    if limits.max_pixels is not None and frame.width * frame.height > limits.max_pixels:
+        raise VideoTooLargeError(f"video '{name}' has a {frame.width}x{frame.height} frame, over the limit of "
+                                 f"{limits.max_pixels} pixels per frame; scale it down")
+    if limits.max_work is not None and work > limits.max_work:
+        raise VideoTooLargeError(f"video '{name}' decodes more than {limits.max_work:.3g} pixels in all, over "
+                                 "the limit; send a shorter or smaller video")
+
+
+class VideoCancelled(InputError):
+    """The caller gave up on the video (a deadline passed, the client went away)."""
+
+    http_status = 504
+
+
+def frame_batches(frames: Iterator[tuple[int, float, Image.Image]], prepare: Callable, batch_size: int
+                  ) -> Iterator[list[tuple[int, float, Any]]]:
+    """Batches of up to `batch_size` (index, time_s, prepare(image)): one full-size frame in memory at a time."""
+    batch: list[tuple[int, float, Any]] = []
+    for index, t, img in frames:
+        batch.append((index, t, prepare(img)))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def score_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Optional[Sequence[str]] = None, *,
+                encode: Optional[Callable[[list], np.ndarray]] = None, batch_size: Optional[int] = None,
+                limits: Optional[VideoLimits] = None, cancel: Optional[threading.Event] = None,
+                progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The one video scoring loop, for the CLI and the server: frames -> batches of preprocessed frames ->
+    `encode` -> `predictor.proba`. `encode` maps a list of preprocessed frames to (n, D) features (default:
+    the extractor in this thread; the server passes its micro-batcher).
+
+    Returns (classes, frame indices (n,), times (n,), probabilities (n, C) in `classes` order, stats).
+    """
     from tqdm import tqdm
 
-    head = predictor.head_for(labels)
-    idx, times, probs, batch = [], [], [], []
-
-    def flush() -> None:
-        probs.append(head.predict_proba(predictor.extractor.encode_images([im for _, _, im in batch])))
-        idx.extend(i for i, _, _ in batch)
-        times.extend(t for _, t, _ in batch)
-        batch.clear()
-
+    extractor = predictor.extractor
+    encode = encode or extractor.encode_prepared
+    stats: dict[str, Any] = {}
+    frames = iter_frames(path, vcfg.fps, vcfg.stride, limits=limits, stats=stats, cancel=cancel)
+    classes = list(predictor.head_for(labels).classes_)
+    idx, times, probs = [], [], []
     with tqdm(unit="frame", desc="scoring frames", disable=not progress, leave=False) as bar:
-        for item in frames:
-            batch.append(item)
-            if len(batch) == batch_size:
-                flush()
-                bar.update(batch_size)
-        if batch:
+        for batch in frame_batches(frames, extractor.prepare, batch_size or extractor.cfg.batch_size):
+            classes, p = predictor.proba(encode([x for _, _, x in batch]), labels)
+            probs.append(p)
+            idx += [i for i, _, _ in batch]
+            times += [t for _, t, _ in batch]
             bar.update(len(batch))
-            flush()
-    scores = np.concatenate(probs) if probs else np.zeros((0, len(head.classes_)))
-    return np.asarray(idx, np.int64), np.asarray(times, np.float64), scores.astype(np.float64)
+    scores = np.concatenate(probs) if probs else np.zeros((0, len(classes)))
+    return classes, np.asarray(idx, np.int64), np.asarray(times, np.float64), scores.astype(np.float64), stats
 
 
 def rest_map(vcfg: VideoConfig, classes: Sequence[str]) -> dict[str, str]:
@@ -203,16 +283,17 @@ def check_video_config(vcfg: VideoConfig) -> None:
                           "e.g. --rep-low 0.4 --rep-high 0.6")
 
 
-def predict_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Optional[Sequence[str]] = None,
-                  batch_size: Optional[int] = None, progress: bool = False, max_seconds: Optional[float] = None,
-                  max_frames: Optional[int] = None) -> dict[str, Any]:
-    """Classify a video frame by frame. Returns the JSON document (see `build_document`)."""
+def predict_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Optional[Sequence[str]] = None, *,
+                  encode: Optional[Callable[[list], np.ndarray]] = None, batch_size: Optional[int] = None,
+                  limits: Optional[VideoLimits] = None, cancel: Optional[threading.Event] = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Classify a video frame by frame: the JSON document of `clipkit predict-video` and
+    `POST /v1/predict/video` (see `build_document`)."""
     check_video_config(vcfg)
-    stats: dict[str, Any] = {}
-    frames = iter_frames(path, vcfg.fps, vcfg.stride, max_seconds=max_seconds, max_frames=max_frames, stats=stats)
-    bs = batch_size or predictor.extractor.cfg.batch_size
-    idx, times, probs = score_frames(predictor, frames, bs, labels, progress)
-    return summarize(predictor, vcfg, list(predictor.head_for(labels).classes_), idx, times, probs, stats)
+    classes, idx, times, probs, stats = score_video(predictor, path, vcfg, labels, encode=encode,
+                                                    batch_size=batch_size, limits=limits, cancel=cancel,
+                                                    progress=progress)
+    return summarize(predictor, vcfg, classes, idx, times, probs, stats)
 
 
 def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray, times: np.ndarray,
@@ -230,7 +311,7 @@ def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray,
 def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, classes: list[str],
                    idx: np.ndarray, times: np.ndarray, probs: np.ndarray, result: dict) -> dict[str, Any]:
     """{video, model, pretrained, mode, labels, settings, frames: [...], segments: [...], reps, rep_events}."""
-    ident = predictor.extractor.identity
+    ident = predictor.identity
     sm = result["smoothed"]
     pos_of = {}
     for label, positions in result["rep_events"].items():

@@ -10,14 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .heads import softmax
 from .prompts import expand, validate_labels, validate_templates
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (n, C) logits; rows sum to 1."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def build_class_weights(extractor, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:

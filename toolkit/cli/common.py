@@ -42,6 +42,29 @@ def prompt_options(f: Callable) -> Callable:
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
 
 
+def head_options(f: Callable) -> Callable:
+    """--head (a folder, runs:/RUN_ID/head or models:/NAME/VERSION) and the --tracking-uri it is read from."""
+    opts = [
+        click.option("--head", default=None, help="A trained head: a folder, runs:/RUN_ID/head or "
+                     "models:/NAME/VERSION. Without it, zero-shot on the labels."),
+        click.option("--tracking-uri", default=None, help="MLflow store that runs:/ and models:/ heads are read "
+                     "from. [default: the config's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]"),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
+def local_head(spec: Optional[str], cfg: Config) -> Optional[str]:
+    """The head as a local folder: runs:/ and models:/ URIs are downloaded from the config's tracking store
+    (MLflow is imported only then)."""
+    from ..heads import is_mlflow_uri
+
+    if not spec or not is_mlflow_uri(spec):
+        return spec
+    from .. import tracking
+
+    return tracking.fetch_head(spec, cfg.tracking)
+
+
 def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
     """Merge a YAML config with CLI flags (None means 'not given'). Paths given as flags are relative to the CWD."""
     overrides = {
@@ -49,6 +72,7 @@ def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
         "model.device": flags.pop("device", None), "model.precision": flags.pop("precision", None),
         "model.batch_size": flags.pop("batch_size", None),
         "prompts.templates": flags.pop("templates", None),
+        "tracking.uri": flags.pop("tracking_uri", None),
     }
     labels = flags.pop("labels", None)
     labels_file = flags.pop("labels_file", None)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import click
 
-from .common import build_config, model_options, prompt_options, show_progress
+from .common import build_config, head_options, local_head, model_options, prompt_options, show_progress
 
 
 def render_table(doc: dict[str, Any], top_k: int) -> str:
@@ -49,8 +49,7 @@ def render_json(doc: dict[str, Any]) -> str:
 @click.argument("paths", nargs=-1, required=True)
 @model_options
 @prompt_options
-@click.option("--head", default=None, help="A trained probe head: a folder, runs:/RUN_ID/head or "
-              "models:/NAME/VERSION. Without it, zero-shot on the labels.")
+@head_options
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True,
               help="How many labels to list per image (table, and 'top_k' in JSON).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -66,19 +65,21 @@ def predict(paths: tuple[str, ...], config_path: Optional[str], head: Optional[s
       clipkit predict 'shots/**/*.jpg' --model ViT-B-32 --pretrained openai --templates openai_imagenet
       clipkit predict --head out/head data/samples --format csv > preds.csv
 
-    Results go to stdout; a file that can't be read gets an error entry and the exit code is 1.
+    Results go to stdout; a file that can't be read (or a broken link) gets an error entry and the exit code
+    is 1. In folders, files that are not images are skipped, with their count on stderr.
     """
-    from ..inputs import expand_image_paths
-    from ..predictor import build_predictor
+    from ..inputs import expand_inputs, skipped_note
+    from ..predictor import build_predictor, image_document
 
     cfg = build_config(config_path, **flags)
-    files = expand_image_paths(paths)
-    predictor = build_predictor(cfg, head=head)
+    found = expand_inputs(paths)
+    files = [str(f) for f in found.files]
+    if found.skipped:
+        click.echo(skipped_note(found.skipped), err=True)
+    predictor = build_predictor(cfg, head=local_head(head, cfg))
     show = show_progress(progress)
     results = predictor.predict_paths(files, top_k=top_k, progress=show and len(files) > 1)
-    ident = predictor.extractor.identity
-    doc = {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode,
-           "labels": predictor.labels, "results": results}
+    doc = image_document(predictor, results)
     out = {"table": lambda: render_table(doc, top_k), "csv": lambda: render_csv(doc),
            "json": lambda: render_json(doc)}[fmt]()
     click.echo(out.rstrip("\n"))

@@ -9,7 +9,8 @@ from typing import Any, Optional
 import click
 
 from ..errors import ConfigError
-from .common import build_config, model_options, prompt_options, show_progress
+from ..video import MAX_FPS
+from .common import build_config, head_options, local_head, model_options, prompt_options, show_progress
 
 
 def parse_repetitive(items: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -85,10 +86,10 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
 @click.argument("video", type=click.Path(dir_okay=False))
 @model_options
 @prompt_options
-@click.option("--head", default=None, help="A trained probe head (folder, runs:/..., models:/...). Default: zero-shot.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Score this many frames per second of video; a source with fewer gives every frame. "
-              "[default: 10]")
+@head_options
+@click.option("--fps", type=click.FloatRange(min=0, max=MAX_FPS, min_open=True), default=None,
+              help=f"Score this many frames per second of video (at most {MAX_FPS:g}); a source with fewer gives "
+              "every frame. [default: 10]")
 @click.option("--stride", type=click.IntRange(1), default=None,
               help="Score every K-th frame instead (--stride 1: every frame).")
 @click.option("--window", type=click.IntRange(1), default=None,
@@ -156,7 +157,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     if rest_for:
         cfg.video.rest_for = {**cfg.video.rest_for, **rest_for}
     probe_video(video)  # not a video / no video stream: fail before the (slow) model load
-    predictor = build_predictor(cfg, head=head)
+    predictor = build_predictor(cfg, head=local_head(head, cfg))
     check_video_labels(cfg.video, predictor.labels, explicit)
     show = show_progress(progress)
     doc = run(predictor, video, cfg.video, progress=show)

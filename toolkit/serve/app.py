@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Config
-from ..errors import ConfigError, ModelError, ToolkitError
+from ..errors import ModelError, ToolkitError
 from .batcher import MicroBatcher
 from .deps import require_api_key
 from .errors import ApiError, error_body, status_code_name, toolkit_error_parts
@@ -30,21 +30,12 @@ from .state import ServiceState
 log = logging.getLogger("clipkit.serve")
 
 
-def resolve_head(cfg: Config, head: Optional[str] = None) -> Optional[str]:
-    """The head to serve: `head` when given, else serve.head in probe mode, else None (zero-shot)."""
-    if head:
-        return head
-    if cfg.serve.mode == "probe":
-        if not cfg.serve.head:
-            raise ConfigError("serve.mode is 'probe' but no head was given; pass --head PATH|runs:/ID/head|"
-                              "models:/NAME/VERSION, or use --mode zeroshot")
-        return cfg.serve.head
-    return None
-
-
 def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
-    """The service for a config. `head` (a folder, runs:/ or models:/ URI) serves a probe; else zero-shot."""
-    head = resolve_head(cfg, head)
+    """The service for a config. `head` (a folder, runs:/ or models:/ URI, the latter read from the config's
+    tracking store) serves a probe; else serve.mode/serve.head decide (see predictor.serving_head)."""
+    from ..predictor import serving_head
+
+    head = serving_head(cfg, head)
     state, metrics = ServiceState(settings=cfg.serve.model_copy()), Metrics()
     metrics.track(depth=lambda: state.batcher.depth if state.batcher else 0,
                   in_flight=lambda: state.in_flight, ready=lambda: 1.0 if state.ready else 0.0)
@@ -109,8 +100,13 @@ def _build(cfg: Config, head: Optional[str]):
     """Worker thread: the predictor, plus one warm-up forward pass so the first request is not the slow one."""
     from PIL import Image
 
+    from ..heads import is_mlflow_uri
     from ..predictor import build_predictor
 
+    if head and is_mlflow_uri(head):  # the edge: MLflow is imported only for these URIs
+        from ..tracking import fetch_head
+
+        head = fetch_head(head, cfg.tracking)
     predictor = build_predictor(cfg, head=head)
     predictor.predict_images([Image.new("RGB", (64, 64))])
     return predictor

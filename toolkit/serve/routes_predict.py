@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Callable, Optional
 
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 
-from .deps import SettingsDep, StateDep, parse_labels, read_uploads, with_deadline
+from ..predictor import image_document
+from .batcher import Cancelled
+from .deps import SettingsDep, StateDep, parse_labels, read_uploads, request_cancel, with_deadline
 from .images import decode_image
 from .schemas import ERROR_RESPONSES, EmbedResponse, InfoResponse, PredictResponse
 from .state import ServiceState
@@ -19,17 +22,23 @@ FilesField = Annotated[list[UploadFile], File(description="One or more images (J
 
 
 def _to_tensors(uploads: list[tuple[str, bytes]], prepare: Callable, max_pixels: int,
-                min_side: Optional[int]) -> list:
-    """Worker thread: validate and decode each upload, then preprocess; one full-size image in memory at a time."""
-    return [prepare(decode_image(data, name, max_pixels, min_side)) for name, data in uploads]
+                min_side: Optional[int], cancel: threading.Event) -> list:
+    """Worker thread: validate and decode each upload, then preprocess; one full-size image in memory at a time.
+    Stops (Cancelled) at the next image once the request is cancelled."""
+    out = []
+    for name, data in uploads:
+        if cancel.is_set():
+            raise Cancelled()
+        out.append(prepare(decode_image(data, name, max_pixels, min_side)))
+    return out
 
 
 async def encode_uploads(uploads: list[tuple[str, bytes]], state: ServiceState) -> np.ndarray:
     """(name, bytes) uploads -> (n, D) L2-normalized embeddings, through the micro-batcher."""
-    extractor = state.predictor.extractor
+    extractor, cancel = state.predictor.extractor, request_cancel()
     tensors = await asyncio.to_thread(_to_tensors, uploads, extractor.prepare, state.settings.max_pixels,
-                                      extractor.min_decode_side)
-    return await state.batcher.submit(tensors)
+                                      extractor.min_decode_side, cancel)
+    return await state.batcher.submit(tensors, cancel)
 
 
 def _model_fields(state: ServiceState) -> dict[str, Any]:
@@ -57,8 +66,7 @@ async def predict(files: FilesField, state: StateDep, settings: SettingsDep,
         return head, uploads, rows
 
     head, uploads, rows = await with_deadline(work(), settings)
-    return {**_model_fields(state), "mode": predictor.mode, "labels": list(head.classes_),
-            "results": [{"file": name, **row} for (name, _), row in zip(uploads, rows)]}
+    return image_document(predictor, [{"file": name, **row} for (name, _), row in zip(uploads, rows)], label_list)
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,

@@ -1,9 +1,10 @@
 """POST /v1/predict/video: the same JSON as `clipkit predict-video --format json`, with limits.
 
-The upload is streamed to a temporary file (413 past serve.max_video_bytes). Decoding and preprocessing run in
-worker threads one batch at a time; the model sees each batch through the micro-batcher, so a long video shares
-the model with image requests instead of holding it, and memory stays at one batch of frames. Duration and
-sampled-frame limits (serve.max_video_seconds / max_video_frames) answer 422, checked from the container's
+The upload is streamed to a temporary file (413 past serve.max_video_bytes), then scored by the CLI's own
+pipeline (video.predict_video) in a worker thread; the model sees each batch through the micro-batcher, so a
+long video shares the model with image requests instead of holding it, and memory stays at one batch of
+frames. Duration and sampled-frame limits (serve.max_video_seconds / max_video_frames) answer 422; frames
+over serve.max_pixels or decoding over serve.max_video_work answer 413; all checked from the container's
 header first and again while decoding.
 """
 from __future__ import annotations
@@ -13,13 +14,14 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from ..config import ServeConfig, VideoConfig
 from ..errors import ConfigError, InputError
+from ..video import MAX_FPS, VideoLimits
 from .deps import SettingsDep, StateDep, parse_labels, with_deadline
 from .errors import ApiError
 from .images import display_name
@@ -59,28 +61,6 @@ def _too_big(name: str, n: int, limit: int) -> ApiError:
                     f"(serve.max_video_bytes; got at least {n} bytes); send a shorter or smaller video")
 
 
-class FrameBatches:
-    """Pulls batches of preprocessed frames from `iter_frames` in worker threads; thread-safe close."""
-
-    def __init__(self, frames: Iterator, preprocess, batch_size: int):
-        self.frames, self.preprocess, self.batch_size = frames, preprocess, batch_size
-        self.lock = threading.Lock()
-
-    def next(self) -> list[tuple[int, float, Any]]:
-        """Up to batch_size (index, time_s, tensor); [] at the end."""
-        with self.lock:
-            out = []
-            for index, t, img in self.frames:
-                out.append((index, t, self.preprocess(img)))
-                if len(out) == self.batch_size:
-                    break
-            return out
-
-    def close(self) -> None:
-        with self.lock:
-            self.frames.close()
-
-
 def video_config(request: Request, **given: Any) -> VideoConfig:
     """The server's video defaults (app.state.video, else VideoConfig()) with the query's overrides; 422 if bad."""
     base: VideoConfig = getattr(request.app.state, "video", None) or VideoConfig()
@@ -102,27 +82,30 @@ def video_config(request: Request, **given: Any) -> VideoConfig:
     return vcfg
 
 
-async def score_upload(path: Path, vcfg: VideoConfig, head, state, settings: ServeConfig):
-    """(indices, times, (n, C) probabilities in `head`'s class order, stats) for the video at `path`, batch by
-    batch."""
-    from ..video import iter_frames
+def limits_of(settings: ServeConfig) -> VideoLimits:
+    """The server's per-video limits: duration, sampled frames, pixels per frame, decoded pixels in all."""
+    return VideoLimits(max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
+                       max_pixels=settings.max_pixels, max_work=settings.max_video_work)
 
-    predictor, batcher = state.predictor, state.batcher
-    stats: dict[str, Any] = {}
-    frames = iter_frames(path, vcfg.fps, vcfg.stride, max_seconds=settings.max_video_seconds,
-                         max_frames=settings.max_video_frames, stats=stats)
-    batches = FrameBatches(frames, predictor.extractor.prepare, settings.max_batch_size)
-    idx, times, probs = [], [], []
+
+async def run_pipeline(path: Path, vcfg: VideoConfig, labels: Optional[list[str]], state,
+                       settings: ServeConfig) -> dict[str, Any]:
+    """video.predict_video (the CLI's pipeline) in a worker thread, encoding through the micro-batcher so a
+    long video shares the model with image requests. Leaving early (deadline, client gone) sets `cancel`,
+    which stops the decoding loop at its next frame."""
+    from ..video import predict_video as pipeline
+
+    loop, cancel = asyncio.get_running_loop(), threading.Event()
+
+    def encode(tensors: list) -> np.ndarray:
+        return asyncio.run_coroutine_threadsafe(state.batcher.submit(tensors), loop).result()
+
     try:
-        while batch := await asyncio.to_thread(batches.next):
-            feats = await batcher.submit([x for _, _, x in batch])
-            probs.append(head.predict_proba(feats))
-            idx += [i for i, _, _ in batch]
-            times += [t for _, t, _ in batch]
+        return await asyncio.to_thread(pipeline, state.predictor, path, vcfg, labels, encode=encode,
+                                       batch_size=settings.max_batch_size, limits=limits_of(settings),
+                                       cancel=cancel)
     finally:
-        await asyncio.to_thread(batches.close)
-    scores = np.concatenate(probs) if probs else np.zeros((0, len(head.classes_)))
-    return np.asarray(idx, np.int64), np.asarray(times, np.float64), scores.astype(np.float64), stats
+        cancel.set()
 
 
 @router.post("/predict/video", responses=ERROR_RESPONSES,
@@ -132,9 +115,10 @@ async def predict_video(
         file: Annotated[UploadFile, File(description="A video (MP4, MOV, MKV, WebM, AVI)")],
         labels: Annotated[Optional[list[str]], Form(description="Zero-shot only: labels instead of the default "
                                                     "ones; repeat the field or put one per line")] = None,
-        fps: Annotated[Optional[float], Query(gt=0, description="Frames scored per second of video "
-                                              "(default 10)")] = None,
-        stride: Annotated[Optional[int], Query(ge=1, description="Score every K-th frame instead of fps")] = None,
+        fps: Annotated[Optional[float], Query(gt=0, le=MAX_FPS, allow_inf_nan=False, description=(
+            f"Frames scored per second of video, at most {MAX_FPS:g} (default 10)"))] = None,
+        stride: Annotated[Optional[int], Query(ge=1, le=1_000_000,
+                                               description="Score every K-th frame instead of fps")] = None,
         window: Annotated[Optional[int], Query(ge=1, description="Moving-average window, in frames")] = None,
         min_confidence: Annotated[Optional[float], Query(ge=0, le=1)] = None,
         fallback: Annotated[Optional[str], Query(max_length=200)] = None,
@@ -147,25 +131,26 @@ async def predict_video(
     """The same document as `clipkit predict-video --format json`: every sampled frame's raw and smoothed
     scores and label, the segments, and the repetition counts. 413 past serve.max_video_bytes, 422 past
     serve.max_video_seconds or serve.max_video_frames, 400 for a file that isn't a decodable video."""
-    from ..video import VideoLimitError, summarize
+    from ..video import VideoLimitError, VideoTooLargeError
 
     vcfg = video_config(request, fps=fps, stride=stride, window=window, min_confidence=min_confidence,
                         fallback=fallback, min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_window=rep_window,
                         rep_high=rep_high, rep_low=rep_low)
     label_list = parse_labels(labels, settings)
-    head = await state.batcher.call(state.predictor.head_for, label_list)  # bad labels fail before decoding
+    await state.batcher.call(state.predictor.head_for, label_list)  # bad labels fail before decoding; the
+    # label set's head is then cached, so the pipeline's thread never encodes texts beside the model thread
     folder = tempfile.mkdtemp(prefix="clipkit-video-")
     path, name = temp_path(folder, file.filename), display_name(file.filename, 0)
     try:
         await asyncio.to_thread(save_upload, file, settings.max_video_bytes, path)
-        idx, times, probs, stats = await with_deadline(score_upload(path, vcfg, head, state, settings),
-                                                       settings, "video_timeout_s")
-        doc = await asyncio.to_thread(summarize, state.predictor, vcfg, list(head.classes_), idx,
-                                      times, probs, stats)
+        doc = await with_deadline(run_pipeline(path, vcfg, label_list, state, settings), settings,
+                                  "video_timeout_s")
     except InputError as e:  # messages name our temporary file: name the upload instead
         message = e.message.replace(str(path), name).replace(path.name, name)
         if isinstance(e, VideoLimitError):
             raise ApiError(422, "video_too_long", message) from None
+        if isinstance(e, VideoTooLargeError):
+            raise ApiError(413, "video_too_large", message) from None
         raise ApiError(400, "invalid_video", message) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
