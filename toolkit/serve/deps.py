@@ -1,18 +1,30 @@
-"""Dependencies shared by the routes (and by routes_video.py): state, limits, API key, uploads.
+"""Dependencies shared by the routes (and by routes_video.py): state, limits, API key, uploads, cancellation.
 
     @router.post("/v1/thing")
     async def thing(state: StateDep, settings: SettingsDep): ...   # state.predictor, state.batcher
+
+Cancellation: every request has a `threading.Event`, `request_cancel()`, set when its client goes away
+(RequestGuard) or its deadline fires (`with_deadline`, 504). The awaiting task is cancelled too, which drops its
+batcher jobs; worker-thread loops (image decoding, video frames) check the event between items:
+
+    cancel = request_cancel()
+    tensors = await asyncio.to_thread(decode_all, uploads, cancel)   # raises Cancelled once cancel is set
+    feats = await state.batcher.submit(tensors, cancel)
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Annotated, Awaitable, Optional, Sequence, TypeVar
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Annotated, Awaitable, Iterator, Optional, Sequence, TypeVar
 
 from fastapi import Depends, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 
 from ..config import ServeConfig
+from .batcher import Cancelled, QueueFull
 from .errors import ApiError, overloaded
 from .images import check_size, display_name
 from .state import ServiceState
@@ -20,7 +32,25 @@ from .state import ServiceState
 T = TypeVar("T")
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                               description="Required when the server was started with --api-key")
+                               description="Required when the server was started with an API key")
+_request_cancel: ContextVar[Optional[threading.Event]] = ContextVar("clipkit_request_cancel", default=None)
+
+
+@contextmanager
+def request_cancel_bound(event: threading.Event) -> Iterator[None]:
+    """RequestGuard: `event` is the request's cancel flag for tasks (and to_thread calls) started in the block."""
+    token = _request_cancel.set(event)
+    try:
+        yield
+    finally:
+        _request_cancel.reset(token)
+
+
+def request_cancel() -> threading.Event:
+    """This request's cancel flag: set when its client disconnects or its deadline fires. Outside a request
+    (no RequestGuard): a fresh flag that nobody sets."""
+    event = _request_cancel.get()
+    return event if event is not None else threading.Event()
 
 
 def get_state(request: Request) -> ServiceState:
@@ -42,20 +72,29 @@ def get_ready_state(request: Request) -> ServiceState:
     return state
 
 
-async def require_api_key(request: Request, header_key: Annotated[Optional[str], Security(_api_key_header)] = None
-                          ) -> None:
-    """401 unless the configured key came in `X-API-Key` or `Authorization: Bearer`; compared in constant time."""
-    expected = request.app.state.service.settings.api_key
+def api_key_error(expected: Optional[str], header_key: Optional[str], authorization: Optional[str]
+                  ) -> Optional[ApiError]:
+    """The 401 to answer, or None: the configured key must come in `X-API-Key` or `Authorization: Bearer`;
+    compared in constant time. RequestGuard calls this on the headers alone, before any body is read."""
     if not expected:
-        return
+        return None
     given = header_key
-    auth = request.headers.get("authorization", "")
+    auth = authorization or ""
     if given is None and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        what = "missing" if given is None else "wrong"
-        raise ApiError(401, "unauthorized", f"API key {what}; send it in the X-API-Key header "
-                       "(or Authorization: Bearer KEY)", {"WWW-Authenticate": "ApiKey"})
+    if given is not None and hmac.compare_digest(given.encode(), expected.encode()):
+        return None
+    what = "missing" if given is None else "wrong"
+    return ApiError(401, "unauthorized", f"API key {what}; send it in the X-API-Key header "
+                    "(or Authorization: Bearer KEY)", {"WWW-Authenticate": "ApiKey"})
+
+
+async def require_api_key(request: Request, header_key: Annotated[Optional[str], Security(_api_key_header)] = None
+                          ) -> None:
+    """The API key check as a dependency: documents the key in OpenAPI (RequestGuard already refused without it)."""
+    err = api_key_error(request.app.state.service.settings.api_key, header_key, request.headers.get("authorization"))
+    if err is not None:
+        raise err
 
 
 StateDep = Annotated[ServiceState, Depends(get_ready_state)]
@@ -101,16 +140,23 @@ def parse_labels(values: Optional[Sequence[str]], settings: ServeConfig) -> Opti
     return labels
 
 
-async def with_deadline(work: Awaitable[T], settings: ServeConfig, setting: str = "request_timeout_s") -> T:
-    """Await `work` within the serve.<setting> deadline (504 after), turning a full queue into 503 + Retry-After."""
-    from .batcher import QueueFull
+async def with_deadline(work: Awaitable[T], settings: ServeConfig, setting: str = "request_timeout_s",
+                        cancel: Optional[threading.Event] = None) -> T:
+    """Await `work` within the serve.<setting> deadline, turning a full queue into 503 + Retry-After.
 
+    At the deadline: `cancel` (default: the request's flag) is set, `work` is cancelled (its batcher jobs are
+    dropped, its worker-thread loops stop at their next check) and the answer is 504.
+    """
     timeout = getattr(settings, setting)
+    cancel = cancel if cancel is not None else request_cancel()
     try:
         return await asyncio.wait_for(work, timeout)
     except asyncio.TimeoutError:
+        cancel.set()
         raise ApiError(504, "timeout", f"the request took longer than {timeout}s "
                        f"(serve.{setting}); retry with less input or when the service is less busy"
                        ) from None
     except QueueFull as e:
         raise overloaded(settings.retry_after_s, e.depth, e.capacity, e.n) from None
+    except Cancelled:  # the client went away (RequestGuard set the flag): nobody reads this answer
+        raise ApiError(499, "cancelled", "the request was cancelled: its client went away") from None

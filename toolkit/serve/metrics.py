@@ -1,9 +1,20 @@
 """Prometheus metrics in a registry of the app's own (two apps in one process never share counters)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+class _CounterFrom:
+    """A counter whose value lives elsewhere (read at scrape time): `name`_total."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float]):
+        self.name, self.documentation, self.value = name, documentation, value
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=float(self.value()))
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -30,6 +41,9 @@ class Metrics:
         self.in_flight = Gauge("clipkit_in_flight_requests", "API requests being handled", registry=r)
         self.ready = Gauge("clipkit_ready", "1 when the model is loaded and the service is not shutting down",
                            registry=r)
+        self._cancelled: Callable[[], float] = lambda: 0.0
+        r.register(_CounterFrom("clipkit_images_cancelled", "Images dropped before the model because their request "
+                                "was cancelled (deadline or client gone)", lambda: self._cancelled()))
 
     def observe_batch(self, n_images: int, seconds: float) -> None:
         self.batch_size.observe(n_images)
@@ -45,6 +59,10 @@ class Metrics:
         self.queue_depth.set_function(depth)
         self.in_flight.set_function(in_flight)
         self.ready.set_function(ready)
+
+    def track_cancelled(self, cancelled: Callable[[], float]) -> None:
+        """The batcher's count of images it dropped uncomputed, read at scrape time."""
+        self._cancelled = cancelled
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

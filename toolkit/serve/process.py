@@ -1,7 +1,9 @@
 """A `clipkit serve` subprocess on a free loopback port, for end-to-end tests and the load-test script.
 
-    with ServerProcess(["--config", "configs/demo.yaml"]) as srv:
-        httpx.get(srv.url + "/v1/info")
+    with ServerProcess(["--config", "configs/demo.yaml"], api_key="secret") as srv:
+        httpx.get(srv.url + "/v1/info", headers={"X-API-Key": "secret"})
+
+An API key goes to the server in CLIPKIT_API_KEY, never on its command line (which `ps` shows to every user).
 """
 from __future__ import annotations
 
@@ -23,14 +25,21 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """Starts `clipkit serve ARGS --host 127.0.0.1 --port <free>`; `wait_ready` polls /readyz."""
+    """Starts `clipkit serve ARGS --host 127.0.0.1 --port <free>`; `wait_ready` polls /readyz.
 
-    def __init__(self, args: Sequence[str], env: Optional[dict[str, str]] = None, startup_timeout: float = 180.0):
+    api_key: required on /v1/*, passed in the environment. prelude: Python code the server process runs before
+    the CLI (tests use it to make the model slow or stuck).
+    """
+
+    def __init__(self, args: Sequence[str], env: Optional[dict[str, str]] = None, startup_timeout: float = 180.0,
+                 api_key: Optional[str] = None, prelude: str = ""):
+        if any(a == "--api-key" or a.startswith("--api-key=") for a in args):
+            raise ValueError("pass the key as ServerProcess(api_key=...), not --api-key: `ps` shows command lines")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-c", "from toolkit.cli import main; main()", "serve", *args,
+        self.args = [sys.executable, "-c", f"{prelude}\nfrom toolkit.cli import main; main()", "serve", *args,
                      "--host", "127.0.0.1", "--port", str(self.port)]
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, **(env or {}), **({"CLIPKIT_API_KEY": api_key} if api_key else {})}
         self.startup_timeout = startup_timeout
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc: Optional[subprocess.Popen] = None
