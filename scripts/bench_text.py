@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 import _bench
-from toolkit.config import EXERCISE_LABELS, ModelConfig
+from toolkit.config import ModelConfig
+from toolkit.labels import DEFAULT_LABELS
 from toolkit.features import FeatureExtractor
 from toolkit.weights import openai_imagenet_templates
 from toolkit.zeroshot import ZeroShotHead
@@ -44,7 +45,7 @@ def main(rounds: int, threads, out) -> None:
     if threads:
         torch.set_num_threads(threads)
     note = _bench.machine_note()
-    labels, templates = EXERCISE_LABELS, openai_imagenet_templates()
+    labels, templates = DEFAULT_LABELS, openai_imagenet_templates()
     ex = FeatureExtractor.from_config(ModelConfig(name="ViT-B-32", pretrained="none", device="cpu"))
     full = FeatureExtractor(ex.model, ex.preprocess, ex.tokenizer, ex.identity, ex.cfg)
     full._text_tower = None  # encode all 77 positions, as model.encode_text does

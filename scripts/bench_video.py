@@ -31,8 +31,7 @@ def build(name: str, batch_size: int, weights: str = ""):
                                                            "model.pretrained": weights})
     else:
         cfg = load_config(None, {"model.name": name, "model.pretrained": "none", "model.device": "cpu",
-                                 "model.batch_size": batch_size, "prompts.labels_file":
-                                     str(ROOT / "configs" / "labels" / "exercises.txt")})
+                                 "model.batch_size": batch_size})
     return cfg, build_predictor(cfg)
 
 

@@ -1,7 +1,8 @@
 """Labels and templates: built-in sets, files, validation."""
 import pytest
 
-from toolkit.config import EXERCISE_LABELS, PromptConfig
+from toolkit.config import PromptConfig
+from toolkit.labels import DEFAULT_LABELS
 from toolkit.errors import ConfigError
 from toolkit.prompts import expand, load_labels, load_templates, resolve_labels, validate_labels
 
@@ -49,7 +50,7 @@ def test_labels_file_and_validation(tmp_path):
 def test_resolve_labels_precedence(tmp_path):
     f = tmp_path / "l.txt"
     f.write_text("x\ny\n")
-    assert resolve_labels(PromptConfig()) == EXERCISE_LABELS
+    assert resolve_labels(PromptConfig()) == DEFAULT_LABELS
     assert resolve_labels(PromptConfig(labels_file=str(f))) == ["x", "y"]
     assert resolve_labels(PromptConfig(labels=["p", "q"], labels_file=str(f))) == ["p", "q"]
 

@@ -105,3 +105,35 @@ def test_bad_videos_are_400_without_hanging(client, tmp_path, case):
     assert err["code"] == "invalid_video" and f"mine{path.suffix}" in err["message"]
     assert "/tmp" not in err["message"] and "clipkit-video-" not in err["message"]
     assert client.get("/readyz").status_code == 200  # the service is still fine
+
+
+def test_cli_and_server_give_the_same_document_for_the_same_file(tiny_model, clip):
+    """One pipeline behind both: same numbers at the same precision and batch size, same document."""
+    with TestClient(create_app(base_cfg(tiny_model, precision="fp32", max_batch_size=8))) as c:
+        wait_ready(c)
+        r = post(c, clip, fps=4)
+    assert r.status_code == 200, r.text
+    cli = CliRunner().invoke(main, ["predict-video", str(clip), *tiny_args(tiny_model), "--precision", "fp32",
+                                    "--fps", "4", "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    server, local = r.json(), json.loads(cli.stdout)
+    assert server["video"].pop("path") == "clip.mp4" and local["video"].pop("path") == str(clip)
+    assert _rounded(server) == _rounded(local)
+
+
+def _rounded(doc):
+    if isinstance(doc, float):
+        return round(doc, 4)
+    if isinstance(doc, dict):
+        return {k: _rounded(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_rounded(v) for v in doc]
+    return doc
+
+
+def test_fps_out_of_range_is_422_at_once(client, clip):
+    for fps in ("inf", "nan", "1e300", "-1", "0"):
+        r = post(client, clip, fps=fps)
+        assert r.status_code == 422, (fps, r.text)
+    r = post(client, clip, stride=0)
+    assert r.status_code == 422

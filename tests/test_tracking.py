@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.compare import rank
+from toolkit.compare_runs import rank
 from toolkit.config import load_config
 from toolkit.errors import DataError, TrackingError
 
@@ -176,6 +176,39 @@ def test_predict_loads_a_head_from_mlflow(populated, colors, tiny_extractor, tin
     assert [r["label"] for r in doc["results"]] == _local_labels(populated, tiny_extractor, paths)
 
 
+def test_a_head_from_mlflow_is_read_from_the_configs_tracking_store(populated, colors, tiny_extractor, tiny_model,
+                                                                   tmp_path):
+    """`tracking.uri` in the YAML (or --tracking-uri) names the store of runs:/ heads; no environment needed."""
+    head = f"runs:/{populated['probe_run'].info.run_id}/head"
+    paths = _images(colors)
+    no_env = {"MLFLOW_TRACKING_URI": None}
+    res = CliRunner().invoke(main, ["predict", *paths, "--head", head, "--config", str(populated["config"]),
+                                    "--format", "json"], env=no_env, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert [r["label"] for r in json.loads(res.stdout)["results"]] == _local_labels(populated, tiny_extractor, paths)
+    # a config whose store is elsewhere fails naming that store; --tracking-uri then wins over it
+    other = write_config(tmp_path / "other.yaml", tiny_model, f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "a")
+    res = CliRunner().invoke(main, ["predict", paths[0], "--head", head, "--config", str(other)], env=no_env)
+    assert res.exit_code == 4 and "empty.db" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["predict", paths[0], "--head", head, "--config", str(other),
+                                    "--tracking-uri", populated["uri"], "--format", "json"], env=no_env)
+    assert res.exit_code == 0, res.output
+
+
+def test_predict_video_and_serve_take_a_tracking_uri_for_their_head(populated, tiny_model, tmp_path):
+    from toolkit.demo.video import write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, [("standing", 0.5), ("squat", 1, 1.0)], seed=1, size=(48, 48), fps=8)
+    head = "models:/colors-head/1"
+    res = CliRunner().invoke(main, ["predict-video", str(clip), "--head", head, "--tracking-uri", populated["uri"],
+                                    "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
+                                    "--device", "cpu", "--format", "json"], env={"MLFLOW_TRACKING_URI": None})
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["labels"] == CLASSES
+    assert "--tracking-uri" in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
 def test_predict_with_an_unknown_run_fails_cleanly(populated, colors):
     res = CliRunner().invoke(main, ["predict", _images(colors)[0], "--head", "runs:/0123456789abcdef/head"],
                              env={"MLFLOW_TRACKING_URI": populated["uri"]})
@@ -217,7 +250,7 @@ def test_compare_unknown_metric_names_the_known_ones(populated):
 # ---------------------------------------------------------------- failures and reachability
 
 def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, tiny_model, tiny_extractor, colors):
-    from toolkit import tracking
+    from toolkit import run_records
     from toolkit.data import LabelledDataset
     from toolkit.probe import train_probe
     from toolkit.store import extract_store
@@ -229,7 +262,7 @@ def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, t
     no_val = LabelledDataset(colors, paths, labels, ["train", "test"] * (len(paths) // 2), CLASSES)
     store = extract_store(tiny_extractor, no_val, tmp_path / "store")  # real, but without a val split
     with pytest.raises(DataError):
-        with tracking.probe_run(cfg, "broken") as run:
+        with run_records.probe_run(cfg, "broken") as run:
             train_probe(store, cfg.probe)
     r = _client(uri).get_run(run.run_id)
     assert r.info.status == "FAILED"
@@ -239,14 +272,14 @@ def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, t
 
 
 def test_a_failing_prompt_run_ends_failed_and_compare_ignores_it(tmp_path, template_db, tiny_model):
-    from toolkit import tracking
+    from toolkit import run_records, tracking
     from toolkit.prompt_eval import PromptSet
 
     uri = new_store(template_db, tmp_path)
     cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
     ps = PromptSet("p", {c: c for c in CLASSES}, ["{}"])
     with pytest.raises(KeyError):
-        with tracking.prompt_run(cfg, "half", ps) as run:
+        with run_records.prompt_run(cfg, "half", ps) as run:
             raise KeyError("lost a column")
     r = _client(uri).get_run(run.run_id)
     assert r.info.status == "FAILED" and "lost a column" in r.data.tags["error"]

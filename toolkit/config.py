@@ -7,20 +7,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
-
-EXERCISE_LABELS = [
-    "a person standing",
-    "a person repeating a squat",
-    "a person repeating a jumping jack",
-    "a person performing a plank",
-]
-
+from .labels import REPETITIVE, REST_FOR, REST_LABEL
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -33,6 +26,10 @@ class ModelConfig(_Section):
     name: str = "ViT-B-32"
     # open_clip pretrained tag ("openai"), a local checkpoint (.pt/.pth/.bin/.safetensors), or null for random init.
     pretrained: Optional[str] = "openai"
+    # The activation: QuickGELU (what OpenAI's weights were trained with) or GELU. auto: what the pretrained tag
+    # says (open_clip's pretrained config; true for "openai"); for a local checkpoint, true only when it is an
+    # official OpenAI release (sha256), else the model config's own value; folders say it themselves.
+    quick_gelu: Union[Literal["auto"], bool] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # fp32: open_clip's reference numerics. bf16: weights cast to bfloat16 (embeddings within cosine 0.9999 of fp32;
     # ~1.9x the images/s of fp32 on an AVX-512 BF16 CPU). auto: bf16 on CUDA and on CPUs with native bf16
@@ -53,7 +50,7 @@ class ModelConfig(_Section):
 class PromptConfig(_Section):
     """Labels and prompt templates for the zero-shot head."""
 
-    labels: Optional[list[str]] = None  # wins over labels_file when given
+    labels: Optional[list[str]] = None  # wins over labels_file when given; neither: the exercise labels (labels.py)
     labels_file: Optional[str] = None  # one label per line; '#' starts a comment
     templates: str = "people"  # none | people | openai_imagenet | path to a file with one '{}' template per line
 
@@ -146,11 +143,10 @@ class VideoConfig(_Section):
     min_confidence: float = Field(0.0, ge=0, le=1)
     fallback: Optional[str] = None
     min_segment_s: float = Field(0.0, ge=0)
-    rest_label: Optional[str] = "a person standing"
-    repetitive: list[str] = ["a person repeating a squat", "a person repeating a jumping jack",
-                             "a person doing a push-up", "a person doing a lunge"]
+    rest_label: Optional[str] = REST_LABEL
+    repetitive: list[str] = list(REPETITIVE)
     # per-exercise rest pose where it isn't rest_label (a push-up rests in a high plank, not standing)
-    rest_for: dict[str, str] = {"a person doing a push-up": "a person performing a plank"}
+    rest_for: dict[str, str] = dict(REST_FOR)
     # a run of an exercise's rest label shorter than this between two runs of the exercise is the top of a
     # rep, not a pause: it joins the exercise's segment (seconds; 0 turns it off). The top of a rep looks
     # like the rest pose for ~40-50% of the rep, so 1.5 s covers reps of up to ~3 s.

@@ -9,7 +9,8 @@ import difflib
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import EXERCISE_LABELS, PromptConfig
+from .config import PromptConfig
+from .labels import DEFAULT_LABELS
 from .errors import ConfigError
 
 # A small ensemble suited to people and actions. Labels are phrases like "a person repeating a squat".
@@ -75,7 +76,7 @@ def validate_labels(labels: Sequence[str], source: str) -> list[str]:
     """Strip labels; reject an empty set, blank labels and duplicates (case-insensitive)."""
     out = [str(lb).strip() for lb in labels]
     if not out:
-        raise ConfigError(f"no labels in {source}; give at least two with --label TEXT or a labels file")
+        raise ConfigError(f"no labels in {source}; give at least two labels")
     if any(not lb for lb in out):
         raise ConfigError(f"blank label in {source}; remove empty labels")
     seen: dict[str, str] = {}
@@ -100,7 +101,7 @@ def resolve_labels(cfg: PromptConfig) -> list[str]:
         return validate_labels(cfg.labels, "the label list")
     if cfg.labels_file:
         return load_labels(cfg.labels_file)
-    return list(EXERCISE_LABELS)
+    return list(DEFAULT_LABELS)
 
 
 def resolve_templates(cfg: PromptConfig) -> list[str]:

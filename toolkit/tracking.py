@@ -6,7 +6,8 @@ tagged `kind` (prompt | probe) and `dataset`, so `clipkit compare` can line prom
 
 A run starts before the work it records and ends FINISHED only when everything was logged; an exception
 ends it FAILED (KILLED on Ctrl-C) with the error in the `error` tag and a traceback in error.txt.
-A probe run also logs its head as an MLflow model from code (toolkit/mlflow_model.py) and registers it.
+What each kind of run records lives in run_records.py (no mlflow import there); a probe run's head is logged
+as an MLflow model from code (toolkit/logged_model.py, the file MLflow itself loads) and registered.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from .heads import is_mlflow_uri
 DEFAULT_URI = "sqlite:///mlflow.db"
 HEAD_PATH = "head"  # the head folder's artifact path in a probe run: runs:/RUN_ID/head
 MODEL_NAME = "model"  # the pyfunc model's name in a probe run: runs:/RUN_ID/model
-SMALL_CHECKPOINT = 50 * 2**20  # local checkpoints below this size travel with the logged model
 PARAM_MAX = 6000  # MLflow's limit on a param value's length
 KINDS = ("prompt", "probe")
 
@@ -248,47 +248,13 @@ def _end_failed(mlflow, e: BaseException) -> None:
         pass
 
 
-class _NoRun:
-    """Stand-in yielded when tracking is disabled: every logging call does nothing."""
+class NoRun:
+    """Stand-in for a run when tracking is disabled: every logging call does nothing."""
 
     run_id: Optional[str] = None
 
     def __getattr__(self, name: str):
         return lambda *a, **k: None
-
-
-# ---------------------------------------------------------------- prompt runs
-
-@contextmanager
-def prompt_run(cfg: Config, dataset_name: str, prompt_set, store=None) -> Iterator[Any]:
-    """A run tagged kind=prompt, named 'prompt:<set>', for a PromptSet scored on a FeatureStore.
-
-    Yields an object with `log_result(PromptEval)`; an exception ends the run FAILED.
-    """
-    if not cfg.tracking.enabled:
-        yield _NoRun()
-        return
-    from .runlog import PromptRun
-
-    with tracked_run(cfg, dataset_name, "prompt", f"prompt:{prompt_set.name}",
-                     {"prompt_set": prompt_set.name}) as run:
-        yield PromptRun(run, prompt_set, store)
-
-
-# ---------------------------------------------------------------- probe runs
-
-@contextmanager
-def probe_run(cfg: Config, dataset_name: str, run_name: Optional[str] = None, store: Any = None) -> Iterator[Any]:
-    """A run tagged kind=probe on the feature `store` the probe is trained from (its identity and split are
-    logged). Yields an object with `log_result(result)`; an exception ends it FAILED."""
-    if not cfg.tracking.enabled:
-        yield _NoRun()
-        return
-    from .runlog import ProbeRun
-
-    with tracked_run(cfg, dataset_name, "probe", run_name or f"probe:{cfg.probe.method}",
-                     {"method": cfg.probe.method}) as run:
-        yield ProbeRun(run, store)
 
 
 # ---------------------------------------------------------------- reading back

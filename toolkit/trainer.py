@@ -1,8 +1,8 @@
 """Lightning: the ONLY toolkit module that imports lightning (3-4 s to import; the sklearn path never pays it).
 
 Sections: shared trainer settings (accelerator, precision, quiet logs), the linear head trained on cached
-features (`LinearHead`, `fit_linear`), and room below for distributed work (e.g. extraction with
-Trainer.predict) that reuses `trainer_kwargs` and `quiet_lightning`.
+features (`LinearHead`, `fit_linear`), and `run_sharded`: a caller's job run over devices and nodes with
+Trainer.predict (distributed feature extraction, see extraction.py, uses it).
 """
 from __future__ import annotations
 
@@ -183,91 +183,44 @@ def fit_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
 # ---------------------------------------------------------------- distributed work (added by later issues)
 
 
-# ---------------------------------------------------------------- distributed extraction (issue 8)
-# `clipkit extract --devices N --num-nodes M`: Trainer.predict with DDP shards a dataset's store batches over
-# processes (gloo on CPU, NCCL on GPUs); each rank writes its own rows of the one feature store (StoreWriter
-# with a per-rank progress file) and rank 0 finalizes it. Batch b goes to rank b % world_size, so every rank
-# encodes exactly the batches a single process would: the store comes out the same.
+# ---------------------------------------------------------------- work sharded over processes
+# Trainer.predict with DDP runs a job's batches over devices x nodes processes (gloo on CPU, NCCL on GPUs). The
+# job itself (what a batch is, what a step does with it) belongs to its caller: see extraction.py.
 
 
-class _StoreBatches(torch.utils.data.Dataset):
-    """Item k: store batch `batches[k]` decoded and preprocessed: (batch, [rows ok], tensor or None, {row: error})."""
+class ShardedJob(L.LightningModule):
+    """Wraps a job for Trainer.predict. The job has `model` (an nn.Module Lightning places on each rank's
+    device), `loader(rank, world_size, local_processes, device) -> DataLoader`, `start(device)` and
+    `step(batch)`; every rank waits for the others at the end."""
 
-    def __init__(self, extractor: Any, paths: list[str], writer: Any, batches: list[int]):
-        from .features import collate_images
-
-        self.images, self.collate = extractor.path_dataset(paths), collate_images
-        self.writer, self.batches = writer, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int):
-        b = self.batches[k]
-        rows, tensor, errors = self.collate([self.images[int(r)] for r in self.writer.batch_rows(b)])
-        return b, rows, tensor, errors
-
-
-class ExtractModule(L.LightningModule):
-    """Wraps a FeatureExtractor for Trainer.predict: each rank encodes its share of the store's batches."""
-
-    def __init__(self, extractor: Any, paths: list[str], store_dir: str, num_workers: int = -1):
+    def __init__(self, job: Any):
         super().__init__()
-        self.extractor, self.model = extractor, extractor.model  # registered, so Lightning moves it per rank
-        self.paths, self.store_dir, self.num_workers = paths, store_dir, num_workers
-        self.writer: Any = None
+        self.job, self.model = job, job.model  # registered, so Lightning moves it per rank
 
     def predict_dataloader(self) -> DataLoader:
-        import os
-
-        from .store import StoreWriter
-
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        self.writer = StoreWriter(self.store_dir, writer=f"rank{rank}")
-        local = max(1, self.trainer.num_devices)
-        if self.device.type == "cpu":  # processes share the cores: one rank must not take them all
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        workers = self.num_workers if self.num_workers >= 0 else min(4, max(0, (os.cpu_count() or 1) // local - 1))
-        ds = _StoreBatches(self.extractor, self.paths, self.writer, self.writer.pending_batches(rank, world))
-        return DataLoader(ds, batch_size=None, num_workers=workers)
+        return self.job.loader(self.trainer.global_rank, self.trainer.world_size, max(1, self.trainer.num_devices),
+                               self.device)
 
     def on_predict_start(self) -> None:
-        self.extractor.device = self.device
+        self.job.start(self.device)
 
     def predict_step(self, batch, batch_idx: int) -> None:
-        b, rows, tensor, errors = batch
-        feats = self.extractor.encode_batch(tensor) if tensor is not None else \
-            np.zeros((0, self.extractor.embed_dim), np.float32)
-        self.writer.write(b, np.asarray(rows, dtype=np.int64), feats, errors)
+        self.job.step(batch)
 
     def on_predict_end(self) -> None:
-        self.trainer.strategy.barrier("clipkit-extract")  # every rank's rows are on disk before rank 0 finalizes
+        self.trainer.strategy.barrier("clipkit-sharded")  # every rank's work is done before the caller goes on
 
 
-def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1, num_nodes: int = 1,
-                        strategy: str = "ddp", progress: bool = False, num_workers: Optional[int] = None):
-    """Extract `dataset` into the store `out` with Trainer.predict over devices x num_nodes processes.
+def run_sharded(job: Any, accelerator: str = "cpu", devices: int = 1, num_nodes: int = 1, strategy: str = "ddp",
+                progress: bool = False) -> tuple[int, int]:
+    """Run `job` (see ShardedJob) over devices x num_nodes processes; returns (global rank, world size).
 
-    Returns the complete FeatureStore on global rank 0 and None on the other ranks. With the "ddp" strategy
-    Lightning re-runs the calling command in each extra local process, which then arrives here too: the
-    store's plan (created or resumed by the first process) is what they share, so nodes need one shared
-    filesystem path for `out`. A complete store of the same files by the same extractor is reused as is.
-    """
-    from .store import FeatureStore, reuse_or_plan
-
-    writer = reuse_or_plan(extractor, dataset, out)
-    if isinstance(writer, FeatureStore):
-        return writer
-    workers = extractor.cfg.num_workers if num_workers is None else num_workers
-    module = ExtractModule(extractor, list(dataset.paths), str(out), workers)
-    accelerator = "gpu" if extractor.device.type == "cuda" else "cpu"
+    With the "ddp" strategy Lightning re-runs the calling command in each extra local process, which then
+    arrives here too."""
     with quiet_lightning(progress), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*predict returned None.*")  # on purpose: rows go to the store
+        warnings.filterwarnings("ignore", message=".*predict returned None.*")  # on purpose: steps write results
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's pytree shim on this torch
         trainer = L.Trainer(**trainer_kwargs(progress, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                                              strategy=strategy, precision="32-true", use_distributed_sampler=False))
-        trainer.predict(module, return_predictions=False)
-    if trainer.global_rank != 0:
-        return None
-    return writer.finalize(dataset, {"extraction": {"devices": devices, "num_nodes": num_nodes,
-                                                    "strategy": strategy, "world_size": trainer.world_size}})
+        trainer.predict(ShardedJob(job), return_predictions=False)
+    return trainer.global_rank, trainer.world_size

@@ -41,7 +41,7 @@ class ZeroShotHead:
         labels = validate_labels(labels, "the label list")
         templates = validate_templates(templates, "the template list")
         if len(labels) < 2:
-            raise ConfigError(f"zero-shot needs at least two labels, got {labels!r}; add labels with --label TEXT")
+            raise ConfigError(f"zero-shot needs at least two labels, got {labels!r}; add at least one more label")
         return cls(labels, templates, build_class_weights(extractor, labels, templates), extractor.logit_scale,
                    extractor.identity)
 

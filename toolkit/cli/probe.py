@@ -83,7 +83,7 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
     cfg = build_config(config_path, **_probe_overrides(flags), **flags)
     dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
     if devices > 1 or num_nodes > 1:  # one process per device, each writing its batches' rows of the store
-        from ..trainer import extract_distributed
+        from ..extraction import extract_distributed
 
         store = extract_distributed(_load_extractor(cfg), dataset, out, devices, num_nodes, strategy,
                                     progress=show_progress(progress))
@@ -226,7 +226,7 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
           --method linear --init zeroshot --fewshot 8
       clipkit train-probe labels.csv --model ViT-B-32 --pretrained openai --out heads/mine --no-track
     """
-    from .. import tracking
+    from .. import run_records, tracking
     from ..probe import train_probe as fit
 
     labels_given = bool(flags.get("labels") or flags.get("labels_file"))
@@ -240,7 +240,7 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
     store, extractor, name = _open_or_extract(data, store_dir, cfg, show)
     zeroshot = _zeroshot_head(cfg, extractor, store.classes, labels_given)
     out_dir = Path(out)
-    with tracking.probe_run(cfg, name, store=store) as run:
+    with run_records.probe_run(cfg, name, store=store) as run:
         result = fit(store, cfg.probe, zeroshot, progress=show)
         result.head.save(out_dir)
         _place_report(result, out_dir)

@@ -86,7 +86,7 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
       clipkit eval-prompts shots.csv --templates people --labels a.txt --labels b.txt --format json
       clipkit compare          # then rank them against trained probes
     """
-    from .. import tracking
+    from .. import run_records, tracking
     from ..metrics import headline
     from ..prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
 
@@ -102,7 +102,7 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     extractor, store = _extract(cfg, data, dataset, store, store_path, progress)
     rows = []
     for ps in sets:
-        with tracking.prompt_run(cfg, name, ps, store) as run:
+        with run_records.prompt_run(cfg, name, ps, store) as run:
             ev = evaluate_prompt_set(extractor, store, ps, split)
             run.log_result(ev)
         rows.append({"prompt_set": ps.name, "template_count": len(ps.templates), "run_id": run.run_id,
@@ -168,7 +168,7 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
       clipkit compare --tracking-uri http://127.0.0.1:5000 --plot compare.png
     """
     from .. import tracking
-    from ..compare import bars_png, rank, render_json, render_table
+    from ..compare_runs import bars_png, rank, render_json, render_table
 
     cfg = build_config(config_path, **{"tracking.uri": tracking_uri, "tracking.enabled": True})
     tracking.check_tracking(cfg.tracking)

@@ -5,32 +5,48 @@ is cheap to import from tests, scripts and the CLI.
 
 ``EXERCISES`` maps a class key to its label text. The label text is what the demo model is
 prompted with and what ``clipkit demo-data`` uses as the ImageFolder class folder name.
+``NOVEL`` holds the classes of the novel suite, which the demo model never saw in training;
+three of them (``OTHER_ACTIVITIES``) are the non-exercise stretches of demo videos.
 """
 from __future__ import annotations
 
-EXERCISES: dict[str, str] = {
-    "standing": "a person standing",
-    "squat": "a person repeating a squat",
-    "jumping_jack": "a person repeating a jumping jack",
-    "plank": "a person performing a plank",
-    "pushup": "a person doing a push-up",
-    "lunge": "a person doing a lunge",
+from toolkit.labels import EXERCISES, MAIN_CLASSES  # the exercise labels, defined once
+
+NOVEL: dict[str, str] = {
+    "sit_up": "a person doing a sit-up",
+    "high_knees": "a person doing high knees",
+    "side_plank": "a person doing a side plank",
+    "mountain_climber": "a person doing a mountain climber",
+    "arms_raised": "a person doing an arms-raised stretch",
+    "lying_down": "a person lying down",
+    "sitting": "a person sitting",
+    "walking": "a person walking",
+    "drinking": "a person drinking water",
 }
 
-# The four labels the shipped demo model and configs/demo.yaml are built around.
-MAIN_CLASSES: tuple[str, ...] = ("standing", "squat", "jumping_jack", "plank")
+# Not exercises: a video stretch of one of these has no reps (walking crosses the frame).
+OTHER_ACTIVITIES: tuple[str, ...] = ("walking", "sitting", "drinking")
+
+# suite name -> (its classes, its default class keys, its default image style)
+SUITES: dict[str, tuple[dict[str, str], tuple[str, ...], str]] = {
+    "main": (EXERCISES, MAIN_CLASSES, "plain"),
+    "novel": (NOVEL, tuple(NOVEL), "shifted"),
+}
+
+LABELS: dict[str, str] = {**EXERCISES, **NOVEL}  # every class key -> label text
 
 
 def label_of(key: str) -> str:
-    """The label text of an exercise key; ValueError naming the valid keys otherwise."""
+    """The label text of a class key; ValueError naming the valid keys otherwise."""
     try:
-        return EXERCISES[key]
+        return LABELS[key]
     except KeyError:
         raise ValueError(
-            f"unknown exercise {key!r}; choose from {', '.join(EXERCISES)}"
+            f"unknown exercise {key!r}; choose from {', '.join(LABELS)}"
         ) from None
 
 
 from toolkit.demo.figures import Figure, render_example, render_pose  # noqa: E402
 
-__all__ = ["EXERCISES", "MAIN_CLASSES", "label_of", "Figure", "render_example", "render_pose"]
+__all__ = ["EXERCISES", "MAIN_CLASSES", "NOVEL", "OTHER_ACTIVITIES", "SUITES", "LABELS", "label_of",
+           "Figure", "render_example", "render_pose"]

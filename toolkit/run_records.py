@@ -1,6 +1,7 @@
 """What a prompt run and a probe run record: params, metrics, artifacts, and (probe) the head as a model.
 
-No mlflow import here: everything goes through tracking.TrackedRun. Both kinds log the headline metrics of
+No mlflow import here: everything goes through tracking.TrackedRun (this module uses tracking, never the
+reverse). Both kinds log the headline metrics of
 the split they were scored on under plain names (accuracy, balanced_accuracy, macro_f1, recall/<class>),
 so `clipkit compare` ranks them on one axis; a probe's plain metrics are its test metrics.
 """
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from . import tracking
 from .prompt_eval import split_digest
 
-MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+MODEL_CODE = Path(__file__).with_name("logged_model.py")  # the models-from-code file MLflow loads
+SMALL_CHECKPOINT = 50 * 2**20  # local checkpoints below this size travel with the logged model
 
 
 def yaml_dump(doc: Any) -> str:
@@ -108,8 +112,6 @@ class ProbeRun:
 
     def _log_model(self, head_dir: Path, tmp: Path, classes: list[str]) -> None:
         """The head plus what rebuilds its extractor, as a pyfunc model from code; registered by name."""
-        from .tracking import SMALL_CHECKPOINT
-
         r, mcfg, tcfg = self.run, self.run.cfg.model, self.run.cfg.tracking
         artifacts = {"head": str(head_dir)}
         name, pretrained = Path(mcfg.name), Path(mcfg.pretrained or "")
@@ -138,3 +140,29 @@ def _requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             out.append(dist)
     return out
+
+
+@contextmanager
+def prompt_run(cfg, dataset_name: str, prompt_set, store=None) -> Iterator[Any]:
+    """A run tagged kind=prompt, named 'prompt:<set>', for a PromptSet scored on a FeatureStore.
+
+    Yields an object with `log_result(PromptEval)`; an exception ends the run FAILED.
+    """
+    if not cfg.tracking.enabled:
+        yield tracking.NoRun()
+        return
+    with tracking.tracked_run(cfg, dataset_name, "prompt", f"prompt:{prompt_set.name}",
+                              {"prompt_set": prompt_set.name}) as run:
+        yield PromptRun(run, prompt_set, store)
+
+
+@contextmanager
+def probe_run(cfg, dataset_name: str, run_name: Optional[str] = None, store: Any = None) -> Iterator[Any]:
+    """A run tagged kind=probe on the feature `store` the probe is trained from (its identity and split are
+    logged). Yields an object with `log_result(result)`; an exception ends it FAILED."""
+    if not cfg.tracking.enabled:
+        yield tracking.NoRun()
+        return
+    with tracking.tracked_run(cfg, dataset_name, "probe", run_name or f"probe:{cfg.probe.method}",
+                              {"method": cfg.probe.method}) as run:
+        yield ProbeRun(run, store)

@@ -2,7 +2,7 @@
 and runs it at load time, so nothing is pickled. It imports mlflow because it has to (the toolkit's other
 mlflow code is in tracking.py); the work is done by toolkit's own classes.
 
-The model's artifacts (see toolkit/runlog.py): `head` (head.json + head.safetensors), `extractor` (the
+The model's artifacts (see toolkit/run_records.py): `head` (head.json + head.safetensors), `extractor` (the
 ModelConfig as JSON) and, for local models, `model_config` (open_clip JSON) and `checkpoint` (weights).
 
     model = mlflow.pyfunc.load_model("models:/clipkit-demo-head/1")
@@ -47,8 +47,8 @@ class ClipkitHead(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from toolkit.config import ModelConfig
         from toolkit.features import FeatureExtractor
+        from toolkit.heads import load_head
         from toolkit.predictor import Predictor
-        from toolkit.probe import LinearProbe
 
         art = context.artifacts
         with open(art["extractor"], encoding="utf-8") as f:
@@ -57,12 +57,12 @@ class ClipkitHead(mlflow.pyfunc.PythonModel):
             cfg["name"] = art["model_config"]
         if "checkpoint" in art:
             cfg["pretrained"] = art["checkpoint"]
-        self.predictor = Predictor(FeatureExtractor.from_config(ModelConfig(**cfg)), LinearProbe.load(art["head"]))
+        self.predictor = Predictor(FeatureExtractor.from_config(ModelConfig(**cfg)), load_head(art["head"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         column = model_input["image"] if "image" in model_input.columns else model_input.iloc[:, 0]
         images = [_image(v, i) for i, v in enumerate(column)]
-        rows = self.predictor.predict_images(images)
+        rows = self.predictor.predict_images(images)  # through Predictor.proba, as the CLI and the server
         classes = self.predictor.labels
         return pd.DataFrame([{"label": r["label"], "score": r["score"], **{c: r["scores"][c] for c in classes}}
                              for r in rows], columns=["label", "score", *classes])
