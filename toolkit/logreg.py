@@ -1,0 +1,224 @@
+"""Multinomial logistic regression in torch: full-batch L-BFGS on scikit-learn's objective, and the C sweep.
+
+The objective is scikit-learn's `LogisticRegression(C=C)`: the sum of per-sample cross-entropies plus
+||W||^2 / (2C), intercept not penalised. It is minimised divided by n (the same minimiser, and a gradient
+whose size doesn't grow with n, so one tolerance fits every data size). Two classes are fitted as two softmax
+rows; scikit-learn fits one logistic row w with ||w||^2 / (2C), and since the softmax rows come out as -w/2,
++w/2 the same solution needs the softmax penalty at C/2. float32 throughout; on the GPU when there is one.
+
+`fit_fixed_c` fits one C; `sweep_c` picks C as the CLIP paper does (a log-spaced grid on val, refinement
+rounds that halve the log step around the best, a refit on train + val), each fit warm-started from the
+solution at the nearest smaller C. torch is imported inside the functions, so importing this module costs
+numpy only.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .heads import FitResult
+
+if TYPE_CHECKING:
+    import torch
+
+TOL = 1e-4  # L-BFGS stops when max |gradient| of the per-sample objective is below this (scikit-learn's tol)
+FINAL_TOL = 1e-6  # the weights a sweep returns: 100x tighter, a few more iterations from the chosen C's solution
+REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
+CPU_THREADS = 1  # on a shared CPU, 2 OpenMP threads spin while waiting: up to 9x slower (BENCHMARKS.md)
+
+
+@dataclass
+class LogregFit:
+    """One fit at one C: softmax weights and how long L-BFGS took."""
+
+    coef: np.ndarray  # (n_classes, D) float32
+    intercept: np.ndarray  # (n_classes,) float32
+    n_iter: int  # L-BFGS iterations
+    n_evals: int  # objective + gradient evaluations (each is two passes over X)
+
+
+def resolve_device(device: str = "auto") -> "torch.device":
+    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device ('cpu', 'cuda:1')."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+
+
+@contextmanager
+def _threads(device: "torch.device", n: int) -> Iterator[None]:
+    """Run torch's CPU ops on `n` threads while fitting on the CPU (no-op on a GPU); restores the old count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _objective(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Tensor", penalty: float):
+    """Mean cross-entropy + penalty * ||W||^2, where penalty = 1 / (2 C n) (scikit-learn's objective / n)."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.cross_entropy(torch.addmm(b, X, W.t()), y) + penalty * W.pow(2).sum()
+
+
+def _lbfgs(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Tensor", C: float,
+           max_iter: int, tol: float) -> tuple[int, int]:
+    """Minimise the objective at C in place over (W, b), which require grad. Returns (iterations, evaluations)."""
+    import torch
+
+    n_classes = W.shape[0]
+    penalty = 1.0 / (2 * (C / 2 if n_classes == 2 else C) * X.shape[0])
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=tol,
+                            tolerance_change=1e-9, history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=False)
+        loss = _objective(X, y, W, b, penalty)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    state = opt.state[W]
+    return int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+
+
+def _params(init: Optional[tuple["torch.Tensor", "torch.Tensor"]], n_classes: int, dim: int, device):
+    """Fresh leaf tensors (W (C, D), b (C,)) to optimise: a copy of `init` (warm start), else zeros."""
+    import torch
+
+    if init is None:
+        W, b = torch.zeros(n_classes, dim, device=device), torch.zeros(n_classes, device=device)
+    else:
+        W, b = init[0].detach().clone(), init[1].detach().clone()
+    return W.requires_grad_(True), b.requires_grad_(True)
+
+
+def _tensors(X: np.ndarray, y: np.ndarray, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+    import torch
+
+    return (torch.as_tensor(np.ascontiguousarray(X, np.float32), device=device),
+            torch.as_tensor(np.asarray(y, np.int64), device=device))
+
+
+def fit_fixed_c(X: np.ndarray, y: np.ndarray, C: float, n_classes: Optional[int] = None,
+                init: Optional[tuple[np.ndarray, np.ndarray]] = None, device: str = "auto",
+                max_iter: int = 1000, tol: float = TOL, threads: int = CPU_THREADS) -> LogregFit:
+    """Logistic regression at one C on (n, D) features X and class indices y (0..n_classes-1).
+
+    `init` (coef (C, D), intercept (C,)) warm-starts L-BFGS; without it the weights start at zero.
+    Probabilities match scikit-learn's LogisticRegression(C=C) fitted on the same data (to the tolerance).
+    """
+    import torch
+
+    n_classes = _n_classes(n_classes, y)
+    dev = resolve_device(device)
+    with _threads(dev, threads):
+        Xt, yt = _tensors(X, y, dev)
+        start = None if init is None else tuple(torch.as_tensor(np.asarray(a, np.float32), device=dev) for a in init)
+        W, b = _params(start, n_classes, Xt.shape[1], dev)
+        n_iter, n_evals = _lbfgs(Xt, yt, W, b, float(C), max_iter, tol)
+    return LogregFit(W.detach().cpu().numpy(), b.detach().cpu().numpy(), n_iter, n_evals)
+
+
+def _n_classes(n_classes: Optional[int], *ys: np.ndarray) -> int:
+    n = int(max(int(np.max(y, initial=0)) for y in ys)) + 1 if n_classes is None else int(n_classes)
+    return max(n, 2)
+
+
+def _score(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Tensor") -> tuple[float, float, np.ndarray]:
+    """(accuracy, mean log loss with probabilities clipped at 1e-12, (n, C) proba) of weights on (X, y)."""
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        logp = torch.log_softmax(torch.addmm(b, X, W.t()), dim=1)
+        nll = -logp.gather(1, y[:, None]).clamp_min(math.log(1e-12)).mean()
+        acc = (logp.argmax(dim=1) == y).float().mean()
+        return float(acc), float(nll), logp.exp().cpu().numpy()
+
+
+def log_grid(c_min: float, c_max: float, steps: int) -> list[float]:
+    """`steps` log-spaced values from c_min to c_max, increasing."""
+    return [float(c) for c in np.logspace(np.log10(c_min), np.log10(c_max), steps)]
+
+
+def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, grid: Sequence[float],
+            refit: bool = True, refine_rounds: int = REFINE_ROUNDS, n_classes: Optional[int] = None,
+            device: str = "auto", max_iter: int = 1000, tol: float = TOL, final_tol: float = FINAL_TOL,
+            threads: int = CPU_THREADS) -> FitResult:
+    """Pick C on the validation split as in the CLIP paper, then fit the final weights at that C.
+
+    Every C in `grid` is fitted on train (to `tol`) in increasing order and scored on val; then
+    `refine_rounds` rounds try best * 10**(+-step) with the log10 step (the grid's smallest) halved each
+    round. Each fit starts from the solution at the nearest smaller C tried. Ties in val accuracy go to the
+    lower val log loss. The final fit, on train + val with `refit` (else train), starts from the chosen C's
+    solution and runs to `final_tol`. y are class indices 0..n_classes-1.
+    Returns a FitResult: coef (n_classes, D), intercept (n_classes,), params, the sweep, val proba.
+    """
+    import torch
+
+    grid = sorted({float(c) for c in grid})
+    if not grid or grid[0] <= 0:
+        raise ConfigError(f"C grid {grid} needs positive values (the inverse L2 strength), e.g. --c-grid 0.01,0.1,1")
+    n_classes = _n_classes(n_classes, y_train, y_val)
+    dev = resolve_device(device)
+    with _threads(dev, threads):
+        path = _CPath(*_tensors(X_train, y_train, dev), *_tensors(X_val, y_val, dev), n_classes, max_iter, tol)
+        best = _search(grid, path.tried, path.trial, refine_rounds)
+        X, y = path.X, path.y
+        if refit:
+            X, y = torch.cat([path.X, path.X_val]), torch.cat([path.y, path.y_val])
+        W, b = _params(path.solutions[best], n_classes, X.shape[1], dev)
+        final_iter = _lbfgs(X, y, W, b, best, max_iter, final_tol)[0]
+        coef, intercept = W.detach().cpu().numpy(), b.detach().cpu().numpy()
+    sweep = [{"param": "C", "value": c, "val_accuracy": a, "val_loss": lo, "n_iter": path.n_iter[c]}
+             for c, (a, lo, _) in sorted(path.tried.items())]
+    params = {"C": best, "solver": "torch-lbfgs", "device": dev.type, "tol": tol, "final_tol": final_tol,
+              "max_iter": max_iter, "n_iter": final_iter, "sweep_iter": sum(path.n_iter.values()),
+              "n_candidates": len(path.tried), "refit": "train+val" if refit else "none"}
+    return FitResult(coef, intercept, params, sweep, path.tried[best][2])
+
+
+class _CPath:
+    """Fits along the C path on one (train, val) pair, kept on the device; each C warm-starts from below."""
+
+    def __init__(self, X, y, X_val, y_val, n_classes: int, max_iter: int, tol: float):
+        self.X, self.y, self.X_val, self.y_val = X, y, X_val, y_val
+        self.n_classes, self.max_iter, self.tol = n_classes, max_iter, tol
+        self.tried: dict[float, tuple[float, float, np.ndarray]] = {}  # C -> (val accuracy, val loss, val proba)
+        self.solutions: dict[float, tuple] = {}  # C -> (W, b) detached tensors
+        self.n_iter: dict[float, int] = {}
+
+    def trial(self, c: float) -> None:
+        below = [t for t in self.solutions if t < c]
+        W, b = _params(self.solutions[max(below)] if below else None, self.n_classes, self.X.shape[1], self.X.device)
+        self.n_iter[c] = _lbfgs(self.X, self.y, W, b, c, self.max_iter, self.tol)[0]
+        self.solutions[c] = (W.detach(), b.detach())
+        self.tried[c] = _score(self.X_val, self.y_val, W, b)
+
+
+def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
+    """Run `trial` over the grid, then the refinement rounds; returns the best C (accuracy, then lower loss)."""
+    def best() -> float:
+        return min(tried, key=lambda c: (-tried[c][0], tried[c][1]))
+
+    for c in grid:
+        trial(c)
+    step = float(np.diff(np.log10(grid)).min()) if len(grid) > 1 else 0.0
+    for _ in range(refine_rounds if step > 0 else 0):
+        step /= 2
+        centre = best()
+        for c in (centre * 10 ** -step, centre * 10 ** step):
+            if c not in tried:
+                trial(c)
+    return best()
