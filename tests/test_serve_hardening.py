@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -35,7 +36,7 @@ from toolkit.serve.process import ServerProcess
 API_KEY = "hk-" + "5" * 29
 KEY = {"X-API-Key": API_KEY}
 TIMEOUTS = {"header_timeout_s": 1.0, "body_timeout_s": 1.0, "body_total_timeout_s": 3.0, "keep_alive_s": 1.0}
-N_IMAGES = 24  # one request: 12 model calls of 2 images, 0.25 s each, against a 1.5 s deadline
+N_IMAGES = 40  # one request: 20 model calls of 2 images, 0.25 s each, against a 2.5 s deadline
 
 # Runs in the server process before the CLI: sleep in the image tower's forward for the seconds the file says.
 SLOW_MODEL = """
@@ -55,11 +56,11 @@ def write_config(path, tiny_model, **serve) -> str:
     path.write_text(yaml.safe_dump({
         "model": {"name": tiny_model["config"], "pretrained": tiny_model["checkpoint"], "device": "cpu",
                   "batch_size": 8, "num_workers": 0},
-        "serve": {**TIMEOUTS, "max_batch_size": 2, "max_wait_ms": 0, "max_files": 32, **serve}}))
+        "serve": {**TIMEOUTS, "max_batch_size": 2, "max_wait_ms": 0, "max_files": 64, **serve}}))
     return str(path)
 
 
-def slow_server(tmp_path, tiny_model, delay: str, args=(), **serve) -> tuple[ServerProcess, object]:
+def slow_server(tmp_path, tiny_model, delay: str, args=(), **serve) -> tuple[ServerProcess, Path]:
     delay_file = tmp_path / "delay"
     delay_file.write_text(delay)
     srv = ServerProcess(["--config", write_config(tmp_path / "serve.yaml", tiny_model, **serve), "--no-access-log",
@@ -69,18 +70,20 @@ def slow_server(tmp_path, tiny_model, delay: str, args=(), **serve) -> tuple[Ser
 
 @pytest.fixture(scope="module")
 def servers(tiny_model, tmp_path_factory):
-    """Two servers, loading at once. `main`: small timeouts, an API key from --api-key-file, a 1.5 s deadline, a
+    """Two servers, loading at once. `main`: small timeouts, an API key from --api-key-file, a 2.5 s deadline, a
     model taking 0.25 s per call. `doomed`: a 1 s shutdown grace, for the stuck-model test (which ends it)."""
     d, e = tmp_path_factory.mktemp("hardening"), tmp_path_factory.mktemp("doomed")
     (d / "key.txt").write_text(API_KEY + "\n")
-    main, _ = slow_server(d, tiny_model, "0.25", ["--api-key-file", str(d / "key.txt")], request_timeout_s=1.5)
+    main, _ = slow_server(d, tiny_model, "0.25", ["--api-key-file", str(d / "key.txt")], request_timeout_s=2.5)
     doomed, delay_file = slow_server(e, tiny_model, "0", shutdown_grace_s=1.0)
     try:
         main.start(), doomed.start()
         main.wait_ready(), doomed.wait_ready()
         yield {"main": main, "doomed": doomed, "doomed_delay": delay_file}
     finally:
-        main.terminate(), doomed.terminate()
+        code = main.terminate()
+        doomed.terminate()
+    assert code == 0, main.output()[-2000:]  # a healthy model: SIGTERM still ends in a clean exit
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +107,7 @@ def predict_request(url: str, n: int) -> tuple[dict, bytes]:
 
 
 def connect(srv: ServerProcess, timeout: float = 15.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
-    return sock
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
 
 
 def head(path: str, headers: dict[str, str], method: str = "POST") -> bytes:
@@ -161,7 +163,7 @@ def test_partial_headers_get_408_and_the_connection_closes(server):
 
 
 @pytest.mark.slow
-def test_a_connection_that_sends_nothing_is_closed(server):
+def test_a_connection_that_sends_nothing_is_closed(server):  # after header_timeout_s
     with connect(server) as sock:
         assert read_until_closed(sock) == b""
 
@@ -171,6 +173,7 @@ def test_an_idle_keep_alive_connection_is_closed(server):
     with connect(server) as sock:
         sock.sendall(head("/healthz", {}, "GET"))
         raw = read_until_closed(sock)  # the answer, then the close once the connection idles past keep_alive_s
+    # (no header timer runs between requests: keep_alive_s alone closes it)
     assert raw.startswith(b"HTTP/1.1 200") and b'"ok"' in raw
 
 

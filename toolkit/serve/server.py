@@ -6,7 +6,7 @@ still running 1 s past the grace period (a model call that never returns, a requ
 still loading), it logs one line and exits 1. A second signal gives it 1 s.
 
 Slow clients: request headers must be complete serve.header_timeout_s after the connection opened (or the
-previous response ended), else 408 and close (uvicorn's h11 protocol has no such timer: GuardedH11Protocol);
+request's first byte came), else 408 and close (uvicorn's h11 protocol has no such timer: GuardedH11Protocol);
 an idle keep-alive connection closes after serve.keep_alive_s; body deadlines live in RequestGuard.
 """
 from __future__ import annotations
@@ -41,9 +41,10 @@ SHUTDOWN_SLACK_S = 1.0  # past the grace period: closing connections, stopping t
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline on request headers (set `header_timeout_s` in a subclass).
 
-    The timer runs from connection_made, and again from the end of each response, until the next request's
-    headers are complete. When it fires: 408 and close if part of a request came, close if nothing came; a
-    client still sending a body after its response was sent (nobody reads it) is closed too.
+    The timer runs from connection_made, and on a kept-alive connection from the first byte of the next request,
+    until that request's headers are complete. When it fires: 408 and close if part of a request came, close if
+    nothing came. (Between requests, uvicorn's keep-alive timer closes idle connections.) Always h11, even where
+    httptools is installed: this is the protocol the timer is written against.
     """
 
     header_timeout_s: float = 10.0
@@ -57,14 +58,15 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm_header_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the request's headers are in
             self._disarm_header_timer()
-
-    def on_response_complete(self) -> None:
-        self._arm_header_timer()  # for the next request (a pipelined one already here disarms it at once)
-        super().on_response_complete()
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -77,14 +79,10 @@ class GuardedH11Protocol(H11Protocol):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        theirs, ours = self.conn.their_state, self.conn.our_state
-        if theirs is h11.IDLE:
-            if self.conn.trailing_data[0]:  # part of a request line or headers
-                self.transport.write(self._timeout_response())
-        elif not (theirs is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE)):
-            return  # a request is being handled
+        if self.conn.trailing_data[0]:  # part of a request line or headers
+            self.transport.write(self._timeout_response())
         self.transport.close()
 
     def _timeout_response(self) -> bytes:
