@@ -2,15 +2,14 @@
 
 The head has the scikit-learn classifier contract (`classes_`, `coef_` (C, D), `intercept_` (C,),
 `predict_proba` with columns in `classes_` order), like ZeroShotHead, so the Predictor, the CLI and the
-server use either one the same way. On disk a head is a folder: `head.safetensors` (coef, intercept; no
-pickle) and `head.json` (classes, the extractor's identity, the method, its hyper-parameters, metrics).
+server use either one the same way. On disk a head is a folder (heads.SavedHead): `head.safetensors` (coef,
+intercept; no pickle) and `head.json` (classes, the extractor's identity, the method, its hyper-parameters,
+metrics, calibration).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,103 +17,54 @@ import numpy as np
 
 from .config import ProbeConfig
 from .errors import ConfigError, DataError, HeadError
-from .heads import FitResult, softmax
+from .heads import FitResult, SavedHead
 
-HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
-HEAD_FORMAT = "clipkit-linear-probe"
+class LinearProbe(SavedHead):
+    """softmax((features @ coef_.T + intercept_) / temperature) over `classes_`."""
 
-
-class LinearProbe:
-    """softmax(features @ coef_.T + intercept_) over `classes_`."""
-
-    kind = "probe"
+    kind, type = "probe", "linear"
 
     def __init__(self, classes: Sequence[str], coef: np.ndarray, intercept: Optional[np.ndarray] = None,
                  identity=None, method: str = "logreg", params: Optional[dict[str, Any]] = None,
-                 metrics: Optional[dict[str, Any]] = None):
-        self.classes_ = [str(c) for c in classes]
+                 metrics: Optional[dict[str, Any]] = None, **calibration: Any):
+        self._init_common(classes, identity, method, params, metrics, **calibration)
         self.coef_ = np.asarray(coef, np.float32)
         self.intercept_ = np.zeros(len(self.classes_), np.float32) if intercept is None \
             else np.asarray(intercept, np.float32).reshape(-1)
-        self.identity, self.method = identity, method
-        self.params, self.metrics = dict(params or {}), dict(metrics or {})
         if self.coef_.ndim != 2 or self.coef_.shape[0] != len(self.classes_) \
                 or self.intercept_.shape != (len(self.classes_),):
             raise ValueError(f"coef {self.coef_.shape} / intercept {self.intercept_.shape} don't fit "
                              f"{len(self.classes_)} classes")
 
     def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) L2-normalized features -> (n, C) logits."""
+        """(n, D) L2-normalized features -> (n, C) logits (before the temperature)."""
         return np.asarray(features, np.float32) @ self.coef_.T + self.intercept_
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) features -> (n, C) probabilities, columns in `classes_` order, rows sum to 1."""
-        return softmax(self.decision_function(features))
-
-    def predict(self, features: np.ndarray) -> list[str]:
-        return [self.classes_[i] for i in self.decision_function(features).argmax(axis=1)]
-
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": self.classes_, "method": self.method, "params": self.params,
-                "metrics": self.metrics, "embed_dim": int(self.coef_.shape[1]),
-                "extractor": self.identity.label if self.identity is not None else None}
+        return {**super().describe(), "embed_dim": int(self.coef_.shape[1])}
 
-    # -- persistence
-    def save(self, folder: str | Path) -> Path:
-        """Write the head folder atomically (a temp folder beside it, then a rename over the old one), readable
-        by others as the umask allows (0755 / 0644 under the usual 022)."""
-        from safetensors.numpy import save_file
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
 
-        from .fsio import atomic_dir
+    def header(self) -> dict[str, Any]:
+        return {"embed_dim": int(self.coef_.shape[1])}
 
-        folder = Path(folder)
-        doc = {"format": HEAD_FORMAT, "format_version": 1, "kind": self.kind, "classes": self.classes_,
-               "method": self.method, "params": self.params, "metrics": self.metrics,
-               "embed_dim": int(self.coef_.shape[1]),
-               "identity": self.identity.to_dict() if self.identity is not None else None,
-               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        with atomic_dir(folder) as tmp:
-            # C order: safetensors writes an array's memory as is, and sklearn's coef_ is Fortran-ordered
-            save_file({"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)},
-                      str(tmp / HEAD_WEIGHTS))
-            (tmp / HEAD_JSON).write_text(json.dumps(doc, indent=2, default=_jsonable))
-        return folder
+    @classmethod
+    def from_saved(cls, doc: dict[str, Any], tensors: dict[str, np.ndarray], identity) -> "LinearProbe":
+        cal = doc.get("calibration") or {}
+        return cls(doc["classes"], tensors["coef"], tensors["intercept"], identity, doc.get("method", "?"),
+                   doc.get("params"), doc.get("metrics"), temperature=cal.get("temperature", 1.0),
+                   reject_below=cal.get("reject_below"), rejection=cal.get("rejection"))
 
     @classmethod
     def load(cls, folder: str | Path) -> "LinearProbe":
-        """Read a head folder; HeadError (one line, naming the folder) when it is missing or corrupt."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise HeadError(f"head folder '{folder}' not found; train one with `clipkit train-probe DATA --out {folder}`")
-        if not (folder / HEAD_JSON).is_file() or not (folder / HEAD_WEIGHTS).is_file():
-            raise HeadError(f"'{folder}' is not a head folder (needs {HEAD_JSON} and {HEAD_WEIGHTS}); "
-                            "pass the --out folder of `clipkit train-probe`")
-        try:
-            doc = json.loads((folder / HEAD_JSON).read_text())
-            from safetensors.numpy import load_file
+        """A linear head folder (see heads.load_head)."""
+        from .heads import load_head
 
-            tensors = load_file(str(folder / HEAD_WEIGHTS))
-            identity = None
-            if doc.get("identity") is not None:
-                from .identity import ExtractorIdentity
-
-                identity = ExtractorIdentity.from_dict(doc["identity"])
-            head = cls(doc["classes"], tensors["coef"], tensors["intercept"], identity, doc.get("method", "?"),
-                       doc.get("params"), doc.get("metrics"))
-        except Exception as e:  # JSON, safetensors header, missing keys, shapes: all mean "corrupt"
-            raise HeadError(f"head folder '{folder}' is corrupt ({e.__class__.__name__}: {str(e)[:200]}); "
-                            "train it again with `clipkit train-probe`") from None
-        if not np.isfinite(head.coef_).all() or not np.isfinite(head.intercept_).all():
-            raise HeadError(f"head folder '{folder}' has non-finite weights; train it again")
+        head = load_head(folder)
+        if not isinstance(head, cls):
+            raise HeadError(f"head folder '{folder}' holds a {head.type} head, not a linear one")
         return head
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ---------------------------------------------------------------- fitting

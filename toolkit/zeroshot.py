@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError
-from .heads import softmax
+from .heads import SavedHead
 from .prompts import expand, validate_labels, validate_templates
 
 
@@ -21,20 +21,21 @@ def build_class_weights(extractor, labels: Sequence[str], templates: Sequence[st
     return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 
 
-class ZeroShotHead:
-    """A head with the scikit-learn classifier contract: `classes_`, `coef_` (C, D), `predict_proba`."""
+class ZeroShotHead(SavedHead):
+    """A head with the scikit-learn classifier contract: `classes_`, `coef_` (C, D), `predict_proba`.
 
-    kind = "zeroshot"
+    Saved (`clipkit eval-prompts --save-head`) with its calibration, it serves like any other head."""
+
+    kind, type = "zeroshot", "zeroshot"
 
     def __init__(self, labels: Sequence[str], templates: Sequence[str], coef: np.ndarray, logit_scale: float,
-                 identity=None):
-        self.classes_ = list(labels)
+                 identity=None, method: str = "zeroshot", params=None, metrics=None, **calibration: Any):
+        self._init_common(labels, identity, method, params, metrics, **calibration)
         self.templates = list(templates)
         self.coef_ = np.asarray(coef, np.float32)
         self.logit_scale = float(logit_scale)
-        self.identity = identity
-        if self.coef_.shape[0] != len(self.classes_):
-            raise ValueError(f"coef has {self.coef_.shape[0]} rows for {len(self.classes_)} labels")
+        if self.coef_.ndim != 2 or self.coef_.shape[0] != len(self.classes_):
+            raise ValueError(f"coef has shape {self.coef_.shape} for {len(self.classes_)} labels")
 
     @classmethod
     def from_extractor(cls, extractor, labels: Sequence[str], templates: Sequence[str]) -> "ZeroShotHead":
@@ -49,13 +50,20 @@ class ZeroShotHead:
         """(n, D) L2-normalized features -> (n, C) logits = logit_scale * cosine similarity."""
         return self.logit_scale * (np.asarray(features, np.float32) @ self.coef_.T)
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) features -> (n, C) probabilities, columns in `classes_` order, rows sum to 1."""
-        return softmax(self.decision_function(features))
-
-    def predict(self, features: np.ndarray) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(features).argmax(axis=1)]
-
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": self.classes_, "templates": self.templates,
-                "n_templates": len(self.templates), "logit_scale": self.logit_scale}
+        return {**super().describe(), "templates": self.templates, "n_templates": len(self.templates),
+                "logit_scale": self.logit_scale}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_}
+
+    def header(self) -> dict[str, Any]:
+        return {"templates": self.templates, "logit_scale": self.logit_scale, "embed_dim": int(self.coef_.shape[1])}
+
+    @classmethod
+    def from_saved(cls, doc: dict[str, Any], tensors: dict[str, np.ndarray], identity) -> "ZeroShotHead":
+        cal = doc.get("calibration") or {}
+        return cls(doc["classes"], doc["templates"], tensors["coef"], doc["logit_scale"], identity,
+                   doc.get("method", "zeroshot"), doc.get("params"), doc.get("metrics"),
+                   temperature=cal.get("temperature", 1.0), reject_below=cal.get("reject_below"),
+                   rejection=cal.get("rejection"))
