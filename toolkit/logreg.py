@@ -142,9 +142,9 @@ def _score(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Te
 
     with torch.no_grad():
         logp = torch.log_softmax(torch.addmm(b, X, W.t()), dim=1)
-        nll = -logp.gather(1, y[:, None]).clamp_min(math.log(1e-12)).mean()
-        acc = (logp.argmax(dim=1) == y).float().mean()
-        return float(acc), float(nll), logp.exp().cpu().numpy()
+        nll = -logp.gather(1, y[:, None]).clamp_min(math.log(1e-12)).double().mean()
+        correct = int((logp.argmax(dim=1) == y).sum())
+        return correct / len(y), float(nll), logp.exp().cpu().numpy()
 
 
 def log_grid(c_min: float, c_max: float, steps: int) -> list[float]:

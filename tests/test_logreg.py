@@ -1,0 +1,134 @@
+"""toolkit.logreg: torch L-BFGS logistic regression against scikit-learn (the reference), and the C sweep."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from toolkit.errors import ConfigError
+from toolkit.heads import softmax
+from toolkit.logreg import FINAL_TOL, fit_fixed_c, log_grid, resolve_device, sweep_c
+
+
+def synthetic(n: int, d: int, n_classes: int, noise: float, seed: int = 0):
+    """Unit-norm features: class means on the sphere plus isotropic noise, renormalized. Learnable, not separable."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, d))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    y = rng.integers(0, n_classes, n)
+    x = means[y] + noise * rng.normal(size=(n, d)) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def proba(fit, x: np.ndarray) -> np.ndarray:
+    return softmax(x @ fit.coef.T + fit.intercept)
+
+
+def exact(x: np.ndarray, y: np.ndarray, C: float) -> LogisticRegression:
+    """scikit-learn run to the optimum: at its default tol=1e-4 it stops up to 5e-2 (in probability) short of it."""
+    return LogisticRegression(C=C, tol=1e-10, max_iter=5000).fit(x, y)
+
+
+@pytest.fixture(scope="module")
+def five():
+    x, y = synthetic(3000, 32, 5, noise=2.0)
+    return x[:1500], y[:1500], x[1500:], y[1500:]
+
+
+@pytest.fixture(scope="module")
+def sweep_data():
+    """Few samples in 64 dims: the regularization matters, val accuracy peaks inside the grid."""
+    x, y = synthetic(2000, 64, 4, noise=3.0, seed=3)
+    return x[:300], y[:300], x[300:600], y[300:600], x[600:], y[600:]
+
+
+@pytest.mark.parametrize("C", [0.05, 0.5, 10.0])
+def test_fit_at_fixed_C_matches_sklearn(five, C):
+    xtr, ytr, xte, yte = five
+    ours = fit_fixed_c(xtr, ytr, C)  # scikit-learn's default tolerance: accuracy within 0.3 points
+    sk = LogisticRegression(C=C).fit(xtr, ytr)
+    assert abs(float((proba(ours, xte).argmax(1) == yte).mean()) - sk.score(xte, yte)) <= 0.003
+    tight = fit_fixed_c(xtr, ytr, C, tol=FINAL_TOL)  # the sweep's final tolerance: the optimum's probabilities
+    np.testing.assert_allclose(proba(tight, xte), exact(xtr, ytr, C).predict_proba(xte), atol=3e-3)
+
+
+def test_binary_fit_is_sklearns_one_row_as_two_softmax_rows():
+    x, y = synthetic(800, 16, 2, noise=3.0, seed=1)
+    ours = fit_fixed_c(x[:400], y[:400], 2.0, tol=FINAL_TOL)
+    ref = exact(x[:400], y[:400], 2.0)
+    assert ours.coef.shape == (2, 16) and ours.intercept.shape == (2,)
+    np.testing.assert_allclose(proba(ours, x[400:]), ref.predict_proba(x[400:]), atol=1e-3)
+    np.testing.assert_allclose(ours.coef[1] - ours.coef[0], ref.coef_[0], atol=2e-2)  # rows -w/2, +w/2
+    np.testing.assert_allclose(ours.coef[0], -ours.coef[1], atol=1e-3)
+    result = sweep_c(x[:300], y[:300], x[300:400], y[300:400], log_grid(1e-2, 1e2, 5))
+    assert result.coef.shape == (2, 16) and result.val_proba.shape == (100, 2)
+
+
+def test_sweep_picks_a_sensible_C(sweep_data):
+    xtr, ytr, xva, yva, xte, yte = sweep_data
+    grid = log_grid(1e-4, 1e4, 9)
+    result = sweep_c(xtr, ytr, xva, yva, grid)
+    values = [r["value"] for r in result.sweep]
+    assert len(values) == 9 + 6 and values == sorted(values)  # 3 refinement rounds x 2 candidates
+    assert any(round(np.log10(v), 6) != round(np.log10(v)) for v in values)
+    best = result.params["C"]
+    chosen = next(r for r in result.sweep if r["value"] == best)
+    assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in result.sweep)
+    assert 1e-3 < best < 1e3 and result.params["refit"] == "train+val"
+    # scikit-learn agrees that C is good: at our C its val accuracy is within a point of its best on the grid
+    sk_val = {c: LogisticRegression(C=c, max_iter=1000).fit(xtr, ytr).score(xva, yva) for c in grid + [best]}
+    assert sk_val[best] >= max(sk_val.values()) - 0.01
+    # and the refit on train + val predicts as scikit-learn's at that C (within 0.3 points of the test set)
+    ref = exact(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), best)
+    assert np.mean(proba(result, xte).argmax(1) != ref.predict(xte)) <= 0.003
+    assert result.val_proba.shape == (len(yva), 4) and np.allclose(result.val_proba.sum(1), 1, atol=1e-5)
+
+
+def test_warm_start_gives_the_cold_start_solution(five, sweep_data):
+    xtr, ytr, xte, _ = five
+    cold = fit_fixed_c(xtr, ytr, 0.5, tol=FINAL_TOL)
+    start = fit_fixed_c(xtr, ytr, 0.05)
+    warm = fit_fixed_c(xtr, ytr, 0.5, init=(start.coef, start.intercept), tol=FINAL_TOL)
+    np.testing.assert_allclose(proba(warm, xte), proba(cold, xte), atol=1e-3)
+    # the sweep's weights, reached along the C path, are the cold fit's at the chosen C
+    xtr, ytr, xva, yva, xte, _ = sweep_data
+    result = sweep_c(xtr, ytr, xva, yva, log_grid(1e-4, 1e4, 9), refit=False)
+    cold = fit_fixed_c(xtr, ytr, result.params["C"], tol=FINAL_TOL)
+    np.testing.assert_allclose(proba(result, xte), proba(cold, xte), atol=1e-3)
+
+
+def test_sweep_is_deterministic(sweep_data):
+    xtr, ytr, xva, yva, _, _ = sweep_data
+    a, b = (sweep_c(xtr, ytr, xva, yva, log_grid(1e-2, 1e2, 5)) for _ in range(2))
+    assert np.array_equal(a.coef, b.coef) and np.array_equal(a.intercept, b.intercept)
+    assert a.sweep == b.sweep and a.params == b.params
+
+
+@pytest.mark.parametrize("grid", [[], [0.0, 1.0], [-1.0]])
+def test_a_grid_without_positive_C_is_a_config_error(sweep_data, grid):
+    xtr, ytr, xva, yva, _, _ = sweep_data
+    with pytest.raises(ConfigError, match="positive"):
+        sweep_c(xtr, ytr, xva, yva, grid)
+
+
+def test_auto_device_is_cuda_exactly_when_there_is_one():
+    import torch
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+def test_gpu_sweep_matches_cpu(sweep_data):
+    xtr, ytr, xva, yva, xte, _ = sweep_data
+    cpu, gpu = (sweep_c(xtr, ytr, xva, yva, log_grid(1e-2, 1e2, 5), device=d) for d in ("cpu", "cuda"))
+    assert gpu.params["device"] == "cuda" and gpu.params["C"] == cpu.params["C"]
+    np.testing.assert_allclose(proba(gpu, xte), proba(cpu, xte), atol=1e-3)
+
+
+def test_importing_the_fitting_modules_does_not_import_torch():
+    code = "import sys, toolkit.probe, toolkit.logreg; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
