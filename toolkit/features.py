@@ -21,7 +21,7 @@ from .config import ModelConfig
 from .errors import InputError, ModelError
 from .identity import ExtractorIdentity
 from .images import load_image, to_rgb
-from .weights import _check_weights_available, _open_clip, _resolve_arch, _sha256_prefix
+from .weights import ModelSource, build as build_model, resolve as resolve_model
 
 TEXT_CACHE_SIZE = 20_000  # prompt embeddings kept per extractor (~40 MB at 512 dims)
 
@@ -135,39 +135,37 @@ class FeatureExtractor:
     # -- construction
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "FeatureExtractor":
-        pretrained = None if cfg.pretrained in (None, "", "none", "None") else cfg.pretrained
-        arch = _resolve_arch(cfg.name)
-        weights = _check_weights_available(arch, pretrained, cfg.cache_dir)
+        """Build from a model config section: format detected and weights found by weights.resolve (cache first,
+        sizes checked before anything is allocated), built by weights.build, then cast to the precision."""
+        src = resolve_model(cfg)
         device = resolve_device(cfg.device)
-        try:
-            open_clip = _open_clip()
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=None if arch.startswith("hf-hub:") else weights,
-                device=device, cache_dir=cfg.cache_dir, weights_only=True)
-            tokenizer = open_clip.get_tokenizer(arch, cache_dir=cfg.cache_dir)
-        except Exception as e:  # open_clip raises RuntimeError/KeyError/ValueError with long messages
-            msg = str(e).splitlines()[0][:300] if str(e) else e.__class__.__name__
-            raise ModelError(f"could not load model '{cfg.name}' with pretrained '{pretrained}': {msg}") from None
-        model.eval().requires_grad_(False)
+        model, preprocess, tokenizer = build_model(src, device, cfg.cache_dir)
         dtype = resolve_dtype(cfg.precision, device)
         if dtype != torch.float32:
             model = model.to(dtype)
-        return cls(model, preprocess, tokenizer, cls._identity(model, tokenizer, arch, weights, pretrained), cfg)
+        return cls(model, preprocess, tokenizer, cls._identity(model, tokenizer, src), cfg)
 
     @staticmethod
-    def _identity(model, tokenizer, arch: str, weights: Optional[str], pretrained: Optional[str]) -> ExtractorIdentity:
+    def _identity(model, tokenizer, src: ModelSource) -> ExtractorIdentity:
+        """What the features depend on, and the model spec that rebuilds the extractor (see identity.py)."""
         pp = getattr(model.visual, "preprocess_cfg", {}) or {}
         size = pp.get("size", getattr(model.visual, "image_size", 224))
         size = list(size) if isinstance(size, (tuple, list)) else [int(size), int(size)]
-        is_file = weights is not None and os.path.isfile(weights)
         with torch.inference_mode():
             dim = int(model.encode_text(tokenizer(["a"]).to(next(model.parameters()).device)).shape[-1])
+        from open_clip.transformer import QuickGELU
+
+        own_file = src.checkpoint if src.tag is None else None  # a tag is recorded as the tag, not its cache file
+        sha = src.sha256 if own_file else None
         return ExtractorIdentity(
-            model=arch, pretrained=os.path.basename(weights) if is_file else pretrained,
-            weights_sha256=_sha256_prefix(weights) if is_file else None, embed_dim=dim, image_size=size,
+            model=src.name, pretrained=src.tag or (os.path.basename(own_file) if own_file else None),
+            weights_sha256=sha[:16] if sha else None, embed_dim=dim, image_size=size,
             mean=[float(x) for x in pp.get("mean", (0.48145466, 0.4578275, 0.40821073))],
             std=[float(x) for x in pp.get("std", (0.26862954, 0.26130258, 0.27577711))],
-            interpolation=str(pp.get("interpolation", "bicubic")), resize_mode=str(pp.get("resize_mode", "shortest")))
+            interpolation=str(pp.get("interpolation", "bicubic")), resize_mode=str(pp.get("resize_mode", "shortest")),
+            format=src.format, source=src.source, checkpoint=own_file, checkpoint_sha256=sha,
+            quick_gelu=any(isinstance(m, QuickGELU) for m in model.modules()),
+            model_config=src.model_cfg if src.format == "open_clip-config" else None)
 
     # -- properties
     @property

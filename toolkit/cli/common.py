@@ -12,12 +12,13 @@ from ..config import Config, load_config
 
 
 def model_options(f: Callable) -> Callable:
-    """--config, --model, --pretrained, --device, --precision, --batch-size."""
+    """--config, --model, --pretrained, --device, --precision, --batch-size, --quick-gelu."""
     opts = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                      help="YAML config (e.g. configs/demo.yaml); flags below override it."),
-        click.option("--model", default=None, help="open_clip architecture (ViT-B-32), hf-hub:org/repo, "
-                     "or a model-config .json path. See `clipkit models`."),
+        click.option("--model", default=None, help="open_clip architecture (ViT-B-32), hf-hub:org/repo, a "
+                     "model-config .json path, or a model folder (open_clip's, local-dir:DIR, or a transformers "
+                     "CLIP folder). See `clipkit models`."),
         click.option("--pretrained", default=None, help="Pretrained tag (openai, laion2b_s34b_b79k, ...), a local "
                      "checkpoint (.pt/.bin/.safetensors), or 'none' for random weights."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
@@ -26,6 +27,9 @@ def model_options(f: Callable) -> Callable:
                      help="Model weights' precision: fp32 (reference numerics), bf16, fp16, or auto (bf16 where "
                      "the CPU/GPU runs it natively, else fp32). [default: auto]"),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=None, help="Images per model batch."),
+        click.option("--quick-gelu", type=click.Choice(["auto", "true", "false"]), default=None,
+                     help="Build with QuickGELU (OpenAI's activation) or GELU; auto: what the pretrained tag or "
+                     "the model files say. [default: auto]"),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
 
@@ -70,7 +74,7 @@ def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
     overrides = {
         "model.name": flags.pop("model", None), "model.pretrained": flags.pop("pretrained", None),
         "model.device": flags.pop("device", None), "model.precision": flags.pop("precision", None),
-        "model.batch_size": flags.pop("batch_size", None),
+        "model.batch_size": flags.pop("batch_size", None), "model.quick_gelu": flags.pop("quick_gelu", None),
         "prompts.templates": flags.pop("templates", None),
         "tracking.uri": flags.pop("tracking_uri", None),
     }
