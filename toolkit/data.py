@@ -6,21 +6,25 @@ Layouts understood by `load_dataset`:
     ROOT/{train,val,test}/<label>/*.jpg      given splits; a missing val or test split is drawn from train
     manifest.csv                             columns path,label[,split]; paths relative to the CSV's folder
 
-Class names are the folder names (or the CSV's labels), sorted. Nothing here imports torch or open_clip.
+Class names are the folder names (or the CSV's labels), sorted. Folders are read as `inputs.scan_folder` reads
+them: symlinked class folders and subfolders followed (each real folder once), hidden entries ignored, dangling
+links kept as rows (their extraction error names the missing target), other files listed in `skipped`.
+Nothing here imports torch or open_clip.
 """
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .errors import DataError
-from .inputs import IMAGE_SUFFIXES, images_under
+from .inputs import IMAGE_KINDS, scan_folder
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -36,6 +40,7 @@ class LabelledDataset:
     labels: list[str]
     splits: list[str]  # 'train' | 'val' | 'test'
     classes: list[str]  # sorted distinct labels
+    skipped: list[str] = field(default_factory=list)  # files in class folders that are not images (not rows)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,33 +61,50 @@ def dataset_name(source: str | Path) -> str:
 
 
 def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Subfolders (symbolic links to folders included), sorted; a dangling link without a suffix, which
+    may have been a class folder, is an error rather than a silently missing class."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            out.append(p)
+        elif p.is_symlink() and not p.exists() and not p.suffix:
+            raise DataError(f"'{p}' is a broken symbolic link to '{os.readlink(p)}'; fix or remove the link")
+    return out
 
 
-def _read_class_folders(folder: Path, where: str) -> tuple[list[str], list[str]]:
-    """(paths, labels) of ROOT/<label>/**/image files; a class folder without images is an error."""
+def _row_path(p: Path) -> str:
+    """Absolute, symbolic links resolved; a dangling link stays itself, so that its row's error names it."""
+    return str(p.resolve()) if p.exists() else str(p.absolute())
+
+
+def _read_class_folders(folder: Path, where: str, skipped: list[str]) -> tuple[list[str], list[str]]:
+    """(paths, labels) of ROOT/<label>/**/image files (symlinked subfolders followed); a class folder without
+    images is an error. Other files are appended to `skipped`."""
     paths: list[str] = []
     labels: list[str] = []
     for cls_dir in _class_folders(folder):
-        found = images_under(cls_dir)
-        if not found:
-            raise DataError(f"class folder '{cls_dir}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+        found = scan_folder(cls_dir)
+        if not found.files:
+            raise DataError(f"class folder '{cls_dir}' has no images ({IMAGE_KINDS}); "
                             "add images or remove the folder")
-        paths += [str(p.resolve()) for p in found]
-        labels += [cls_dir.name] * len(found)
+        paths += [_row_path(p) for p in found.files]
+        labels += [cls_dir.name] * len(found.files)
+        skipped += [str(p) for p in found.skipped]
     if not paths:
-        loose = images_under(folder)
+        loose = scan_folder(folder).files
         hint = ("images must sit in one subfolder per class: ROOT/<label>/*.jpg" if loose
                 else "add one subfolder per class with images in it: ROOT/<label>/*.jpg")
         raise DataError(f"{where} '{folder}' contains no class folders with images; {hint}")
     return paths, labels
 
 
-def _read_image_folder(root: Path) -> tuple[list[str], list[str], Optional[list[str]]]:
+def _read_image_folder(root: Path, skipped: list[str]) -> tuple[list[str], list[str], Optional[list[str]]]:
     subdirs = _class_folders(root)
     split_dirs = [d for d in subdirs if d.name.lower() in _SPLIT_ALIASES]
     if not split_dirs:
-        paths, labels = _read_class_folders(root, "folder")
+        paths, labels = _read_class_folders(root, "folder", skipped)
         return paths, labels, None
     others = [d.name for d in subdirs if d not in split_dirs]
     if others:
@@ -90,7 +112,7 @@ def _read_image_folder(root: Path) -> tuple[list[str], list[str], Optional[list[
                         f"folders ({', '.join(others)}); use either ROOT/<label>/ or ROOT/{{train,val,test}}/<label>/")
     paths, labels, splits = [], [], []
     for d in split_dirs:
-        p, lb = _read_class_folders(d, "split folder")
+        p, lb = _read_class_folders(d, "split folder", skipped)
         paths += p
         labels += lb
         splits += [_SPLIT_ALIASES[d.name.lower()]] * len(p)
@@ -189,6 +211,7 @@ def load_dataset(source: str | Path, seed: int = 0, val_fraction: float = 0.15,
     same files always give the same row numbers in a feature store.
     """
     root = Path(source)
+    skipped: list[str] = []
     if not root.exists():
         raise DataError(f"dataset '{source}' does not exist; pass an image folder (ROOT/<label>/*.jpg) "
                         "or a CSV manifest (path,label[,split])")
@@ -200,7 +223,7 @@ def load_dataset(source: str | Path, seed: int = 0, val_fraction: float = 0.15,
     else:
         if not any(root.iterdir()):
             raise DataError(f"dataset folder '{source}' is empty; add one subfolder per class with images in it")
-        paths, labels, splits = _read_image_folder(root)
+        paths, labels, splits = _read_image_folder(root, skipped)
         base = root
     if splits is not None and "train" not in splits:
         raise DataError(f"dataset '{source}' has splits but no train split; add a train folder/rows")
@@ -208,4 +231,5 @@ def load_dataset(source: str | Path, seed: int = 0, val_fraction: float = 0.15,
         _check_classes(labels, splits or ["train"] * len(labels), root)
         splits = _assign_splits(labels, splits, seed, val_fraction, test_fraction)
     classes = _check_classes(labels, splits, root)
-    return LabelledDataset(root=base.resolve(), paths=paths, labels=labels, splits=splits, classes=classes)
+    return LabelledDataset(root=base.resolve(), paths=paths, labels=labels, splits=splits, classes=classes,
+                           skipped=skipped)

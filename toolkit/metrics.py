@@ -85,21 +85,21 @@ def write_report(result, test_paths, test_labels, proba: np.ndarray, zs_proba) -
     import json
     from pathlib import Path
 
-    from . import plots
+    from . import fsio, plots
 
     out = Path(result.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = result.head.classes_
     test, zs = result.metrics["test"], result.metrics.get("zeroshot_test")
-    (out / "confusion_matrix.csv").write_text(confusion_csv(test["confusion_matrix"], classes))
-    (out / "per_class.csv").write_text(per_class_csv(test))
-    (out / "predictions.csv").write_text(_predictions_csv(test_paths, test_labels, classes, proba, zs_proba))
+    fsio.write_text(out / "confusion_matrix.csv", confusion_csv(test["confusion_matrix"], classes))
+    fsio.write_text(out / "per_class.csv", per_class_csv(test))
+    fsio.write_text(out / "predictions.csv", _predictions_csv(test_paths, test_labels, classes, proba, zs_proba))
     method = result.params.get("method", "probe")
     acc = f"{100 * test['accuracy']:.1f}%" if test["accuracy"] is not None else "n/a"
     plots.confusion_matrix_png(test["confusion_matrix"], classes, out / "confusion_matrix.png",
                                f"probe ({method}) on test: accuracy {acc}")
     if zs:
-        (out / "zeroshot_confusion_matrix.csv").write_text(confusion_csv(zs["confusion_matrix"], classes))
+        fsio.write_text(out / "zeroshot_confusion_matrix.csv", confusion_csv(zs["confusion_matrix"], classes))
         zacc = f"{100 * zs['accuracy']:.1f}%" if zs["accuracy"] is not None else "n/a"
         plots.confusion_matrix_png(zs["confusion_matrix"], classes, out / "zeroshot_confusion_matrix.png",
                                    f"zero-shot on test: accuracy {zacc}")
@@ -110,4 +110,4 @@ def write_report(result, test_paths, test_labels, proba: np.ndarray, zs_proba) -
     doc = {"metrics": result.metrics, "params": result.params, "sweep": result.sweep, "config": result.config,
            "store": result.store_path, "timings": result.timings, "classes": classes,
            "identity": result.head.identity.to_dict() if result.head.identity is not None else None}
-    (out / "report.json").write_text(json.dumps(doc, indent=2, default=str))
+    fsio.write_text(out / "report.json", json.dumps(doc, indent=2, default=str))

@@ -89,13 +89,13 @@ def _finish(plt, fig, ax, title: str, path: str | Path) -> Path:
 
 def _save(plt, fig, path: str | Path, **savefig: Any) -> Path:
     """Lay out, write atomically (a temporary file renamed into place: never a half-written PNG) and close."""
+    from .fsio import save
+
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, **savefig)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return save(path, lambda tmp: fig.savefig(tmp, **{"dpi": 110, "format": "png", **savefig}))
+    finally:
+        plt.close(fig)
 
 
 def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,

@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from . import fsio
 from .data import LabelledDataset
 from .errors import DataError
 
@@ -43,20 +44,18 @@ _COPY_ROWS = 65536  # rows per chunk when compacting: 128 MiB at D=512
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fsio.write_text(path, text)
 
 
 def fingerprint(dataset: LabelledDataset, identity) -> str:
     """sha256 over the files' (path, size, mtime) in dataset order and the extractor's identity."""
     h = hashlib.sha256(json.dumps(identity.to_dict(), sort_keys=True).encode())
     for p in dataset.paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # a dangling link or a file gone since listing: its row becomes an error entry
+            h.update(f"{p}\0missing\n".encode())
     return h.hexdigest()
 
 
@@ -125,9 +124,7 @@ def write_store(out: str | Path, features: np.ndarray, labels: Sequence[str], sp
     feats = np.asarray(features, np.float32)
     paths = list(paths) if paths is not None else [f"row{i}" for i in range(len(feats))]
     ds = LabelledDataset(out, paths, list(labels), list(splits), sorted(set(labels)))
-    tmp = out / f".features.tmp-{os.getpid()}.npy"
-    np.save(tmp, feats)
-    os.replace(tmp, out / FEATURES)
+    fsio.save(out / FEATURES, lambda tmp: np.save(tmp, feats))
     _write_atomic(out / INDEX, _index_csv(ds, np.arange(len(feats))))
     plan = {"identity": identity, "dim": feats.shape[1], "fingerprint": None, "batch_size": None}
     _write_atomic(out / META, json.dumps(_meta(ds, np.arange(len(feats)), plan, [], {}), indent=2))
@@ -237,14 +234,14 @@ class StoreWriter:
         if not any_failed:  # every row is good: the partial file is the final file
             os.replace(self.out / PARTIAL, self.out / FEATURES)
             return
-        src = np.load(self.out / PARTIAL, mmap_mode="r")
-        tmp = self.out / f".{FEATURES}.tmp-{os.getpid()}"
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ok), src.shape[1]))
-        for start in range(0, len(ok), _COPY_ROWS):
-            dst[start:start + _COPY_ROWS] = src[ok[start:start + _COPY_ROWS]]
-        dst.flush()
-        del dst, src
-        os.replace(tmp, self.out / FEATURES)
+        def copy_ok_rows(tmp: Path) -> None:
+            src = np.load(self.out / PARTIAL, mmap_mode="r")
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ok), src.shape[1]))
+            for start in range(0, len(ok), _COPY_ROWS):
+                dst[start:start + _COPY_ROWS] = src[ok[start:start + _COPY_ROWS]]
+            dst.flush()
+
+        fsio.save(self.out / FEATURES, copy_ok_rows)
         (self.out / PARTIAL).unlink()
 
 

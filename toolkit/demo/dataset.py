@@ -9,8 +9,6 @@ written into a temporary sibling folder that is renamed to OUT at the end.
 from __future__ import annotations
 
 import csv
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -20,6 +18,7 @@ from toolkit.demo import EXERCISES, label_of
 from toolkit.demo.captions import caption
 from toolkit.demo.figures import example_rng, render_example
 from toolkit.errors import DataError
+from toolkit.fsio import atomic_dir
 
 SPLITS = ("train", "val", "test")
 
@@ -81,13 +80,8 @@ def write_imagefolder(
         raise DataError(f"--n-per-class {n_per_class} leaves no training images; use at least 2")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"output folder {out} is not empty; choose another folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a temp folder beside OUT (mode from the umask), swapped in when complete
         summary = _write_all(tmp, keys, n_per_class, seed, counts, size, on_image)
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -115,14 +109,3 @@ def _write_all(root: Path, keys, n_per_class, seed, counts, size, on_image):
         writer.writerow(["path", "split", "label", "exercise", "caption"])
         writer.writerows(rows)
     return summary
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``, removing an existing ``out`` only once ``tmp`` is complete."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old)  # replaces the empty placeholder folder
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -1,20 +1,23 @@
 """Upload validation: untrusted bytes -> an RGB image, or an ApiError naming the file and the fix.
 
-Order matters for safety: size (before anything), format sniffed from the magic bytes (so only the five
-decoders we mean to accept ever see the data), pixel count from the header (before any pixel is decoded,
-so a decompression bomb costs nothing), then the decode of the first frame only.
+Order matters for safety: size (before anything), format sniffed from the magic bytes (so only the
+decoders we mean to accept ever see the data: no TIFF, PDF, SVG, ...), pixel count from the header (before
+any pixel is decoded, so a decompression bomb costs nothing), then the decode of the first frame only, by
+the same conversion as `clipkit predict` (`images.decode_opened`: 16-bit, CMYK, alpha on white, EXIF).
 """
 from __future__ import annotations
 
 import io
 from typing import Optional
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..images import draft_for
+from ..images import container_format, decode_opened, register_plugins
 from .errors import ApiError
 
-_ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
+_ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, GIF, HEIC/HEIF or AVIF"
+_DECODER_HINT = {"HEIF": "pillow-heif is not installed on the server",
+                 "AVIF": "the server's Pillow has no AVIF decoder"}
 
 
 def display_name(name: Optional[str], index: int) -> str:
@@ -35,7 +38,7 @@ def sniff_format(data: bytes) -> Optional[str]:
         return "WEBP"
     if data.startswith(b"BM"):
         return "BMP"
-    return None
+    return container_format(data[:64])  # "HEIF" (HEIC) or "AVIF", or None
 
 
 def check_size(n_bytes: int, name: str, max_bytes: int) -> None:
@@ -45,7 +48,7 @@ def check_size(n_bytes: int, name: str, max_bytes: int) -> None:
 
 
 def decode_image(data: bytes, name: str, max_pixels: int, min_side: Optional[int] = None) -> Image.Image:
-    """Bytes of one upload -> RGB image (first frame of a GIF/WebP, EXIF orientation applied).
+    """Bytes of one upload -> RGB image (first frame of a GIF/WebP/PNG, EXIF orientation applied).
 
     min_side: the extractor's reduced-size JPEG decode (`images.draft_for`, as its own file loading does), so
     that the server sees the same pixels as `clipkit predict`.
@@ -57,6 +60,9 @@ def decode_image(data: bytes, name: str, max_pixels: int, min_side: Optional[int
     if fmt is None:
         raise ApiError(415, "unsupported_media_type", f"{name!r} is not a {_ACCEPTED_TEXT} image "
                        f"(it starts with {data[:8]!r}); convert it to one of those formats")
+    if fmt not in register_plugins() and fmt in _DECODER_HINT:
+        raise ApiError(415, "unsupported_media_type", f"{name!r} is {fmt} but {_DECODER_HINT[fmt]}; "
+                       "convert it to JPEG or PNG")
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError:
@@ -71,8 +77,7 @@ def decode_image(data: bytes, name: str, max_pixels: int, min_side: Optional[int
     if width < 1 or height < 1:
         raise ApiError(400, "corrupt_image", f"{name!r} has no pixels ({width}x{height}); upload a real image")
     try:
-        draft_for(im, min_side)
-        return ImageOps.exif_transpose(im).convert("RGB")  # decodes the current (first) frame only
+        return decode_opened(im, min_side)  # the current (first) frame only
     except Exception as e:  # truncated data, bad compressed stream, ...
         raise _corrupt(name, fmt, e) from None
 
