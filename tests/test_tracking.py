@@ -195,17 +195,21 @@ def test_a_head_from_mlflow_is_read_from_the_configs_tracking_store(populated, c
     assert res.exit_code == 0, res.output
 
 
-def test_predict_video_and_serve_take_a_tracking_uri_for_their_head(populated, tiny_model, tmp_path):
+def test_predict_video_and_serve_take_a_tracking_uri_for_their_head(populated, tiny_model, tmp_path, colors):
     from toolkit.demo.video import write_video
 
     clip = tmp_path / "clip.mp4"
     write_video(clip, [("standing", 0.5), ("squat", 1, 1.0)], seed=1, size=(48, 48), fps=8)
     head = "models:/colors-head/1"
+    # no model flags: the head remembers its model
     res = CliRunner().invoke(main, ["predict-video", str(clip), "--head", head, "--tracking-uri", populated["uri"],
-                                    "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
                                     "--device", "cpu", "--format", "json"], env={"MLFLOW_TRACKING_URI": None})
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["labels"] == CLASSES
+    res = CliRunner().invoke(main, ["predict", _images(colors)[0], "--head",
+                                    f"runs:/{populated['probe_run'].info.run_id}/head", "--tracking-uri",
+                                    populated["uri"], "--format", "json"], env={"MLFLOW_TRACKING_URI": None})
+    assert res.exit_code == 0 and json.loads(res.stdout)["mode"] == "probe", res.output
     assert "--tracking-uri" in CliRunner().invoke(main, ["serve", "--help"]).output
 
 

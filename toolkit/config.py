@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .labels import REPETITIVE, REST_FOR, REST_LABEL
@@ -58,7 +58,9 @@ class PromptConfig(_Section):
 class ProbeConfig(_Section):
     """Linear-probe training on cached features."""
 
-    method: Literal["logreg", "linear"] = "logreg"
+    # logreg | linear: one linear head; cache: Tip-Adapter over zero-shot; blend: WiSE-FT of zero-shot and a probe;
+    # auto: every candidate fitted, the best on val (k-fold when val is small) kept, zero-shot included
+    method: Literal["logreg", "linear", "cache", "blend", "auto"] = "logreg"
     seed: int = 0
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
@@ -77,6 +79,37 @@ class ProbeConfig(_Section):
     max_epochs: int = 200
     patience: int = 10
     batch_size: int = 256
+    # cache (Tip-Adapter): alpha weighs the cache against the zero-shot logits, beta sharpens key affinities;
+    # both picked on val from these grids (alpha 0 = zero-shot). finetune: train the keys (Tip-Adapter-F) with
+    # AdamW at cache_lr for up to cache_epochs (early stopping on val after `patience` epochs), then search again.
+    finetune: bool = False
+    cache_alphas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0], min_length=1)
+    cache_betas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field([0.5, 1.0, 2.0, 3.5, 5.5, 8.0, 12.0, 20.0], min_length=1)
+    cache_lr: float = Field(1e-3, gt=0)
+    cache_epochs: int = Field(100, ge=1)
+    # blend (WiSE-FT for linear heads): (1 - alpha) * zero-shot + alpha * probe logits, alpha picked on val
+    blend_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1)
+    blend_base: Literal["logreg", "linear"] = "logreg"  # the probe blended in (linear: zero-shot init)
+    # auto: the candidates (zeroshot, logreg, linear = zero-shot init, cache, cache-f = fine-tuned, blend); with
+    # fewer than auto_min_val_per_class val images in some class, chosen by auto_folds-fold CV over train + val
+    auto_candidates: list[Literal["zeroshot", "logreg", "linear", "cache", "cache-f", "blend"]] = \
+        ["zeroshot", "logreg", "linear", "cache", "cache-f", "blend"]
+    auto_min_val_per_class: int = Field(5, ge=1)
+    auto_folds: int = Field(5, ge=2)
+    # "None of these": every head gets a temperature fitted on val (calibration.py); then at most one rule
+    # rejects predictions whose calibrated top probability is low. target_precision: the lowest threshold whose
+    # accepted val predictions are at least this accurate; target_coverage: the highest threshold that still
+    # accepts this share of val; reject_below: the threshold itself (0..1). None of them: no rejection.
+    target_precision: Optional[float] = Field(None, gt=0, le=1)
+    target_coverage: Optional[float] = Field(None, gt=0, le=1)
+    reject_below: Optional[float] = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_rejection_rule(self) -> "ProbeConfig":
+        given = [k for k in ("target_precision", "target_coverage", "reject_below") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are both set; give at most one rejection rule")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -240,3 +273,21 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[dict[str,
 def config_to_yaml(cfg: Config) -> str:
     """The full config as YAML, for logging next to a run."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def model_was_given(cfg: Config) -> bool:
+    """Whether the model was named by a flag or the config file (not left at the defaults)."""
+    return bool({"name", "pretrained"} & cfg.model.model_fields_set)
+
+
+def adopt_model(cfg: Config, identity, owner: str) -> Config:
+    """Heads and stores remember their model: when none was given (flags or config), build the one
+    `identity` records (identity.model_overrides; one line if its checkpoint moved). A given model is kept,
+    and the head or store is then checked against it (and refused if it differs)."""
+    if identity is None or model_was_given(cfg):
+        return cfg
+    from .identity import model_overrides
+
+    for key, value in model_overrides(identity, owner=owner).items():
+        setattr(cfg.model, key.split(".", 1)[1], value)
+    return cfg

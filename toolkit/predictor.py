@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .config import Config
+from .config import Config, adopt_model
 from .errors import ConfigError, HeadError
 from .heads import Head, load_head
 from .prompts import resolve_labels, resolve_templates, validate_labels
@@ -87,44 +87,78 @@ class Predictor:
             return classes, np.zeros((0, len(classes)))
         return classes, head.predict_proba(np.asarray(features, np.float32))
 
+    def threshold(self, override: Optional[float] = None, labels: Optional[Sequence[str]] = None
+                  ) -> Optional[float]:
+        """The "none of these" threshold: predictions whose top probability is below it are rejected.
+
+        `override` (a per-call value in [0, 1]; 0 disables rejection) wins; else the head's `reject_below`,
+        which was chosen on the head's own classes, so it does not apply to another label set (`labels`)."""
+        if override is not None:
+            if not (isinstance(override, (int, float)) and 0.0 <= float(override) <= 1.0):
+                raise ConfigError(f"reject_below {override!r} must be in [0, 1] (0 rejects nothing)")
+            return float(override) or None
+        if labels and self.head_for(labels) is not self.head:
+            return None
+        return getattr(self.head, "reject_below", None)
+
     def predict_features(self, features: np.ndarray, top_k: Optional[int] = None,
-                         labels: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-        """(n, D) features -> n dicts {label, score, scores, top_k}; scores ordered as the head's classes."""
+                         labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None
+                         ) -> list[dict[str, Any]]:
+        """(n, D) features -> n dicts {label, score, scores, top_k, rejected}; scores ordered as the head's
+        classes. `reject_below` overrides the head's threshold for this call (0: reject nothing)."""
+        threshold = self.threshold(reject_below, labels)
         classes, probs = self.proba(features, labels)
-        return [result_row(classes, p, top_k) for p in probs]
+        return [result_row(classes, p, top_k, threshold) for p in probs]
 
     def predict_images(self, images: Sequence, top_k: Optional[int] = None,
-                       labels: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+                       labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None
+                       ) -> list[dict[str, Any]]:
         """PIL images -> one result dict each."""
-        return self.predict_features(self.extractor.encode_images(images), top_k, labels)
+        return self.predict_features(self.extractor.encode_images(images), top_k, labels, reject_below)
 
     def predict_paths(self, paths: Sequence[str], top_k: Optional[int] = None, progress: bool = False,
-                      labels: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-        """Image files -> one dict each, in order: {path, label, score, scores, top_k} or {path, error}."""
+                      labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None
+                      ) -> list[dict[str, Any]]:
+        """Image files -> one dict each, in order: {path, label, score, scores, top_k, rejected} or
+        {path, error}."""
+        self.threshold(reject_below, labels)  # a bad threshold fails before any image is read
         feats, errors = self.extractor.encode_paths(paths, progress=progress)
         ok = [i for i in range(len(paths)) if i not in errors]
-        rows = dict(zip(ok, self.predict_features(feats[ok], top_k, labels)))
+        rows = dict(zip(ok, self.predict_features(feats[ok], top_k, labels, reject_below)))
         return [{"path": str(p), **rows[i]} if i in rows else {"path": str(p), "error": errors[i]}
                 for i, p in enumerate(paths)]
 
 
-def result_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int]) -> dict[str, Any]:
-    """One image's result: best label and score, every label's score, and the `top_k` best."""
+def reject_mask(probs: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+    """(n, C) probabilities -> (n,) bools, True where the top probability is below `threshold` ("none of
+    these"); all False when `threshold` is None or 0. A (C,) row gives a 0-d bool."""
+    probs = np.asarray(probs)
+    if not threshold:
+        return np.zeros(probs.shape[:-1], bool)
+    return probs.max(axis=-1) < threshold
+
+
+def result_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int],
+               reject_below: Optional[float] = None) -> dict[str, Any]:
+    """One image's result: best label and score, every label's score, the `top_k` best, and whether it was
+    rejected (top score below `reject_below`): then `label` is None, the scores are still there."""
     order = np.argsort(-probs, kind="stable")
     k = len(classes) if not top_k else min(top_k, len(classes))
-    return {"label": classes[order[0]], "score": float(probs[order[0]]),
-            "scores": {classes[i]: float(probs[i]) for i in range(len(classes))},
+    rejected = bool(reject_mask(probs, reject_below))
+    return {"label": None if rejected else classes[order[0]], "score": float(probs[order[0]]),
+            "rejected": rejected, "scores": {classes[i]: float(probs[i]) for i in range(len(classes))},
             "top_k": [{"label": classes[i], "score": float(probs[i])} for i in order[:k]]}
 
 
-def image_document(predictor: Predictor, results: list[dict[str, Any]],
-                   labels: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def image_document(predictor: Predictor, results: list[dict[str, Any]], labels: Optional[Sequence[str]] = None,
+                   reject_below: Optional[float] = None) -> dict[str, Any]:
     """The image result document of `clipkit predict --format json` and `POST /v1/predict`:
-    {model, pretrained, mode, labels, results: [...]}."""
+    {model, pretrained, mode, labels, reject_below, results: [...]}; `reject_below` is the threshold applied
+    (None: no rejection), passed by the caller who applied it."""
     ident = predictor.identity
     classes = list(predictor.head_for(labels).classes_)
     return {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode, "labels": classes,
-            "results": results}
+            "reject_below": reject_below, "results": results}
 
 
 def serving_head(cfg: Config, head: Optional[str] = None, mode: Optional[str] = None) -> Optional[str]:
@@ -148,9 +182,12 @@ def serving_head(cfg: Config, head: Optional[str] = None, mode: Optional[str] = 
 def build_predictor(cfg: Config, head=None, extractor=None) -> Predictor:
     """The Predictor for a config: a probe head when `head` is given (a loaded head or a local folder),
     else zero-shot on the config's prompts. The head and the prompts are checked before the (slow) model
-    load, so bad input fails in milliseconds."""
+    load, so bad input fails in milliseconds. With a head and no model given, the head's own model is built
+    (config.adopt_model)."""
     if isinstance(head, (str, Path)):
         head = load_head(head)
+    if head is not None and extractor is None:
+        cfg = adopt_model(cfg, getattr(head, "identity", None), f"head '{head.method}'")
     if head is None:
         labels, templates = resolve_labels(cfg.prompts), resolve_templates(cfg.prompts)
     if extractor is None:

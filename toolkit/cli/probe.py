@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import click
 
+from ..config import adopt_model
 from ..errors import ConfigError, DataError
 from .common import build_config, model_options, prompt_options, show_progress
 
@@ -153,7 +154,7 @@ def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)
         store.reused = True  # given as DATA: used as is
-        extractor = _load_extractor(cfg)
+        extractor = _load_extractor(adopt_model(cfg, store.identity, f"store '{data}'"))
         _check_store_model(store, extractor)
         return store, extractor, dataset_name(store.meta.get("dataset_root") or data)
     dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)

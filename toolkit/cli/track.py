@@ -122,10 +122,13 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
 
 def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress: Optional[bool]):
     """Load the extractor and the dataset's feature store (extracting what is missing)."""
+    from ..config import adopt_model
     from ..errors import DataError
     from ..features import FeatureExtractor
     from ..store import extract_store
 
+    if store is not None:  # a store remembers its model: built when none was given
+        cfg = adopt_model(cfg, store.identity, f"store '{store.path}'")
     extractor = FeatureExtractor.from_config(cfg.model)
     if store is not None:
         reason = extractor.identity.mismatch(store.identity)
