@@ -149,3 +149,37 @@ def test_transformers_weights_given_as_a_checkpoint_point_to_the_folder(tmp_path
     (tmp_path / "arch.json").write_text(json.dumps(arch_cfg))
     with pytest.raises(ModelError, match=r"transformers CLIP weights: pass their folder \(with config.json\)"):
         _load(str(tmp_path / "arch.json"), pretrained=str(folder / "model.safetensors"))
+
+
+def test_sharded_transformers_folder_loads_and_records_every_shard(hf_tokenizer, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = _hf_model("quick_gelu", 49407)
+    whole = _load(str(_save(hf, tmp_path / "whole", hf_tokenizer)))
+    folder = _save(hf, tmp_path / "sharded", hf_tokenizer)
+    sd = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    keys = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        save_file({k: sd[k] for k in part}, str(folder / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    ex = _load(str(folder))
+    np.testing.assert_allclose(ex.encode_texts(TEXTS), whole.encode_texts(TEXTS), atol=1e-6)
+    assert ex.identity.checkpoint.endswith("model.safetensors.index.json")
+    shard = folder / "model-00002-of-00002.safetensors"
+    save_file({k: sd[k] + 1 for k in shards[shard.name]}, str(shard))  # one shard changed: the spec notices
+    with pytest.raises(ModelError, match="now has sha256"):
+        model_overrides(ex.identity)
+
+
+def test_folder_tokenizer_without_transformers_says_how_to_install(hf_tokenizer, tmp_path, monkeypatch):
+    import importlib.util
+
+    folder = _save(_hf_model("quick_gelu", 49407), tmp_path / "f", hf_tokenizer)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers"
+                        else find_spec(name, *a))
+    with pytest.raises(ModelError, match=r"brings its own tokenizer, which needs the transformers package: pip install"):
+        _load(str(folder))
