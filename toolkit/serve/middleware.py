@@ -144,8 +144,10 @@ class RequestGuard:
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], exchange.response_started = message["status"], True
-                if exchange.body_pending:  # answered before the whole body came: close, don't read the rest
-                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+                headers = list(message.get("headers", []))
+                if exchange.body_pending and (b"connection", b"close") not in headers:
+                    # answered before the whole body came: close, don't read the rest
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         try:
