@@ -1,6 +1,6 @@
-"""Varied captions for generated exercise images.
+"""Varied captions for generated exercise images (written to manifest.csv by ``clipkit demo-data``).
 
-About a third of the captions wrap the exact label text (``EXERCISES[key]``) in a prompt
+About a third of the captions wrap the exact label text (``label_of(key)``) in a prompt
 template ("a photo of a person repeating a squat."), so zero-shot prompts built from the labels
 land where the model was trained; the rest mix subjects, verb phrases, colour words and
 background words, so the text tower has to learn the pose words rather than one string per
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit.demo import EXERCISES
+from toolkit.demo import label_of
 
 SUBJECTS = (
     "a person", "a man", "a woman", "someone", "a stick figure", "a figure", "an athlete",
@@ -37,6 +37,18 @@ VERBS: dict[str, tuple[str, ...]] = {
     "lunge": ("doing a lunge", "doing lunges", "performing a lunge", "repeating a lunge",
               "lunging forward", "stepping into a lunge", "doing a forward lunge",
               "holding a lunge", "lunging"),
+    # novel-suite classes: never used to train the demo model, only for manifests
+    "sit_up": ("doing a sit-up", "doing sit-ups", "doing a crunch", "curling up from the floor"),
+    "high_knees": ("doing high knees", "running in place with high knees", "raising a knee high"),
+    "side_plank": ("doing a side plank", "holding a side plank", "balancing on one arm sideways"),
+    "mountain_climber": ("doing a mountain climber", "doing mountain climbers",
+                         "driving a knee to the chest in a plank"),
+    "arms_raised": ("doing an arms-raised stretch", "stretching with arms overhead",
+                    "reaching both arms up"),
+    "lying_down": ("lying down", "lying on the back", "lying flat on the floor", "resting on the floor"),
+    "sitting": ("sitting", "sitting on a chair", "sitting down", "seated on a chair"),
+    "walking": ("walking", "walking across", "taking a walk", "walking by"),
+    "drinking": ("drinking water", "drinking from a bottle", "taking a sip of water"),
 }
 
 # Templates around the exact label text (the zero-shot prompt families) ...
@@ -62,10 +74,10 @@ COLOR_TEMPLATES = (
 
 
 def caption(key: str, attrs: dict, rng: np.random.Generator) -> str:
-    """A random caption for an image of exercise ``key`` with ``attrs`` from ``render_example``."""
+    """A random caption for an image of class ``key`` with ``attrs`` from ``render_example``."""
     roll = rng.random()
     if roll < 0.35:
-        return str(rng.choice(LABEL_TEMPLATES)).format(EXERCISES[key])
+        return str(rng.choice(LABEL_TEMPLATES)).format(label_of(key))
     subject, verb = str(rng.choice(SUBJECTS)), str(rng.choice(VERBS[key]))
     if roll < 0.75:
         return str(rng.choice(PHRASE_TEMPLATES)).format(s=subject, v=verb)

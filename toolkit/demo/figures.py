@@ -1,8 +1,7 @@
 """Stick figures: a ten-segment skeleton, named poses, random identities and a PIL renderer.
 
-A pose is a float array of absolute segment angles in degrees, in ``SEGMENTS`` order:
-0 points down the image, 90 points right (+x), 180 points up, -90 points left. Side-view
-poses face right; mirroring negates every angle. Lengths are in figure units (a standing
+A pose is a float array of absolute segment angles in degrees, in ``SEGMENTS`` order
+(see ``toolkit.demo.poses``, which holds the named poses). Lengths are in figure units (a standing
 figure is about 0.93 units tall); pixels = units * ``Figure.scale``.
 
 Each exercise is a (rest pose, peak pose) pair in ``MOTIONS``; a repetition is a cycle
@@ -17,49 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-SEGMENTS = (
-    "torso", "head",
-    "upper_arm_l", "forearm_l", "upper_arm_r", "forearm_r",
-    "thigh_l", "shin_l", "thigh_r", "shin_r",
-)  # fmt: skip
-
-
-def _pose(**angles: float) -> np.ndarray:
-    return np.array([angles[s] for s in SEGMENTS], dtype=np.float64)
-
-
-POSES: dict[str, np.ndarray] = {
-    "standing": _pose(torso=180, head=180, upper_arm_l=-12, forearm_l=-6, upper_arm_r=12,
-                      forearm_r=6, thigh_l=-6, shin_l=-3, thigh_r=6, shin_r=3),
-    "hands_on_hips": _pose(torso=180, head=180, upper_arm_l=-38, forearm_l=50, upper_arm_r=38,
-                           forearm_r=-50, thigh_l=-6, shin_l=-3, thigh_r=6, shin_r=3),
-    "squat": _pose(torso=140, head=160, upper_arm_l=85, forearm_l=90, upper_arm_r=95,
-                   forearm_r=95, thigh_l=80, shin_l=-25, thigh_r=88, shin_r=-18),
-    "jumping_jack": _pose(torso=180, head=180, upper_arm_l=-140, forearm_l=-160, upper_arm_r=140,
-                          forearm_r=160, thigh_l=-22, shin_l=-26, thigh_r=22, shin_r=26),
-    "plank": _pose(torso=98, head=100, upper_arm_l=0, forearm_l=90, upper_arm_r=6, forearm_r=92,
-                   thigh_l=-84, shin_l=-86, thigh_r=-86, shin_r=-88),
-    "plank_high": _pose(torso=103, head=105, upper_arm_l=-3, forearm_l=-3, upper_arm_r=3,
-                        forearm_r=3, thigh_l=-80, shin_l=-82, thigh_r=-82, shin_r=-84),
-    "pushup_low": _pose(torso=95, head=98, upper_arm_l=-60, forearm_l=25, upper_arm_r=-55,
-                        forearm_r=30, thigh_l=-86, shin_l=-87, thigh_r=-87, shin_r=-89),
-    "lunge": _pose(torso=180, head=180, upper_arm_l=-8, forearm_l=-4, upper_arm_r=8,
-                   forearm_r=4, thigh_l=75, shin_l=0, thigh_r=-35, shin_r=-80),
-}
-
-# exercise key -> (rest pose, peak pose). A rep is rest -> peak -> rest; a still image of an
-# exercise shows a pose between the two, near the peak.
-MOTIONS: dict[str, tuple[str, str]] = {
-    "standing": ("standing", "standing"),
-    "squat": ("standing", "squat"),
-    "jumping_jack": ("standing", "jumping_jack"),
-    "plank": ("plank", "plank"),
-    "pushup": ("plank_high", "pushup_low"),
-    "lunge": ("standing", "lunge"),
-}
-
-# Poses drawn with hands and feet both on the floor (the body is levelled between them).
-HORIZONTAL = frozenset({"plank", "plank_high", "pushup_low"})
+from toolkit.demo.poses import (  # noqa: F401  (re-exported: callers import them from here)
+    DEFAULT_STILL_PHASE, HORIZONTAL, MOTIONS, POSES, PROPS, SEGMENTS, STILL_PHASE,
+)
 
 # Mean segment lengths in figure units; each figure scales them by up to +-10%.
 LENGTHS: dict[str, float] = {
@@ -222,6 +181,19 @@ def random_figure(
     )
 
 
+def anchor_range(
+    figure: Figure, poses: list[tuple[np.ndarray, bool]], size: tuple[int, int]
+) -> tuple[float, float]:
+    """(leftmost, rightmost) pixel ``anchor_x`` at which every (angles, level) in ``poses`` fits
+    across a (width, height) frame at the figure's scale, with ``random_figure``'s margin."""
+    boxes = np.array([_bounds(joints(_effective(a, figure.angle_offsets, figure.mirrored), figure.length, lv),
+                              figure.length["head_r"]) for a, lv in poses])  # fmt: skip
+    width, height = size
+    margin = 0.04 * min(width, height)
+    lo, hi = margin - figure.scale * boxes[:, 0].min(), width - margin - figure.scale * boxes[:, 2].max()
+    return (lo, hi) if lo <= hi else ((lo + hi) / 2, (lo + hi) / 2)
+
+
 def render_pose(
     angles: np.ndarray,
     figure: Figure,
@@ -229,26 +201,48 @@ def render_pose(
     rng: np.random.Generator,
     level: bool = False,
     supersample: int = 2,
+    props: tuple[str, ...] = (),
 ) -> Image.Image:
-    """Draw ``figure`` in pose ``angles`` on a (width, height) RGB image; ``rng`` draws the noise."""
+    """Draw ``figure`` in pose ``angles`` on a (width, height) RGB image; ``rng`` draws the noise.
+
+    ``props`` names objects drawn with the figure (see ``poses.PROPS``: "chair", "bottle").
+    """
     width, height = size
     k = supersample
+    img = Image.fromarray(_background(figure, width * k, height * k))
+    draw_figure(img, angles, figure, k, level, props)
+    if k > 1:
+        img = img.resize((width, height), Image.Resampling.BOX)
+    return _add_noise(img, figure.noise, rng)
+
+
+def pixel_joints(angles: np.ndarray, figure: Figure, level: bool, k: int = 1) -> dict[str, np.ndarray]:
+    """Joint positions in pixels of an image ``k`` times the figure's frame size."""
     length = figure.length
     pts = joints(_effective(angles, figure.angle_offsets, figure.mirrored), length, level)
     lowest = max(max(p[1] for p in pts.values()), pts["head"][1] + length["head_r"])
     ref_x = (pts["foot_l"][0] + pts["foot_r"][0]) / 2
+    return {name: np.array([(figure.anchor_x + figure.scale * (p[0] - ref_x)) * k,
+                            (figure.floor_y + figure.scale * (p[1] - lowest)) * k])
+            for name, p in pts.items()}  # fmt: skip
 
-    def px(p: np.ndarray) -> tuple[float, float]:
-        x = figure.anchor_x + figure.scale * (p[0] - ref_x)
-        y = figure.floor_y + figure.scale * (p[1] - lowest)
-        return x * k, y * k
 
-    img = Image.fromarray(_background(figure, width * k, height * k))
+def draw_figure(
+    img: Image.Image, angles: np.ndarray, figure: Figure, k: int = 1, level: bool = False,
+    props: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Draw ``figure`` (and its ``props``) onto ``img``, an image ``k`` times the figure's frame.
+
+    Returns the joint positions in ``img`` pixels.
+    """
+    pts = pixel_joints(angles, figure, level, k)
     draw = ImageDraw.Draw(img)
     lw = max(1.0, figure.line_width * k)
     if figure.floor_line:
         y = figure.floor_y * k + lw / 2
-        draw.line([(0, y), (width * k, y)], fill=_floor_rgb(figure), width=max(1, round(lw * 0.7)))
+        draw.line([(0, y), (img.width, y)], fill=_floor_rgb(figure), width=max(1, round(lw * 0.7)))
+    if "chair" in props:
+        _draw_chair(draw, pts, figure, k, lw)
     bones = [("hip", "neck")] + [
         (a, b)
         for s in ("l", "r")
@@ -256,18 +250,39 @@ def render_pose(
                      ("hip", f"knee_{s}"), (f"knee_{s}", f"foot_{s}"))
     ]  # fmt: skip
     for a, b in bones:
-        draw.line([px(pts[a]), px(pts[b])], fill=figure.rgb, width=round(lw))
-    for name, p in pts.items():  # round caps at every joint
+        draw.line([tuple(pts[a]), tuple(pts[b])], fill=figure.rgb, width=round(lw))
+    for name, (x, y) in pts.items():  # round caps at every joint
         if name != "head":
-            x, y = px(p)
             draw.ellipse([x - lw / 2, y - lw / 2, x + lw / 2, y + lw / 2], fill=figure.rgb)
-    hx, hy = px(pts["head"])
-    r = length["head_r"] * figure.scale * k
+    hx, hy = pts["head"]
+    r = figure.length["head_r"] * figure.scale * k
     fill = figure.rgb if figure.head_filled else None
     draw.ellipse([hx - r, hy - r, hx + r, hy + r], outline=figure.rgb, fill=fill, width=round(lw))
-    if k > 1:
-        img = img.resize((width, height), Image.Resampling.BOX)
-    return _add_noise(img, figure.noise, rng)
+    if "bottle" in props:
+        _draw_bottle(draw, pts, figure, k, lw)
+    return pts
+
+
+def _draw_chair(draw: ImageDraw.ImageDraw, pts, figure: Figure, k: int, lw: float) -> None:
+    """A side-view chair under the hips: seat from behind the hip to mid-thigh, legs, a backrest."""
+    unit = figure.scale * k  # pixels per figure unit
+    forward = np.sign(pts["knee_l"][0] + pts["knee_r"][0] - 2 * pts["hip"][0]) or 1.0
+    seat_y = pts["hip"][1] + lw
+    back_x, front_x = pts["hip"][0] - forward * 0.08 * unit, pts["hip"][0] + forward * 0.14 * unit
+    floor_y = max(pts["foot_l"][1], pts["foot_r"][1]) + lw / 2
+    color, width = _floor_rgb(figure), max(1, round(lw * 0.8))
+    draw.line([(back_x, seat_y), (front_x, seat_y)], fill=color, width=width)
+    for x in (back_x, front_x):
+        draw.line([(x, seat_y), (x, floor_y)], fill=color, width=width)
+    draw.line([(back_x, seat_y), (back_x, seat_y - 0.24 * unit)], fill=color, width=width)
+
+
+def _draw_bottle(draw: ImageDraw.ImageDraw, pts, figure: Figure, k: int, lw: float) -> None:
+    """A bottle in the right hand, pointing on along the forearm (into the mouth when drinking)."""
+    d = pts["hand_r"] - pts["elbow_r"]
+    d = d / (np.linalg.norm(d) + 1e-9)
+    a, b = pts["hand_r"] - d * 0.02 * figure.scale * k, pts["hand_r"] + d * 0.07 * figure.scale * k
+    draw.line([tuple(a), tuple(b)], fill=_floor_rgb(figure), width=max(1, round(lw * 1.8)))
 
 
 def _background(figure: Figure, width: int, height: int) -> np.ndarray:
@@ -291,7 +306,8 @@ def _add_noise(img: Image.Image, sigma: float, rng: np.random.Generator) -> Imag
 
 def still_pose(key: str, rng: np.random.Generator) -> tuple[np.ndarray, bool, float]:
     """A still-image pose of exercise ``key``: (angles, level, phase), near the peak."""
-    phase = float(rng.uniform(0.7, 1.0))
+    lo, hi = STILL_PHASE.get(key, DEFAULT_STILL_PHASE)
+    phase = float(rng.uniform(lo, hi))
     angles, level = pose_at(key, phase)
     if key == "standing" and rng.random() < 0.3:
         angles = POSES["hands_on_hips"].copy()
@@ -311,7 +327,7 @@ def render_example(
     wh = (size, size) if isinstance(size, int) else tuple(size)
     angles, level, phase = still_pose(key, rng)
     figure = random_figure(rng, wh, [(angles, level)])
-    img = render_pose(angles, figure, wh, rng, level=level)
+    img = render_pose(angles, figure, wh, rng, level=level, props=PROPS.get(key, ()))
     attrs = {"exercise": key, "phase": round(phase, 3), "color": figure.color,
              "background": figure.background, "floor_line": figure.floor_line,
              "mirrored": figure.mirrored}  # fmt: skip
