@@ -9,7 +9,14 @@ placement) is kept for the whole video.
 Consecutive segments whose boundary poses differ (standing -> plank) cut without a transition.
 The background grain is the same on every frame, so the MP4 stays small.
 
-    truth = write_video("out.mp4", [("standing", 1.0), ("squat", 5, 1.2)], seed=0)
+Other activities (``OTHER_ACTIVITIES``: walking, sitting, drinking) are stretches of a duration
+that are not exercises: their frames are labelled with the activity's label text ("a person
+walking") and they have no reps. Walking cycles its gait every ``period_s`` seconds while the
+figure crosses the frame in the direction it faces; drinking raises the bottle to the mouth,
+holds it and lowers it; sitting holds still on a chair. ``with_other_activities`` puts them
+between the segments of a schedule.
+
+    truth = write_video("out.mp4", [("standing", 1.0), ("squat", 5, 1.2), ("walking", 3.0)], seed=0)
     truth.labels[i], truth.rep[i], truth.reps_by_exercise()   # per-frame and per-segment truth
 """
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,23 +32,30 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from toolkit.demo import EXERCISES, label_of
-from toolkit.demo.figures import pose_at, random_figure, render_pose
+from toolkit.demo import OTHER_ACTIVITIES, label_of
+from toolkit.demo.figures import PROPS, anchor_range, pose_at, random_figure, render_pose
 
 MIN_FRAMES_PER_REP = 4  # below this a rep's peak may fall between frames
+DRINK_RAISE_S = 0.6  # seconds to raise the bottle to the mouth (and to lower it again)
 
 
 @dataclass(frozen=True)
 class Segment:
-    """``reps == 0``: hold exercise's peak pose for ``duration_s``; else ``reps`` cycles."""
+    """``reps == 0``: hold exercise's peak pose (or do an other activity) for ``duration_s``;
+    else ``reps`` cycles."""
 
     exercise: str
     reps: int = 0
-    period_s: float = 1.0  # seconds per rep (rest -> peak -> rest)
-    duration_s: float = 0.0  # holds only
+    period_s: float = 1.0  # seconds per rep (rest -> peak -> rest); walking: per gait cycle
+    duration_s: float = 0.0  # holds and other activities only
 
     def __post_init__(self) -> None:
         label_of(self.exercise)  # ValueError naming the valid keys
+        if self.exercise in OTHER_ACTIVITIES and self.reps:
+            raise ValueError(
+                f"segment {self.exercise!r} is an other activity without reps; give a duration, "
+                f"e.g. '{self.exercise}:3'"
+            )
         if self.reps < 0 or (self.reps == 0 and self.duration_s <= 0):
             raise ValueError(
                 f"segment {self.exercise!r}: give reps > 0 or a hold duration_s > 0 "
@@ -61,7 +75,8 @@ def reps(exercise: str, n: int, period_s: float) -> Segment:
 
 def parse_schedule(items: Iterable) -> list[Segment]:
     """Segments from ``Segment``s, ``(key, seconds)`` holds, ``(key, n, period_s)`` reps,
-    dicts with ``Segment``'s fields, or one string ``"standing:1, squat:5x1.2, plank:3"``."""
+    dicts with ``Segment``'s fields, or one string ``"standing:1, squat:5x1.2, walking:3s"``
+    (a trailing "s" on seconds is allowed)."""
     if isinstance(items, str):
         return [_parse_text(part) for part in items.split(",") if part.strip()]
     segments = []
@@ -85,7 +100,7 @@ def parse_schedule(items: Iterable) -> list[Segment]:
 
 
 def _parse_text(part: str) -> Segment:
-    m = re.fullmatch(r"\s*(\w+)\s*:\s*(?:(\d+)\s*x\s*)?([\d.]+)\s*", part)
+    m = re.fullmatch(r"\s*(\w+)\s*:\s*(?:(\d+)\s*x\s*)?([\d.]+)\s*s?\s*", part)
     if not m:
         raise ValueError(
             f"bad schedule item {part!r}; use 'standing:1.5' (hold seconds) or 'squat:5x1.2' "
@@ -93,6 +108,21 @@ def _parse_text(part: str) -> Segment:
         )
     key, n, seconds = m.group(1), m.group(2), float(m.group(3))
     return reps(key, int(n), seconds) if n else hold(key, seconds)
+
+
+def with_other_activities(
+    schedule: Iterable, seconds: float = 2.0, activities: Iterable[str] = OTHER_ACTIVITIES
+) -> list[Segment]:
+    """``schedule`` with an other-activity stretch of ``seconds`` between every two segments,
+    taking ``activities`` in turn (walking, sitting, drinking, walking, ...)."""
+    segments, names = parse_schedule(schedule), list(activities)
+    for name in names or [""]:
+        if name not in OTHER_ACTIVITIES:
+            raise ValueError(f"unknown other activity {name!r}; choose from {', '.join(OTHER_ACTIVITIES)}")
+    out = [segments[0]]
+    for i, seg in enumerate(segments[1:]):
+        out += [hold(names[i % len(names)], seconds), seg]
+    return out
 
 
 @dataclass
@@ -104,7 +134,7 @@ class GroundTruth:
     labels: list[str] = field(default_factory=list)  # label text, e.g. "a person repeating a squat"
     exercises: list[str] = field(default_factory=list)  # exercise key
     segment: list[int] = field(default_factory=list)  # index into ``segments``
-    rep: list[int] = field(default_factory=list)  # 0-based rep within the segment; -1 in holds
+    rep: list[int] = field(default_factory=list)  # 0-based rep in the segment; -1 in holds, other activities
     phase: list[float] = field(default_factory=list)  # 0 = rest pose, 1 = peak pose
     segments: list[dict] = field(default_factory=list)  # see ``_plan``
 
@@ -118,6 +148,14 @@ class GroundTruth:
         for seg in self.segments:
             if seg["reps"]:
                 counts[seg["exercise"]] = counts.get(seg["exercise"], 0) + seg["reps"]
+        return counts
+
+    def reps_by_label(self) -> dict[str, int]:
+        """True rep count per label text for every label in the video (0 for holds and other
+        activities), keyed like the ``reps`` of ``toolkit.video.predict_video``."""
+        counts: dict[str, int] = {}
+        for seg in self.segments:
+            counts[seg["label"]] = counts.get(seg["label"], 0) + seg["reps"]
         return counts
 
     def to_dict(self) -> dict:
@@ -145,7 +183,7 @@ def _plan(segments: list[Segment], fps: float, rng: np.random.Generator, tempo_j
             )
         duration = sum(periods) if seg.reps else seg.duration_s
         plans.append({
-            "exercise": seg.exercise, "label": EXERCISES[seg.exercise], "reps": seg.reps,
+            "exercise": seg.exercise, "label": label_of(seg.exercise), "reps": seg.reps,
             "period_s": seg.period_s, "rep_periods_s": [round(p, 4) for p in periods],
             "start_s": round(t, 4), "end_s": round(t + duration, 4),
             "start_frame": math.ceil(t * fps - 1e-9), "end_frame": math.ceil((t + duration) * fps - 1e-9),
@@ -156,6 +194,8 @@ def _plan(segments: list[Segment], fps: float, rng: np.random.Generator, tempo_j
 
 def _phase_at(plan: dict, t: float) -> tuple[int, float]:
     """(rep index, phase) at time ``t`` seconds inside segment ``plan``."""
+    if plan["exercise"] in OTHER_ACTIVITIES:
+        return -1, _activity_phase(plan, t - plan["start_s"])
     if not plan["reps"]:
         return -1, 1.0
     local = t - plan["start_s"]
@@ -165,6 +205,18 @@ def _phase_at(plan: dict, t: float) -> tuple[int, float]:
             return i, 0.5 * (1 - math.cos(2 * math.pi * u))
         local -= period
     raise AssertionError("unreachable")
+
+
+def _activity_phase(plan: dict, local: float) -> float:
+    """Phase of an other activity ``local`` seconds into its stretch (see ``poses.MOTIONS``)."""
+    if plan["exercise"] == "walking":  # walk_a -> walk_b -> walk_a every period_s
+        return 0.5 * (1 - math.cos(2 * math.pi * local / plan["period_s"]))
+    if plan["exercise"] == "drinking":  # raise, hold at the mouth, lower
+        duration = plan["end_s"] - plan["start_s"]
+        ramp = min(DRINK_RAISE_S, duration / 3)
+        u = min(local, duration - local, ramp) / ramp
+        return 0.5 * (1 - math.cos(math.pi * max(u, 0.0)))
+    return 1.0
 
 
 def render_frames(
@@ -197,15 +249,24 @@ def render_frames(
     truth.segments = plans
 
     noise_seed = int(rng.integers(2**32))
+    walk = anchor_range(figure, [pose_at("walking", p) for p in (0.0, 0.5, 1.0)], tuple(size))
 
     def frames() -> Iterator[Image.Image]:
-        for key, phase in zip(truth.exercises, truth.phase):
+        for i, (key, phase) in enumerate(zip(truth.exercises, truth.phase)):
             angles, level = pose_at(key, phase)
+            who = _walker(figure, plans[truth.segment[i]], i / fps, walk) if key == "walking" else figure
             # The same grain on every frame: static noise keeps the MP4 small.
             grain = np.random.default_rng(noise_seed)
-            yield render_pose(angles, figure, tuple(size), grain, level=level)
+            yield render_pose(angles, who, tuple(size), grain, level=level, props=PROPS.get(key, ()))
 
     return frames(), truth
+
+
+def _walker(figure, plan: dict, t: float, span: tuple[float, float]):
+    """``figure`` moved along ``span`` (pixel anchors) at time ``t``: it walks the way it faces."""
+    progress = (t - plan["start_s"]) / max(plan["end_s"] - plan["start_s"], 1e-9)
+    start, end = (span[1], span[0]) if figure.mirrored else span
+    return replace(figure, anchor_x=start + (end - start) * min(max(progress, 0.0), 1.0))
 
 
 def write_video(
