@@ -144,10 +144,10 @@ class RequestGuard:
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], exchange.response_started = message["status"], True
-                headers = list(message.get("headers", []))
-                if exchange.body_pending and (b"connection", b"close") not in headers:
+                raw = list(message.get("headers", []))
+                if exchange.body_pending and (b"connection", b"close") not in raw:
                     # answered before the whole body came: close, don't read the rest
-                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                    message = {**message, "headers": [*raw, (b"connection", b"close")]}
             await send(message)
 
         try:
