@@ -233,3 +233,13 @@ def load_dataset(source: str | Path, seed: int = 0, val_fraction: float = 0.15,
     classes = _check_classes(labels, splits, root)
     return LabelledDataset(root=base.resolve(), paths=paths, labels=labels, splits=splits, classes=classes,
                            skipped=skipped)
+
+
+def unlabelled_dataset(paths: Sequence[str | Path]) -> LabelledDataset:
+    """Images with no labels (for `clipkit embed`): every row's label and split are empty. Paths become
+    absolute, in the given order, so the same files always give the same store rows."""
+    files = [str(Path(p).absolute()) for p in paths]
+    if not files:
+        raise DataError("no images to embed; pass image files, folders or globs")
+    root = Path(os.path.commonpath([str(Path(f).parent) for f in files]))
+    return LabelledDataset(root=root, paths=files, labels=[""] * len(files), splits=[""] * len(files), classes=[])

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from .config import Config, adopt_model
-from .errors import ConfigError, HeadError
+from .errors import ConfigError, DataError, HeadError
 from .heads import Head, load_head
 from .prompts import resolve_labels, resolve_templates, validate_labels
 
@@ -136,6 +136,22 @@ def reject_mask(probs: np.ndarray, threshold: Optional[float]) -> np.ndarray:
     if not threshold:
         return np.zeros(probs.shape[:-1], bool)
     return probs.max(axis=-1) < threshold
+
+
+def predict_store(predictor: Predictor, store, top_k: Optional[int] = None, chunk: int = 4096,
+                  **options: Any) -> Iterator[dict[str, Any]]:
+    """The rows of a feature store classified without encoding them again: {path, label, score, ...} in the
+    store's order, `chunk` rows at a time, so memory stays flat however large the store. `options` go to
+    `predict_features`. DataError when the store holds features of another model."""
+    reason = predictor.identity.mismatch(store.identity)
+    if reason:
+        raise DataError(f"store '{store.path}' holds features of {store.identity.label}, but the loaded model is "
+                        f"{predictor.identity.label} ({reason}); drop --model/--pretrained to use the store's own")
+    for start in range(0, len(store), chunk):
+        feats = np.asarray(store.features[start:start + chunk], np.float32)
+        rows = predictor.predict_features(feats, top_k, **options)
+        for path, row in zip(store.paths[start:start + chunk], rows):
+            yield {"path": str(path), **row}
 
 
 def result_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int],

@@ -74,7 +74,9 @@ class FeatureStore:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta.get("classes") or sorted(set(self.labels)))
+        if "classes" in self.meta:  # [] for a store of unlabelled images (`clipkit embed`)
+            return list(self.meta["classes"])
+        return sorted(set(self.labels))
 
     @property
     def identity(self):

@@ -34,12 +34,13 @@ def main() -> None:
     """
 
 
-from . import demo, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)
+from . import demo, embed, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)
 
 for _command in (
     predict.predict, predict.models,                  # zero-shot or probe prediction on images
     video.predict_video,                              # videos: smoothed time series, segments, reps
     probe.extract, probe.train_probe,                 # feature store, linear probe
+    embed.embed,                                      # embeddings of unlabelled images
     track.eval_prompts, track.compare,                # MLflow experiments
     serve.serve,                                      # HTTP server and web page
     demo.demo_data, demo.demo_video,                  # synthetic exercise data

@@ -98,7 +98,7 @@ async def run_pipeline(path: Path, vcfg: VideoConfig, labels: Optional[list[str]
     loop, cancel = asyncio.get_running_loop(), threading.Event()
 
     def encode(tensors: list) -> np.ndarray:
-        return asyncio.run_coroutine_threadsafe(state.batcher.submit(tensors), loop).result()
+        return asyncio.run_coroutine_threadsafe(state.batcher.submit(tensors, cancel), loop).result()
 
     try:
         return await asyncio.to_thread(pipeline, state.predictor, path, vcfg, labels, encode=encode,

@@ -1,0 +1,55 @@
+"""`clipkit embed`: a feature store of unlabelled images (flat folders, single files, globs), reused when
+unchanged; and classifying a store's rows without encoding again (`predictor.predict_store`)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from toolkit.cli import main
+from toolkit.predictor import Predictor, predict_store
+from toolkit.store import FeatureStore
+from toolkit.zeroshot import ZeroShotHead
+
+
+def _args(tiny_model):
+    return ["--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"], "--device", "cpu",
+            "--precision", "fp32", "--batch-size", "4", "--no-progress"]
+
+
+def test_embed_a_flat_folder_and_a_single_file(tiny_model, tiny_extractor, image_dir, tmp_path):
+    (image_dir / "notes.txt").write_text("not an image")
+    out = tmp_path / "emb"
+    res = CliRunner().invoke(main, ["embed", str(image_dir), "--out", str(out), *_args(tiny_model)])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 file that is not an image (.txt)" in res.stderr and "written" in res.stdout
+    store = FeatureStore.open(out)
+    paths = sorted(str(p) for p in image_dir.rglob("img*"))
+    assert sorted(store.paths) == paths and store.classes == []
+    with open(out / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["label"] for r in rows} == {""} and {r["split"] for r in rows} == {""}
+    feats, _ = tiny_extractor.encode_paths(list(store.paths))
+    np.testing.assert_allclose(np.asarray(store.features), feats, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(store.features, axis=1), 1.0, atol=1e-5)
+    again = CliRunner().invoke(main, ["embed", str(image_dir), "--out", str(out), *_args(tiny_model)])
+    assert again.exit_code == 0 and "reused" in again.stdout
+    one = CliRunner().invoke(main, ["embed", paths[0], "--out", str(tmp_path / "one"), *_args(tiny_model)])
+    assert one.exit_code == 0, one.output
+    assert len(FeatureStore.open(tmp_path / "one")) == 1
+
+
+def test_a_store_classifies_like_its_images(tiny_model, tiny_extractor, image_dir, tmp_path):
+    out = tmp_path / "emb"
+    assert CliRunner().invoke(main, ["embed", str(image_dir), "--out", str(out), *_args(tiny_model)]).exit_code == 0
+    store = FeatureStore.open(out)
+    p = Predictor(tiny_extractor, ZeroShotHead.from_extractor(tiny_extractor, ["a red square", "a blue sky"], ["{}"]))
+    from_store = list(predict_store(p, store, chunk=4))  # several chunks
+    from_images = p.predict_paths(list(store.paths))
+    assert [r["path"] for r in from_store] == [r["path"] for r in from_images]
+    for a, b in zip(from_store, from_images):
+        assert a["label"] == b["label"]
+        assert json.dumps(sorted(a["scores"])) == json.dumps(sorted(b["scores"]))
+        np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)

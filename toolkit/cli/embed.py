@@ -1,0 +1,63 @@
+"""`clipkit embed`: CLIP embeddings of any images (no labels) into a feature store."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import click
+
+from .common import build_config, model_options, show_progress
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder of the feature store (created; an unfinished one is resumed, an unchanged one reused).")
+@model_options
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes per machine (CPU processes, or GPUs); >1 shards the batches with Lightning DDP.")
+@click.option("--num-nodes", type=click.IntRange(1), default=1, show_default=True,
+              help="Machines (launch the same command on each, with MASTER_ADDR/NODE_RANK set; --out on a shared disk).")
+@click.option("--strategy", type=click.Choice(["ddp", "ddp_spawn"]), default="ddp", show_default=True,
+              help="Lightning strategy for --devices/--num-nodes > 1.")
+def embed(paths: tuple[str, ...], out: str, config_path: Optional[str], progress: Optional[bool], devices: int,
+          num_nodes: int, strategy: str, **flags: Any) -> None:
+    """Embed images (files, folders searched recursively, globs) into a feature store; no labels needed.
+
+    \b
+    The store is the one `clipkit extract` writes: features.npy (N x D float32, L2-normalized,
+    memory-mappable), index.csv (row,path,label,split with empty labels) and meta.json. Unreadable
+    images are skipped and listed in meta.json; an interrupted run resumes; unchanged files are reused.
+    Classify the store later without encoding again: `clipkit predict --store OUT [--head H]`.
+
+    \b
+    Examples:
+      clipkit embed photos/ --config configs/demo.yaml --out out/photos-emb
+      clipkit embed 'shots/**/*.jpg' --model ViT-B-32 --pretrained openai --out emb/shots --devices 2
+      python -c "import numpy as np; print(np.load('out/photos-emb/features.npy', mmap_mode='r').shape)"
+    """
+    from ..data import unlabelled_dataset
+    from ..features import FeatureExtractor
+    from ..inputs import expand_inputs, skipped_note
+    from ..store import extract_store
+
+    cfg = build_config(config_path, **flags)
+    found = expand_inputs(paths)
+    note = skipped_note(found.skipped)
+    if note:
+        click.echo(note, err=True)
+    dataset = unlabelled_dataset(found.files)
+    extractor = FeatureExtractor.from_config(cfg.model)
+    show = show_progress(progress)
+    if devices > 1 or num_nodes > 1:
+        from ..extraction import extract_distributed
+
+        store = extract_distributed(extractor, dataset, out, devices, num_nodes, strategy, progress=show)
+        if store is None:  # not global rank 0: that one reports
+            return
+    else:
+        store = extract_store(extractor, dataset, out, progress=show)
+    skipped = len(store.meta.get("skipped", []))
+    state = "reused" if store.reused else "written"
+    click.echo(f"store     {store.path} ({len(store)} x {store.features.shape[1]}, {state}; model "
+               f"{store.identity.label})" + (f", {skipped} unreadable image(s) skipped (see meta.json)" if skipped else ""))
