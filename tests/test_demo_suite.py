@@ -120,6 +120,18 @@ def test_style_shift_thickens_the_figure():
         render_image("squat", np.random.default_rng(0), 32, "sketchy")
 
 
+def test_stronger_shifts_roll_the_figure_and_clutter_the_background():
+    from toolkit.demo.style import StyleShift, render_shifted
+
+    strong = StyleShift(clutter=(4, 4), roll_deg=40, shrink=0.85, occlusion_p=1.0)
+    a, attrs = render_shifted("plank", np.random.default_rng(3), 64, strong)
+    b, _ = render_shifted("plank", np.random.default_rng(3), 64, strong)
+    default, _ = render_shifted("plank", np.random.default_rng(3), 64)
+    assert np.array_equal(_pixels(a), _pixels(b)) and attrs["roll"] != 0 and attrs["occluded"]
+    assert len(np.unique(_pixels(a).reshape(-1, 3) // 32, axis=0)) > len(
+        np.unique(_pixels(default).reshape(-1, 3) // 32, axis=0))  # clutter brings more colours
+
+
 def test_demo_data_novel_writes_the_imagefolder(tmp_path):
     out = tmp_path / "novel"
     result = CliRunner().invoke(_cli(), ["demo-data", str(out), "--suite", "novel", "--n-per-class", "3",

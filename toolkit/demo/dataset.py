@@ -24,6 +24,7 @@ from PIL import Image
 from toolkit.demo import LABELS, SUITES
 from toolkit.demo.captions import caption
 from toolkit.demo.figures import example_rng, render_example
+from toolkit.demo.style import render_shifted
 from toolkit.errors import DataError
 from toolkit.fsio import atomic_dir
 
@@ -84,8 +85,6 @@ def render_image(key: str, rng: np.random.Generator, size: int | tuple[int, int]
     if style == "plain":
         return render_example(key, rng, size)
     if style == "shifted":
-        from toolkit.demo.style import render_shifted
-
         return render_shifted(key, rng, size)
     raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
 
@@ -129,7 +128,8 @@ def iter_suite(
 
 def make_suite(suite: str = "novel", n_per_class: int = 100, seed: int = 0, **kwargs
                ) -> dict[str, tuple[list[Image.Image], list[str]]]:
-    """The suite in memory: {split: (images, label texts)}; ``kwargs`` as ``iter_suite``."""
+    """The suite in memory: {split: (PIL images, label texts)}, classes in order within a split; a
+    split with no images is left out. ``kwargs`` as ``iter_suite`` (classes, split, size, style)."""
     out: dict[str, tuple[list[Image.Image], list[str]]] = {}
     for ex in iter_suite(suite, n_per_class, seed, **kwargs):
         images, labels = out.setdefault(ex.split, ([], []))
