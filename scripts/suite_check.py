@@ -38,12 +38,12 @@ def shots(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def check(extractor, args, seed: int) -> dict:
-    from toolkit.demo.dataset import make_suite
+    from toolkit.demo.dataset import make_suite, parse_classes
     from toolkit.prompts import builtin_templates
     from toolkit.zeroshot import ZeroShotHead
 
     data = make_suite(args.suite, args.n_per_class, seed, size=args.size, style=args.style,
-                      classes=args.classes.split(",") if args.classes else None)
+                      classes=parse_classes(args.classes or "default", args.suite))
     labels = list(dict.fromkeys(data["train"][1]))
     feats = {s: extractor.encode_images(images) for s, (images, _) in data.items()}
     ys = {s: np.array([labels.index(t) for t in texts]) for s, (_, texts) in data.items()}
@@ -71,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="novel", choices=("main", "novel"))
     ap.add_argument("--style", default=None, choices=("plain", "shifted"), help="Default: the suite's.")
-    ap.add_argument("--classes", default=None, help="Comma-separated class keys (default: the suite's).")
+    ap.add_argument("--classes", default=None, help="Comma-separated class keys, 'default' (the suite's) or 'all'.")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--n-per-class", type=int, default=100, help="Split 70/15/15 into train/val/test.")
     ap.add_argument("--size", type=int, default=224)
