@@ -218,6 +218,10 @@ def test_open_clip_folder_problems_are_one_line(tiny, tmp_path):
         _load(str(tmp_path))
     with pytest.raises(ModelError, match=r"brings its own weights; drop --pretrained"):
         _load(str(folder), tiny["weights"])
+    with pytest.raises(ModelError, match=r"'.*/gone' not found; pass an existing model folder"):
+        _load(str(tmp_path / "gone"))
+    with pytest.raises(ModelError, match=r"is a folder; a model folder brings its architecture too"):
+        _load(tiny["config"], str(folder))
 
 
 # ---------------------------------------------------------------- checkpoints that need code

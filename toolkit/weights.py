@@ -152,6 +152,9 @@ def _resolve_named(name: str, pretrained: Optional[str], cache_dir: Optional[str
     elif name.endswith(CHECKPOINT_SUFFIXES) and Path(name).is_file():
         return _resolve_bare_checkpoint(name)
     else:
+        if (name.startswith((os.sep, ".", "~")) or name.endswith(os.sep)) and not Path(name).exists():
+            raise ModelError(f"'{name}' not found; pass an existing model folder or model-config .json, or an "
+                             "architecture name (see `clipkit models`)")
         if name not in open_clip.list_models():
             guesses = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(repr(g) for g in guesses)}? " if guesses else ""
