@@ -69,6 +69,14 @@ class ExtractorIdentity:
             return f"quick_gelu differs ({other.quick_gelu!r} vs {self.quick_gelu!r})"
         return None
 
+    def features_key(self) -> dict[str, Any]:
+        """What decides the features (weights by content, architecture, activation, preprocessing), without
+        where the files are: stores keyed on this stay reusable when a checkpoint or config file moves."""
+        d = self.to_dict()
+        for where in ("source", "checkpoint", "extra"):
+            d.pop(where, None)
+        return d
+
     @property
     def label(self) -> str:
         return f"{self.model} / {self.pretrained or 'random-init'}"

@@ -2,7 +2,9 @@
 
 A complete store is a folder:
 
-    meta.json       written LAST and atomically: its presence is what makes the store complete
+    meta.json       written LAST and atomically: its presence is what makes the store complete; holds the
+                    sha256 of features.npy (checked when `extract` would reuse the store)
+    .lock           while a process writes the store: "PID HOST"; a second writer is refused (see `writing`)
     features.npy    (n_rows, D) float32, rows L2-normalized; open with np.load(mmap_mode="r")
     index.csv       row,path,label,split: one line per row of features.npy
 
@@ -19,16 +21,18 @@ redoing finished batches, and several processes can fill disjoint batches of one
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -40,16 +44,112 @@ FORMAT = "clipkit-feature-store"
 FORMAT_VERSION = 1
 META, FEATURES, INDEX = "meta.json", "features.npy", "index.csv"
 PLAN, PARTIAL, PROGRESS = "extract.json", "features.partial.npy", "progress"
+LOCK = ".lock"
 _COPY_ROWS = 65536  # rows per chunk when compacting: 128 MiB at D=512
+_NORM_TOL = 2e-3  # |squared norm - 1| of a stored row; float32 rows normalized by the extractor are within 1e-5
+# meta.json keys: (type, required). bool is excluded from int below (json true is not a count)
+_META_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "format": (str, True), "count": (int, True), "dim": (int, True), "identity": (dict, True),
+    "format_version": (int, False), "classes": (list, False), "split_counts": (dict, False),
+    "class_counts": (dict, False), "skipped": (list, False), "fingerprint": ((str, type(None)), False),
+    "features_sha256": (str, False), "dataset_root": (str, False), "dtype": (str, False),
+}
 
 
 def _write_atomic(path: Path, text: str) -> None:
     fsio.write_text(path, text)
 
 
+def features_sha256(path: str | Path, chunk: int = 4 << 20) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks (memory stays flat)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def check_meta(meta: Any, path: str | Path) -> None:
+    """DataError naming the first bad key unless `meta` is a meta.json object of the store format."""
+    fix = "delete the store and extract again"
+    if not isinstance(meta, dict):
+        raise DataError(f"feature store '{path}' has a damaged {META}: it holds a {type(meta).__name__}, not an "
+                        f"object; {fix}")
+    for key, (kind, required) in _META_SCHEMA.items():
+        if key not in meta:
+            if required:
+                raise DataError(f"feature store '{path}' has a damaged {META}: key '{key}' is missing; {fix}")
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise DataError(f"feature store '{path}' has a damaged {META}: '{key}' should be {want}, got "
+                            f"{type(value).__name__} {json.dumps(value)[:40]}; {fix}")
+    if meta["format"] != FORMAT:
+        raise DataError(f"'{path}' is not a clipkit feature store ({META} format '{meta['format'][:40]}'); {fix}")
+    if any(not isinstance(c, str) for c in meta.get("classes", [])):
+        raise DataError(f"feature store '{path}' has a damaged {META}: 'classes' should list strings; {fix}")
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+def _lock_holder(lock: Path) -> Optional[str]:
+    """Who holds `lock` ("PID" or "PID on HOST"), or None when it is stale: its process is gone (or it is
+    this process's own pid, left by an earlier process with the same pid, as in a restarted container)."""
+    try:
+        text = lock.read_text(encoding="utf-8").split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return None
+    if len(text) < 2 or not text[0].isdigit():  # torn: its writer died at once, or is writing it right now
+        return "unknown" if age < 10 else None
+    pid, host = int(text[0]), text[1]
+    if host != socket.gethostname():  # another machine's process (shared disk): can't be checked from here
+        return f"{pid} on {host}"
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(pid)
+
+
+@contextlib.contextmanager
+def writing(out: str | Path) -> Iterator[None]:
+    """Hold OUT/.lock while the block writes the store at `out`. A lock of a live process raises DataError;
+    a stale one (its process is gone, e.g. killed with -9) is taken over."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise DataError(f"store '{out}' is being written by process {holder}; wait for it or remove "
+                                f"{lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        break
+    else:
+        raise DataError(f"store '{out}' is being written by another process; wait for it or remove {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def fingerprint(dataset: LabelledDataset, identity) -> str:
     """sha256 over the files' (path, size, mtime) in dataset order and the extractor's identity."""
-    h = hashlib.sha256(json.dumps(identity.to_dict(), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(identity.features_key(), sort_keys=True).encode())
     for p in dataset.paths:
         try:
             st = os.stat(p)
@@ -68,6 +168,7 @@ class FeatureStore:
         self.labels = np.asarray([r["label"] for r in index], dtype=object)
         self.splits = np.asarray([r["split"] for r in index], dtype=object)
         self.reused = False  # set by extract_store when it returned an existing store
+        self.note: Optional[str] = None  # why extract_store extracted again instead of reusing, if it did
 
     def __len__(self) -> int:
         return len(self.index)
@@ -103,17 +204,44 @@ class FeatureStore:
             raise DataError(f"'{path}' is not a feature store (no {META}); create one with `clipkit extract DATA --out {path}`")
         try:
             meta = json.loads((p / META).read_text())
+            check_meta(meta, path)
             feats = np.load(p / FEATURES, mmap_mode="r")
             with open(p / INDEX, newline="", encoding="utf-8") as f:
                 index = list(csv.DictReader(f))
         except (OSError, ValueError) as e:
             raise DataError(f"feature store '{path}' is corrupt ({e.__class__.__name__}: {e}); delete it and "
                             "extract again") from None
-        if meta.get("format") != FORMAT or feats.ndim != 2 or feats.shape != (meta.get("count"), meta.get("dim")) \
-                or len(index) != feats.shape[0]:
+        if feats.ndim != 2 or feats.shape != (meta["count"], meta["dim"]) or len(index) != feats.shape[0] \
+                or (len(index) and not {"path", "label", "split"} <= set(index[0])):
             raise DataError(f"feature store '{path}' is corrupt (features {feats.shape}, {len(index)} index rows, "
-                            f"meta count {meta.get('count')}); delete it and extract again")
+                            f"meta count {meta['count']}); delete it and extract again")
         return cls(p, feats, index, meta)
+
+    def check_rows(self, chunk: int = _COPY_ROWS) -> None:
+        """DataError unless every row is finite and of unit length, as the extractor writes them: call it
+        before training or predicting on a store (one vectorised pass over the file, `chunk` rows at a time)."""
+        bad, first = 0, None
+        for start in range(0, len(self), chunk):
+            x = np.asarray(self.features[start:start + chunk], np.float32)
+            with np.errstate(all="ignore"):
+                sq = np.einsum("ij,ij->i", x, x)
+            wrong = np.flatnonzero(~(np.abs(sq - 1) <= _NORM_TOL))  # NaN and inf fail the comparison
+            bad += len(wrong)
+            if first is None and len(wrong):
+                first = start + int(wrong[0])
+        if bad:
+            raise DataError(f"feature store '{self.path}' has {bad} of {len(self)} row(s) that are not finite unit "
+                            f"vectors (first: row {first}, {self.paths[first]}): its features are damaged; "
+                            f"extract again (delete '{self.path}' and run `clipkit extract` or `clipkit embed`)")
+
+    def checksum_mismatch(self) -> Optional[str]:
+        """Why features.npy doesn't match the sha256 recorded in meta.json (None when it does, or when the
+        store is older than the checksum)."""
+        want = self.meta.get("features_sha256")
+        if want is None:
+            return None
+        got = features_sha256(self.path / FEATURES)
+        return None if got == want else f"{FEATURES} sha256 {got[:12]}... differs from {META}'s {want[:12]}..."
 
 
 def write_store(out: str | Path, features: np.ndarray, labels: Sequence[str], splits: Sequence[str],
@@ -129,7 +257,8 @@ def write_store(out: str | Path, features: np.ndarray, labels: Sequence[str], sp
     fsio.save(out / FEATURES, lambda tmp: np.save(tmp, feats))
     _write_atomic(out / INDEX, _index_csv(ds, np.arange(len(feats))))
     plan = {"identity": identity, "dim": feats.shape[1], "fingerprint": None, "batch_size": None}
-    _write_atomic(out / META, json.dumps(_meta(ds, np.arange(len(feats)), plan, [], {}), indent=2))
+    meta = _meta(ds, np.arange(len(feats)), plan, [], {"features_sha256": features_sha256(out / FEATURES)})
+    _write_atomic(out / META, json.dumps(meta, indent=2))
     return FeatureStore.open(out)
 
 
@@ -145,6 +274,7 @@ class StoreWriter:
             raise DataError(f"'{out}' has no readable extraction plan ({e}); start the extraction again") from None
         self.batch_size, self.n_rows = int(self.plan["batch_size"]), int(self.plan["n_rows"])
         self._features: Optional[np.memmap] = None
+        self.note: Optional[str] = None  # set by reuse_or_plan when a damaged complete store is extracted again
 
     @classmethod
     def create_or_resume(cls, out: str | Path, dataset: LabelledDataset, identity, fp: str,
@@ -226,7 +356,8 @@ class StoreWriter:
         self._compact(ok, len(errors) > 0)
         _write_atomic(self.out / INDEX, _index_csv(dataset, ok))
         skipped = [{"row": int(r), "path": dataset.paths[r], "error": errors[r]} for r in sorted(errors)]
-        meta = _meta(dataset, ok, self.plan, skipped, extra_meta or {})
+        meta = _meta(dataset, ok, self.plan, skipped,
+                     {**(extra_meta or {}), "features_sha256": features_sha256(self.out / FEATURES)})
         _write_atomic(self.out / META, json.dumps(meta, indent=2))
         (self.out / PLAN).unlink(missing_ok=True)
         shutil.rmtree(self.out / PROGRESS, ignore_errors=True)
@@ -285,35 +416,45 @@ def _relabel(store: FeatureStore, dataset: LabelledDataset) -> FeatureStore:
             [dataset.splits[i] for i in rows] == list(store.splits):
         return store
     _write_atomic(store.path / INDEX, _index_csv(dataset, rows))
-    meta = _meta(dataset, rows, {**store.meta, "n_rows": len(dataset)}, store.meta.get("skipped", []), {})
+    kept = {k: store.meta[k] for k in ("features_sha256", "extraction") if k in store.meta}
+    meta = _meta(dataset, rows, {**store.meta, "n_rows": len(dataset)}, store.meta.get("skipped", []), kept)
     meta["created"] = store.meta.get("created", meta["created"])
     _write_atomic(store.path / META, json.dumps(meta, indent=2))
     return FeatureStore.open(store.path)
 
 
-def _reusable(out: Path, fp: str, dataset: LabelledDataset) -> Optional[FeatureStore]:
+def _reusable(out: Path, fp: str, dataset: LabelledDataset) -> tuple[Optional[FeatureStore], Optional[str]]:
+    """(the complete store at `out` if it holds these files by this extractor, undamaged; else why not, when
+    there is one that can't be reused)."""
     if not (out / META).is_file():
-        return None
+        return None, None
     try:
         store = FeatureStore.open(out)
-    except DataError:
-        return None
+    except DataError as e:
+        return None, f"the store there was damaged ({e.message.split(': ', 1)[-1][:120]})"
     if store.meta.get("fingerprint") != fp:
-        return None
-    return _relabel(store, dataset)
+        return None, None
+    mismatch = store.checksum_mismatch()
+    if mismatch:
+        return None, f"the store there was damaged ({mismatch})"
+    return _relabel(store, dataset), None
 
 
 def reuse_or_plan(extractor, dataset: LabelledDataset, out: str | Path,
                   batch_size: Optional[int] = None) -> "FeatureStore | StoreWriter":
     """The complete store of the same files by the same extractor at `out` (marked `reused`), or else a
-    StoreWriter for it: created, or resumed from an interrupted extraction with the same plan."""
+    StoreWriter for it: created, or resumed from an interrupted extraction with the same plan. A store whose
+    features.npy no longer matches its checksum is extracted again (the writer's `note` says so)."""
     out = Path(out)
     fp = fingerprint(dataset, extractor.identity)
-    store = _reusable(out, fp, dataset)
+    store, why_not = _reusable(out, fp, dataset)
     if store is not None:
         store.reused = True
         return store
-    return StoreWriter.create_or_resume(out, dataset, extractor.identity, fp, batch_size or extractor.cfg.batch_size)
+    writer = StoreWriter.create_or_resume(out, dataset, extractor.identity, fp,
+                                          batch_size or extractor.cfg.batch_size)
+    writer.note = f"extracted again: {why_not}" if why_not else None
+    return writer
 
 
 def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_size: Optional[int] = None,
@@ -323,11 +464,26 @@ def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_si
     Memory stays flat: each batch goes straight into a memory-mapped file. Unreadable images are skipped
     and listed in meta.json. A complete store of the same files by the same extractor is returned as is.
     """
+    with writing(out):
+        writer = reuse_or_plan(extractor, dataset, out, batch_size)
+        if isinstance(writer, FeatureStore):
+            return writer
+        try:
+            _fill(writer, extractor, dataset, progress, num_workers)
+            store = writer.finalize(dataset)
+        except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the finished batches stay, meta.json is not written
+            e.__notes__ = [*getattr(e, "__notes__", ()), f"store '{out}' is unfinished: run the same command "
+                           "again to resume it"]
+            raise
+    store.note = writer.note
+    return store
+
+
+def _fill(writer: StoreWriter, extractor, dataset: LabelledDataset, progress: bool,
+          num_workers: Optional[int]) -> None:
+    """Encode the writer's pending batches of `dataset` into its store, one batch at a time."""
     from tqdm import tqdm
 
-    writer = reuse_or_plan(extractor, dataset, out, batch_size)
-    if isinstance(writer, FeatureStore):
-        return writer
     pending = writer.pending_batches()
     rows = np.concatenate([writer.batch_rows(b) for b in pending]) if pending else np.zeros(0, np.int64)
     paths = [dataset.paths[i] for i in rows]
@@ -341,4 +497,3 @@ def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_si
             writer.write(batch, rows[np.asarray(idx, dtype=np.int64)], feats,
                          {int(rows[i]): e for i, e in errors.items()})
             bar.update(len(idx) + len(errors))
-    return writer.finalize(dataset)

@@ -24,6 +24,31 @@ def _split_options(f):
     return f
 
 
+def rejection_options(f):
+    """--target-precision | --target-coverage | --reject-below: the "none of these" rule (see apply_rejection)."""
+    f = click.option("--reject-below", type=click.FloatRange(0, 1), default=None,
+                     help="Answer \"none of these\" below this calibrated probability (given, not chosen).")(f)
+    f = click.option("--target-coverage", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Choose the threshold on val that still accepts this share of the images.")(f)
+    f = click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Choose the lowest threshold on val whose accepted predictions are this accurate; the "
+                          "head then answers \"none of these\" below it.")(f)
+    return f
+
+
+def apply_rejection(cfg, target_precision: Optional[float], target_coverage: Optional[float],
+                    reject_below: Optional[float]) -> None:
+    """A rejection flag replaces the config's rule (cfg.probe.target_precision | target_coverage | reject_below)."""
+    given = {k: v for k, v in (("target_precision", target_precision), ("target_coverage", target_coverage),
+                               ("reject_below", reject_below)) if v is not None}
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join('--' + k.replace('_', '-') for k in given)} both given; "
+                               "choose one rejection rule")
+    if given:
+        cfg.probe = cfg.probe.model_copy(update={"target_precision": None, "target_coverage": None,
+                                                 "reject_below": None, **given})
+
+
 def _probe_overrides(flags: dict[str, Any], **more: Any) -> dict[str, Any]:
     """Move the probe flags out of `flags` into dotted config overrides."""
     out = {"probe.seed": flags.pop("seed", None), "probe.val_fraction": flags.pop("val_fraction", None),
@@ -42,6 +67,7 @@ def _store_line(store) -> str:
     skipped = len(store.meta.get("skipped", []))
     state = "reused" if getattr(store, "reused", False) else "extracted"
     extra = f", {skipped} unreadable image(s) skipped (listed in meta.json)" if skipped else ""
+    extra += f"; {store.note}" if getattr(store, "note", None) else ""  # e.g. extracted again: damaged
     return f"{store.path} ({len(store)} x {store.features.shape[1]}, {state}{extra})"
 
 
@@ -101,7 +127,7 @@ def default_store_dir(data: str, identity) -> Path:
     """Where train-probe caches a dataset's features: one folder per (dataset path, extractor)."""
     from ..data import dataset_name
 
-    key = json.dumps([str(Path(data).resolve()), identity.to_dict()], sort_keys=True)
+    key = json.dumps([str(Path(data).resolve()), identity.features_key()], sort_keys=True)
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipkit" / "stores"
     return root / f"{dataset_name(data)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -129,21 +155,44 @@ def _fmt(v: Optional[float]) -> str:
 
 def _summary(result, store, out: Path) -> str:
     m, p = result.metrics, result.params
-    chosen = {"logreg": f"C={p.get('C', 0):.3g} ({p.get('n_candidates')} candidates)",
-              "linear": f"weight_decay={p.get('weight_decay')} (best epoch {p.get('best_epoch')})"}[p["method"]]
     few = f", {p['fewshot']} shots per class" if p.get("fewshot") else ""
     lines = [f"store     {_store_line(store)}",
              f"split     train {p['n_train']}{few}, val {p['n_val']}, test {p['n_test']}",
-             f"method    {p['method']} (init {p['init']}): {chosen}, fit in {result.timings['fit_s']:.1f} s",
-             f"{'':<16}{'accuracy':>9} {'bal.acc':>8} {'macro-F1':>9}"]
+             f"method    {_chosen(p)}, fit in {result.timings['fit_s']:.1f} s"]
+    sel = m.get("selection")
+    if sel:  # auto: every candidate's val score
+        how = "val" if sel["mode"] == "val" else f"{sel['mode']} CV over train + val (val too small)"
+        lines.append(f"candidates ({how}): " + ", ".join(
+            f"{n} {100 * c['val_accuracy']:.1f}%" for n, c in sel["candidates"].items()) + f" -> {sel['chosen']}")
+    lines.append(f"{'':<16}{'accuracy':>9} {'bal.acc':>8} {'macro-F1':>9}")
     for name, part in (("zero-shot", m.get("zeroshot_test")), ("probe", m["test"])):
         if part:
             lines.append(f"{name:<16}{_fmt(part['accuracy']):>9} {_fmt(part['balanced_accuracy']):>8} "
                          f"{_fmt(part['macro_f1']):>9}")
     if m.get("gain_over_zeroshot") is not None:
         lines.append(f"gain            {m['gain_over_zeroshot']:+.1f} accuracy points over zero-shot")
-    lines += [f"head      {out}", f"report    {result.report_dir} (report.json, confusion_matrix.png, sweep.png)"]
+    from ..calibration import summary_lines
+
+    cal = m.get("calibration") or {}
+    lines += summary_lines({"zero-shot": cal.get("zeroshot"), "probe": cal.get("probe")})
+    lines += [f"head      {out}", f"report    {result.report_dir} (report.json, confusion_matrix.png, sweep.png, "
+              "reliability.png)"]
     return "\n".join(lines)
+
+
+def _chosen(p: dict[str, Any]) -> str:
+    """What a run's method chose, in words: 'logreg (init random): C=3.16 (17 candidates)'."""
+    method = p.get("chosen", p["method"])
+    what = {"logreg": lambda: f"C={p.get('C', p.get('base_C', 0)):.3g} ({p.get('n_candidates')} candidates)",
+            "linear": lambda: f"weight_decay={p.get('weight_decay')} (best epoch {p.get('best_epoch')})",
+            "cache": lambda: f"alpha={p.get('alpha')}, beta={p.get('beta')}, {p.get('n_keys')} keys"
+                             + (f", keys fine-tuned {p.get('finetune_epochs')} epochs" if p.get("finetune") else ""),
+            "cache-f": lambda: f"alpha={p.get('alpha')}, beta={p.get('beta')}, {p.get('n_keys')} keys fine-tuned "
+                               f"{p.get('finetune_epochs')} epochs",
+            "blend": lambda: f"alpha={p.get('alpha')} x {p.get('base')} probe + {1 - p.get('alpha', 0):.2g} x zero-shot",
+            "zeroshot": lambda: "the zero-shot classifier itself"}[method]()
+    head = f"{p['method']} -> {method}" if p["method"] == "auto" else f"{method} (init {p['init']})"
+    return f"{head}: {what}"
 
 
 def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
@@ -153,6 +202,7 @@ def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
 
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)
+        store.check_rows()  # NaN or garbage rows: one line now, not a solver's traceback later
         store.reused = True  # given as DATA: used as is
         extractor = _load_extractor(adopt_model(cfg, store.identity, f"store '{data}'"))
         _check_store_model(store, extractor)
@@ -160,7 +210,9 @@ def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
     dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
     extractor = _load_extractor(cfg)
     where = Path(store_dir) if store_dir else default_store_dir(data, extractor.identity)
-    return extract_store(extractor, dataset, where, progress=progress), extractor, dataset_name(data)
+    store = extract_store(extractor, dataset, where, progress=progress)
+    store.check_rows()
+    return store, extractor, dataset_name(data)
 
 
 def _place_report(result, out: Path) -> None:
@@ -187,9 +239,13 @@ def _c_grid(value: Optional[str]) -> Optional[list[float]]:
 @click.argument("data", type=click.Path(exists=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder to write the trained head to (replaced atomically), with its report in OUT/report.")
-@click.option("--method", type=click.Choice(["logreg", "linear"]), default=None,
-              help="logreg: scikit-learn L-BFGS with the CLIP paper's C sweep. linear: a Lightning linear layer "
-                   "with AdamW, a weight-decay sweep and early stopping. [default: logreg]")
+@click.option("--method", type=click.Choice(["logreg", "linear", "cache", "blend", "auto"]), default=None,
+              help="logreg: logistic regression (L-BFGS) with the CLIP paper's C sweep. linear: a Lightning linear "
+                   "layer with AdamW, a weight-decay sweep and early stopping. cache: Tip-Adapter (zero-shot + a "
+                   "cache of the training features; alpha, beta on val). blend: WiSE-FT, zero-shot and a probe "
+                   "mixed by an alpha chosen on val. auto: all of these and zero-shot, the best on val. "
+                   "[default: logreg]")
+@click.option("--finetune", is_flag=True, default=None, help="cache: fine-tune the cache keys (Tip-Adapter-F).")
 @click.option("--init", type=click.Choice(["random", "zeroshot"]), default=None,
               help="linear only: start from the zero-shot classifier (class embeddings x logit scale). "
                    "[default: random]")
@@ -200,15 +256,18 @@ def _c_grid(value: Optional[str]) -> Optional[list[float]]:
 @model_options
 @prompt_options
 @_split_options
+@rejection_options
 @click.option("--experiment", default=None, help="MLflow experiment name. [default: from the dataset name]")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
               "sqlite:///mlflow.db]")
 @click.option("--no-track", is_flag=True, help="Don't log the run to MLflow.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a terminal).")
-def train_probe(data: str, out: str, config_path: Optional[str], method: Optional[str], init: Optional[str],
-                fewshot: Optional[int], c_grid: Optional[str], store_dir: Optional[str], experiment: Optional[str],
-                tracking_uri: Optional[str], no_track: bool, progress: Optional[bool], **flags: Any) -> None:
-    """Train a linear probe on CLIP features and score it against zero-shot on the test split.
+def train_probe(data: str, out: str, config_path: Optional[str], method: Optional[str], finetune: Optional[bool],
+                init: Optional[str], fewshot: Optional[int], c_grid: Optional[str], store_dir: Optional[str], experiment: Optional[str],
+                tracking_uri: Optional[str], no_track: bool, progress: Optional[bool],
+                target_precision: Optional[float], target_coverage: Optional[float], reject_below: Optional[float],
+                **flags: Any) -> None:
+    """Train a head on CLIP features and score it against zero-shot on the test split.
 
     DATA is a feature store (from `clipkit extract`) or a dataset (image folder or CSV manifest,
     see `clipkit extract --help`), which is extracted first into --store and reused next time.
@@ -218,23 +277,33 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
     \b
     Writes OUT/head.safetensors + OUT/head.json (use with `clipkit predict --head OUT`) and
     OUT/report/: report.json, confusion matrices (CSV + PNG) of probe and zero-shot,
-    per_class.csv, predictions.csv and sweep.png. Logs the run to MLflow unless --no-track.
+    per_class.csv, predictions.csv, sweep.png and reliability.png. Logs the run to MLflow unless --no-track.
+
+    \b
+    Scores are calibrated: a temperature is fitted on val (NLL) for the probe and the zero-shot baseline,
+    with ECE / NLL / Brier before and after. --target-precision P, --target-coverage C (both chosen on val)
+    or --reject-below T save a "none of these" threshold with the head: `clipkit predict` and `serve`
+    then reject images whose best calibrated probability is below it.
 
     \b
     Examples:
       clipkit train-probe out/demo --config configs/demo.yaml --out out/head
       clipkit train-probe out/demo-features --config configs/demo.yaml --out out/head-linear \\
           --method linear --init zeroshot --fewshot 8
+      clipkit train-probe out/demo --config configs/demo.yaml --out out/head --target-precision 0.95
+      clipkit train-probe out/demo --config configs/demo.yaml --out out/head-auto --method auto --fewshot 4
       clipkit train-probe labels.csv --model ViT-B-32 --pretrained openai --out heads/mine --no-track
     """
     from .. import run_records, tracking
     from ..probe import train_probe as fit
 
     labels_given = bool(flags.get("labels") or flags.get("labels_file"))
-    overrides = _probe_overrides(flags, method=method, init=init, fewshot=fewshot, c_grid=_c_grid(c_grid))
+    overrides = _probe_overrides(flags, method=method, finetune=finetune, init=init, fewshot=fewshot,
+                                 c_grid=_c_grid(c_grid))
     overrides.update({"tracking.experiment": experiment, "tracking.uri": tracking_uri,
                       "tracking.enabled": False if no_track else None})
     cfg = build_config(config_path, **overrides, **flags)
+    apply_rejection(cfg, target_precision, target_coverage, reject_below)
     if cfg.tracking.enabled:
         tracking.check_tracking(cfg.tracking)  # fail in seconds, before any encoding
     show = show_progress(progress)
