@@ -1,9 +1,11 @@
 """FeatureExtractor: the one shared CLIP encoder. With weights.py (names and weights -> what open_clip loads),
 the only toolkit modules that import open_clip; images.py opens image files, identity.py says what a model is.
 
-A model is named by an open_clip architecture ("ViT-B-32"), an "hf-hub:org/repo" name, or a path to an
-open_clip model-config JSON. Weights come from a pretrained tag ("openai"), a local checkpoint file, or
-nothing (random init, for tests and speed benchmarks). Image and text embeddings are L2-normalized float32.
+A model is named by an open_clip architecture ("ViT-B-32"), an "hf-hub:org/repo" name, a path to an open_clip
+model-config JSON, or a model folder (open_clip's hub layout, `local-dir:DIR`, or a transformers CLIP folder,
+converted in memory by hf_convert.py). Weights come from a pretrained tag ("openai", built with the activation
+the tag was trained with), a local checkpoint file, the folder itself, or nothing (random init, for tests and
+speed benchmarks); weights.py resolves all of these. Image and text embeddings are L2-normalized float32.
 """
 from __future__ import annotations
 
