@@ -53,3 +53,29 @@ def test_a_store_classifies_like_its_images(tiny_model, tiny_extractor, image_di
         assert a["label"] == b["label"]
         assert json.dumps(sorted(a["scores"])) == json.dumps(sorted(b["scores"]))
         np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)
+
+
+def test_predict_store_streams_the_same_results_as_the_images(tiny_model, tiny_extractor, image_dir, tmp_path):
+    out = tmp_path / "emb"
+    assert CliRunner().invoke(main, ["embed", str(image_dir), "--out", str(out), *_args(tiny_model)]).exit_code == 0
+    labels = ["--label", "a red square", "--label", "a blue sky"]
+    # no model flags: the store's own model is built
+    res = CliRunner().invoke(main, ["predict", "--store", str(out), *labels, "--precision", "fp32", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    store = FeatureStore.open(out)
+    imgs = CliRunner().invoke(main, ["predict", *store.paths, *labels, *_args(tiny_model), "--format", "json"])
+    ref = json.loads(imgs.stdout)
+    assert doc["store"] == str(out) and doc["labels"] == ref["labels"] and doc["mode"] == "zeroshot"
+    assert [r["path"] for r in doc["results"]] == [r["path"] for r in ref["results"]]
+    assert [r["label"] for r in doc["results"]] == [r["label"] for r in ref["results"]]
+    csv_out = CliRunner().invoke(main, ["predict", "--store", str(out), *labels, "--format", "csv"])
+    rows = list(csv.DictReader(csv_out.stdout.splitlines()))
+    assert csv_out.exit_code == 0 and [r["path"] for r in rows] == list(store.paths)
+    table = CliRunner().invoke(main, ["predict", "--store", str(out), *labels])
+    assert table.exit_code == 0 and len(table.stdout.strip().splitlines()) == len(store) + 1
+    # a model that isn't the store's is refused; neither paths nor --store is a usage error
+    other = CliRunner().invoke(main, ["predict", "--store", str(out), *labels, "--model", "RN50",
+                                      "--pretrained", "none", "--device", "cpu"])
+    assert other.exit_code == 2 and "holds features of tiny-rn" in other.output
+    assert CliRunner().invoke(main, ["predict"]).exit_code == 2

@@ -5,39 +5,60 @@ import csv
 import io
 import json
 import sys
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import click
 
+from ..errors import ConfigError
 from .common import build_config, head_options, local_head, model_options, prompt_options, show_progress
 
 
-def render_table(doc: dict[str, Any], top_k: int) -> str:
-    """Human-readable table: path, best label, score, and the runners-up."""
+UNKNOWN_LABEL = "none of these"
+
+
+def render_table(doc: dict[str, Any], top_k: int, unknown_label: str = UNKNOWN_LABEL) -> str:
+    """Human-readable table: path, best label, score, and the runners-up. A rejected image shows
+    `unknown_label` and its `top_k` best labels as the others."""
     rows = doc["results"]
     width = min(max([len(r["path"]) for r in rows] + [4]), 60)
-    lines = [f"{'path':<{width}}  {'label':<36} {'score':>6}  others"]
-    for r in rows:
-        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
-        if "error" in r:
-            lines.append(f"{path:<{width}}  ERROR: {r['error']}")
-            continue
-        others = ", ".join(f"{t['label']} {t['score']:.2f}" for t in r["top_k"][1:top_k])
-        lines.append(f"{path:<{width}}  {r['label']:<36} {r['score']:>6.3f}  {others}")
-    return "\n".join(lines)
+    return "\n".join([table_header(width), *(table_row(r, width, top_k, unknown_label) for r in rows)])
+
+
+def table_header(width: int) -> str:
+    return f"{'path':<{width}}  {'label':<36} {'score':>6}  others"
+
+
+def table_row(r: dict[str, Any], width: int, top_k: int, unknown_label: str = UNKNOWN_LABEL) -> str:
+    path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+    if "error" in r:
+        return f"{path:<{width}}  ERROR: {r['error']}"
+    rejected = r.get("rejected", False)
+    others = ", ".join(f"{t['label']} {t['score']:.2f}" for t in r["top_k"][0 if rejected else 1:top_k])
+    label = unknown_label if rejected else r["label"]
+    return f"{path:<{width}}  {label:<36} {r['score']:>6.3f}  {others}"
 
 
 def render_csv(doc: dict[str, Any]) -> str:
-    """One row per image: path, label, score, error, then one column per label."""
+    """One row per image: path, label (empty when rejected), score, rejected (true/false), error, then one
+    column per label."""
+    return "".join([csv_line(csv_header(doc["labels"])), *(csv_line(csv_row(r, doc["labels"]))
+                                                            for r in doc["results"])])
+
+
+def csv_header(labels: list[str]) -> list[str]:
+    return ["path", "label", "score", "rejected", "error", *labels]
+
+
+def csv_row(r: dict[str, Any], labels: list[str]) -> list[str]:
+    if "error" in r:
+        return [r["path"], "", "", "", r["error"], *[""] * len(labels)]
+    return [r["path"], r["label"] or "", f"{r['score']:.6f}", str(r["rejected"]).lower(), "",
+            *[f"{r['scores'][lb]:.6f}" for lb in labels]]
+
+
+def csv_line(fields: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "score", "error", *doc["labels"]])
-    for r in doc["results"]:
-        if "error" in r:
-            w.writerow([r["path"], "", "", r["error"], *[""] * len(doc["labels"])])
-        else:
-            w.writerow([r["path"], r["label"], f"{r['score']:.6f}", "",
-                        *[f"{r['scores'][lb]:.6f}" for lb in doc["labels"]]])
+    csv.writer(buf, lineterminator="\n").writerow(fields)
     return buf.getvalue()
 
 
@@ -45,17 +66,44 @@ def render_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 
 
+def stream_results(doc: dict[str, Any], rows: Iterable[dict[str, Any]], fmt: str, top_k: int,
+                   unknown_label: str) -> Iterator[str]:
+    """The output of `render_*` for `doc` with its results taken one at a time from `rows` (for stores of any
+    size: memory stays flat). Yields text pieces in order."""
+    if fmt == "csv":
+        yield csv_line(csv_header(doc["labels"]))
+        yield from (csv_line(csv_row(r, doc["labels"])) for r in rows)
+    elif fmt == "table":
+        yield table_header(60) + "\n"
+        yield from (table_row(r, 60, top_k, unknown_label) + "\n" for r in rows)
+    else:
+        head = json.dumps({k: v for k, v in doc.items() if k != "results"}, indent=2)
+        yield head[:-2] + ',\n  "results": ['
+        for i, r in enumerate(rows):
+            yield ("," if i else "") + "\n    " + json.dumps(r)
+        yield "\n  ]\n}\n"
+
+
 @click.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
+@click.option("--store", "store_path", type=click.Path(file_okay=False), default=None,
+              help="Classify the rows of a feature store (from `clipkit embed` or `extract`) instead of image files: "
+                   "no encoding, results streamed. The store's model is used unless a head or flags name one.")
 @model_options
 @prompt_options
 @head_options
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True,
               help="How many labels to list per image (table, and 'top_k' in JSON).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--reject-below", type=click.FloatRange(0, 1), default=None,
+              help="Answer \"none of these\" when the best (calibrated) probability is below this; 0 rejects "
+                   "nothing. [default: the head's own threshold, if it has one]")
+@click.option("--unknown-label", default=UNKNOWN_LABEL, show_default=True,
+              help="What the table shows for a rejected image (JSON: label null, rejected true; CSV: empty label).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
-def predict(paths: tuple[str, ...], config_path: Optional[str], head: Optional[str], top_k: int, fmt: str,
-            progress: Optional[bool], **flags: Any) -> None:
+def predict(paths: tuple[str, ...], store_path: Optional[str], config_path: Optional[str], head: Optional[str],
+            top_k: int, fmt: str, reject_below: Optional[float], unknown_label: str, progress: Optional[bool],
+            **flags: Any) -> None:
     """Classify images: files, folders (searched recursively) and globs.
 
     \b
@@ -64,23 +112,33 @@ def predict(paths: tuple[str, ...], config_path: Optional[str], head: Optional[s
       clipkit predict photo.jpg --label "a cat" --label "a dog" --format json
       clipkit predict 'shots/**/*.jpg' --model ViT-B-32 --pretrained openai --templates openai_imagenet
       clipkit predict --head out/head data/samples --format csv > preds.csv
+      clipkit predict --head out/head data/samples --reject-below 0.6   # "none of these" under 60%
+      clipkit embed photos/ --config configs/demo.yaml --out emb && clipkit predict --store emb --format csv
 
     Results go to stdout; a file that can't be read (or a broken link) gets an error entry and the exit code
     is 1. In folders, files that are not images are skipped, with their count on stderr.
+
+    A head saved with a "none of these" threshold (train-probe/eval-prompts --target-precision, ...) rejects
+    images whose best calibrated probability is below it: JSON label null and rejected true (scores kept),
+    the table shows --unknown-label, CSV an empty label. --reject-below overrides it for this run.
     """
     from ..inputs import expand_inputs, skipped_note
     from ..predictor import build_predictor, image_document
 
     cfg = build_config(config_path, **flags)
+    if bool(paths) == bool(store_path):
+        raise ConfigError("give image paths or --store STORE (one of them); see `clipkit predict --help`")
+    if store_path:
+        return _predict_store(store_path, cfg, head, top_k, fmt, reject_below, unknown_label)
     found = expand_inputs(paths)
     files = [str(f) for f in found.files]
     if found.skipped:
         click.echo(skipped_note(found.skipped), err=True)
     predictor = build_predictor(cfg, head=local_head(head, cfg))
     show = show_progress(progress)
-    results = predictor.predict_paths(files, top_k=top_k, progress=show and len(files) > 1)
-    doc = image_document(predictor, results)
-    out = {"table": lambda: render_table(doc, top_k), "csv": lambda: render_csv(doc),
+    results = predictor.predict_paths(files, top_k=top_k, progress=show and len(files) > 1, reject_below=reject_below)
+    doc = image_document(predictor, results, reject_below=predictor.threshold(reject_below))
+    out = {"table": lambda: render_table(doc, top_k, unknown_label), "csv": lambda: render_csv(doc),
            "json": lambda: render_json(doc)}[fmt]()
     click.echo(out.rstrip("\n"))
     failed = sum("error" in r for r in results)
@@ -109,3 +167,22 @@ def models(pretrained_only: bool, pattern: Optional[str]) -> None:
         if pretrained_only and arch not in tags:
             continue
         click.echo(f"{arch:<40} {', '.join(tags.get(arch, [])) or '-'}")
+
+
+def _predict_store(store_path: str, cfg, head: Optional[str], top_k: int, fmt: str, reject_below: Optional[float],
+                   unknown_label: str) -> None:
+    """`clipkit predict --store`: the store's rows classified chunk by chunk and printed as they come."""
+    from ..config import adopt_model
+    from ..heads import load_head
+    from ..predictor import build_predictor, image_document, predict_store
+    from ..store import FeatureStore
+
+    store = FeatureStore.open(store_path)
+    loaded = load_head(local_head(head, cfg)) if head else None
+    if loaded is None:  # zero-shot on the store's model, unless one was given
+        cfg = adopt_model(cfg, store.identity, f"store '{store_path}'")
+    predictor = build_predictor(cfg, head=loaded)
+    doc = {**image_document(predictor, [], reject_below=predictor.threshold(reject_below)), "store": str(store.path)}
+    rows = predict_store(predictor, store, top_k=top_k, reject_below=reject_below)
+    for piece in stream_results(doc, rows, fmt, top_k, unknown_label):
+        click.echo(piece, nl=False)
