@@ -23,7 +23,8 @@ from .config import ModelConfig
 from .errors import InputError, ModelError
 from .identity import ExtractorIdentity
 from .images import load_image, to_rgb
-from .weights import ModelSource, build as build_model, resolve as resolve_model
+from .weight_files import ModelSource
+from .weights import build as build_model, resolve as resolve_model
 
 TEXT_CACHE_SIZE = 20_000  # prompt embeddings kept per extractor (~40 MB at 512 dims)
 

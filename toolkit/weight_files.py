@@ -1,4 +1,4 @@
-"""Weights files and the local cache, without open_clip: what kind a checkpoint is, where the Hugging Face cache
+"""Weights files and the local cache, without open_clip: what a model is built from (ModelSource), what kind a checkpoint is, where the Hugging Face cache
 holds a repo's file, whether the hub answers, and the one-line errors about them. Used by weights.py.
 """
 from __future__ import annotations
@@ -7,8 +7,9 @@ import json
 import os
 import socket
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlparse
 
 from .errors import ModelError
@@ -17,6 +18,36 @@ from .identity import file_sha256
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 HUB_HOST = "huggingface.co"
 BYOW = "see README 'Bring your own weights'"
+
+
+@dataclass
+class ModelSource:
+    """What to build: where the architecture and the weights come from. Becomes the identity's model spec."""
+
+    format: str  # open_clip | open_clip-config | hf-hub | open_clip-dir | transformers-dir
+    name: str  # the identity's model name: architecture, config stem, hf-hub name, or folder name
+    source: str  # what --model rebuilds it from: architecture, hf-hub name, absolute JSON or folder path
+    arch: Optional[str] = None  # what open_clip.create_model takes; None for a transformers folder
+    model_cfg: Optional[dict] = None  # the open_clip model config, when known before building
+    tag: Optional[str] = None  # pretrained tag
+    download: bool = False  # the tag's weights (or hub model) aren't cached: open_clip fetches them
+    checkpoint: Optional[str] = None  # absolute path of local weights (for a tag: its cached file)
+    kind: Optional[str] = None  # safetensors | pickle | torchscript
+    sha256: Optional[str] = None  # full sha256 of a user-given checkpoint or a folder's weights
+    quick_gelu: Optional[bool] = None  # None: as the model config says
+    preprocess: dict = field(default_factory=dict)  # open_clip PreprocessCfg overrides
+    folder: Optional[str] = None
+    tokenizer: Optional[Callable[[], Callable]] = None  # builds the tokenizer when open_clip's default won't do
+
+    def describe(self) -> str:
+        """The detected format and where it came from, for one-line errors."""
+        if self.format in ("open_clip-dir", "transformers-dir"):
+            return f"{'open_clip' if self.format == 'open_clip-dir' else 'transformers CLIP'} folder '{self.folder}'"
+        if self.format == "hf-hub":
+            return f"hub model '{self.source}'"
+        weights = f"pretrained tag '{self.tag}'" if self.tag else \
+            f"{self.kind or ''} checkpoint '{self.checkpoint}'" if self.checkpoint else "random weights"
+        return f"model '{self.name}' with {weights}"
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import io
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
@@ -29,8 +29,8 @@ from . import hf_convert
 from .errors import ModelError
 from .identity import file_sha256
 from .model_size import check_fits
-from .weight_files import (BYOW, CHECKPOINT_SUFFIXES, HUB_HOST, cached_tag_file, checkpoint_kind, from_cache,
-                           hub_reachable, offline_error, read_json, torchscript_refusal)
+from .weight_files import (BYOW, CHECKPOINT_SUFFIXES, HUB_HOST, ModelSource, cached_tag_file,
+                           checkpoint_kind, from_cache, hub_reachable, offline_error, read_json, torchscript_refusal)
 
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
 # open_clip's weights file names in a hub repo or open_clip folder, in the order its _find_checkpoint_in_dir prefers
@@ -62,36 +62,6 @@ def openai_imagenet_templates() -> list[str]:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return [t("{}") if callable(t) else str(t) for t in OPENAI_IMAGENET_TEMPLATES]
-
-
-@dataclass
-class ModelSource:
-    """What to build: where the architecture and the weights come from. Becomes the identity's model spec."""
-
-    format: str  # open_clip | open_clip-config | hf-hub | open_clip-dir | transformers-dir
-    name: str  # the identity's model name: architecture, config stem, hf-hub name, or folder name
-    source: str  # what --model rebuilds it from: architecture, hf-hub name, absolute JSON or folder path
-    arch: Optional[str] = None  # what open_clip.create_model takes; None for a transformers folder
-    model_cfg: Optional[dict] = None  # the open_clip model config, when known before building
-    tag: Optional[str] = None  # pretrained tag
-    download: bool = False  # the tag's weights (or hub model) aren't cached: open_clip fetches them
-    checkpoint: Optional[str] = None  # absolute path of local weights (for a tag: its cached file)
-    kind: Optional[str] = None  # safetensors | pickle | torchscript
-    sha256: Optional[str] = None  # full sha256 of a user-given checkpoint or a folder's weights
-    quick_gelu: Optional[bool] = None  # None: as the model config says
-    preprocess: dict = field(default_factory=dict)  # open_clip PreprocessCfg overrides
-    folder: Optional[str] = None
-    tokenizer: Optional[Callable[[], Callable]] = None  # builds the tokenizer when open_clip's default won't do
-
-    def describe(self) -> str:
-        """The detected format and where it came from, for one-line errors."""
-        if self.format in ("open_clip-dir", "transformers-dir"):
-            return f"{'open_clip' if self.format == 'open_clip-dir' else 'transformers CLIP'} folder '{self.folder}'"
-        if self.format == "hf-hub":
-            return f"hub model '{self.source}'"
-        weights = f"pretrained tag '{self.tag}'" if self.tag else \
-            f"{self.kind or ''} checkpoint '{self.checkpoint}'" if self.checkpoint else "random weights"
-        return f"model '{self.name}' with {weights}"
 
 
 # ---------------------------------------------------------------- OpenAI's releases
