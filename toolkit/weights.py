@@ -20,6 +20,7 @@ import functools
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -308,7 +309,9 @@ def _torchscript_state_dict(path: str, sha256: Optional[str]) -> dict:
     data = Path(path).read_bytes()
     if sha256 is None or hashlib.sha256(data).hexdigest() != sha256 or sha256 not in official_openai():
         raise torchscript_refusal(path, hashlib.sha256(data).hexdigest())
-    sd = torch.jit.load(io.BytesIO(data), map_location="cpu").state_dict()
+    with warnings.catch_warnings():  # torch deprecates TorchScript; OpenAI's releases are still in it
+        warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
+        sd = torch.jit.load(io.BytesIO(data), map_location="cpu").state_dict()
     return {k: v for k, v in sd.items() if k not in JIT_EXTRA_KEYS}
 
 
