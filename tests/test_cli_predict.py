@@ -47,8 +47,9 @@ def test_csv_output(run, image_dir, tmp_path):
     r = run("predict", str(image_dir), "--labels", str(labels), "--format", "csv")
     assert r.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "score", "error", "a red thing", "a blue thing",
-                                                "a green thing"}
+    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "score", "rejected", "error", "a red thing",
+                                                "a blue thing", "a green thing"}
+    assert all(row["rejected"] == "false" for row in rows)  # zero-shot on labels: no threshold
     assert all(row["label"] in {"a red thing", "a blue thing", "a green thing"} for row in rows)
 
 

@@ -79,9 +79,23 @@ def _predictions_csv(paths, labels, classes, proba: np.ndarray, zs_proba) -> str
     return buf.getvalue()
 
 
+def reliability_panels(heads: dict[str, Any], split: str = "test") -> list[dict[str, Any]]:
+    """plots.reliability_png panels, before and after, from {name: calibration.calibrate_head report}."""
+    panels = []
+    for name, cal in heads.items():
+        part = (cal or {}).get(split) or {}
+        for when, what in (("before", "T = 1"), ("after", f"T = {(cal or {}).get('temperature', 1):.3g}")):
+            m = part.get(when) or {}
+            if m.get("reliability"):
+                panels.append({"title": f"{name}, {what} ({m['n']} {split} images)",
+                               "reliability": m["reliability"], "ece": m.get("ece")})
+    return panels
+
+
 def write_report(result, test_paths, test_labels, proba: np.ndarray, zs_proba) -> None:
     """Fill `result.report_dir`: report.json, confusion_matrix.csv/.png, zeroshot_confusion_matrix.csv/.png,
-    per_class.csv, sweep.png and predictions.csv (one row per test image)."""
+    per_class.csv, sweep.png, reliability.png (calibration before/after) and predictions.csv (one row per
+    test image; scores calibrated)."""
     import json
     from pathlib import Path
 
@@ -107,6 +121,11 @@ def write_report(result, test_paths, test_labels, proba: np.ndarray, zs_proba) -
         param = result.sweep[0]["param"]
         plots.sweep_png(result.sweep, out / "sweep.png", f"{method}: validation accuracy over {param}",
                         chosen=result.params.get(param))
+    panels = reliability_panels({f"probe ({method})": (result.metrics.get("calibration") or {}).get("probe"),
+                                 "zero-shot": (result.metrics.get("calibration") or {}).get("zeroshot")})
+    if panels:
+        plots.reliability_png(panels, out / "reliability.png", "calibration on test, before and after "
+                              "temperature scaling (fitted on val)")
     doc = {"metrics": result.metrics, "params": result.params, "sweep": result.sweep, "config": result.config,
            "store": result.store_path, "timings": result.timings, "classes": classes,
            "identity": result.head.identity.to_dict() if result.head.identity is not None else None}

@@ -43,7 +43,7 @@ class PromptSet:
 
 @dataclass
 class PromptEval:
-    """A prompt set scored on one split: `proba` (n, C) in `classes` order, rows sum to 1."""
+    """A prompt set scored on one split: `proba` (n, C) calibrated, in `classes` order, rows sum to 1."""
 
     prompt_set: PromptSet
     split: str
@@ -52,6 +52,21 @@ class PromptEval:
     y_true: list[str]
     proba: np.ndarray
     metrics: dict[str, Any] = field(default_factory=dict)  # toolkit.metrics.evaluate() output
+    # calibration.calibrate_head report: temperature fitted on the val split, {val, <split>} before/after
+    calibration: dict[str, Any] = field(default_factory=dict)
+    head: Any = None  # the calibrated ZeroShotHead (classes = the dataset's class names); see `saved_head`
+
+    def scalar_metrics(self) -> dict[str, float]:
+        """Calibration numbers for MLflow: temperature, {val,<split>}_{ece,nll,brier}[_before], and plain
+        ece / nll / brier (+ _before) on the scored split, like the plain accuracy."""
+        from .calibration import scalar_metrics
+
+        out = scalar_metrics(self.calibration)
+        for k in ("ece", "nll", "brier"):
+            for suffix in ("", "_before"):
+                if f"{self.split}_{k}{suffix}" in out:
+                    out[f"{k}{suffix}"] = out[f"{self.split}_{k}{suffix}"]
+        return out
 
     def predictions_csv(self) -> str:
         """path,label,predicted,score, then one probability column per class."""
@@ -184,17 +199,38 @@ def split_digest(paths: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(str(p) for p in paths)).encode()).hexdigest()[:12]
 
 
-def evaluate_prompt_set(extractor, store, prompt_set: PromptSet, split: str = "test") -> PromptEval:
-    """Score a prompt set zero-shot on one split of a store; metrics as toolkit.metrics.evaluate."""
+def _arrays(store, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((n, D) float32 features, (n,) class indices in store.classes order) of some rows of a store."""
+    pos = {c: i for i, c in enumerate(store.classes)}
+    return np.asarray(store.features[rows], np.float32), np.asarray([pos[str(v)] for v in store.labels[rows]])
+
+
+def evaluate_prompt_set(extractor, store, prompt_set: PromptSet, split: str = "test",
+                        rule: Optional[dict[str, Optional[float]]] = None) -> PromptEval:
+    """Score a prompt set zero-shot on one split of a store; metrics as toolkit.metrics.evaluate.
+
+    The zero-shot head is calibrated first: a temperature fitted on the store's val split (and, with `rule`
+    {target_precision | target_coverage | reject_below}, a "none of these" threshold chosen there)."""
+    from .calibration import calibrate_head
     from .metrics import evaluate
     from .zeroshot import ZeroShotHead
 
     classes = store.classes
     if list(prompt_set.labels) != list(classes):
         prompt_set.labels = match_labels(prompt_set.labels, classes, f"prompt set {prompt_set.name!r}")
-    head = ZeroShotHead.from_extractor(extractor, [prompt_set.labels[c] for c in classes], prompt_set.templates)
-    rows = split_rows(store, split)
-    proba = head.predict_proba(np.asarray(store.features[rows], np.float32))  # columns follow `classes`
+    texts = [prompt_set.labels[c] for c in classes]
+    built = ZeroShotHead.from_extractor(extractor, texts, prompt_set.templates)
+    # the dataset's class names are what it answers; the prompt texts it was built from are kept in params
+    head = ZeroShotHead(classes, built.templates, built.coef_, built.logit_scale, built.identity,
+                        params={"prompt_set": prompt_set.name, "label_texts": dict(prompt_set.labels)})
+    rows, val = split_rows(store, split), store.split_indices("val")
+    if len(val) == 0:
+        raise ConfigError(f"store '{store.path}' has no val split; the zero-shot head's temperature is fitted on "
+                          "val: give a val split or let clipkit draw one (--val-fraction)")
+    (X_val, y_val), (X, y) = _arrays(store, val), _arrays(store, rows)
+    cal = calibrate_head(head, head.decision_function(X_val), y_val, head.decision_function(X), y, split=split,
+                         **(rule or {}))
+    proba = head.predict_proba(X)  # calibrated; columns follow `classes`
     y_true = [str(v) for v in store.labels[rows]]
     return PromptEval(prompt_set, split, list(classes), [str(p) for p in store.paths[rows]], y_true, proba,
-                      evaluate(y_true, proba, classes))
+                      evaluate(y_true, proba, classes), cal, head)

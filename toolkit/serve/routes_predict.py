@@ -53,20 +53,26 @@ async def predict(files: FilesField, state: StateDep, settings: SettingsDep,
                       description="Zero-shot only: labels to score instead of the default ones; repeat the field "
                                   "or put one label per line")] = None,
                   top_k: Annotated[Optional[int], Form(ge=1, description="How many labels in `top_k` "
-                                                       "(default: all)")] = None) -> dict[str, Any]:
-    """The same numbers as `clipkit predict --format json` on the same files and labels."""
+                                                       "(default: all)")] = None,
+                  reject_below: Annotated[Optional[float], Form(
+                      ge=0, le=1, description="Reject (label null, rejected true) an image whose best probability "
+                                              "is below this; 0 rejects nothing (default: the head's threshold)")
+                  ] = None) -> dict[str, Any]:
+    """The same numbers as `clipkit predict --format json` on the same files, labels and threshold."""
     label_list = parse_labels(labels, settings)
     predictor, batcher = state.predictor, state.batcher
 
     async def work():
         head = await batcher.call(predictor.head_for, label_list)  # bad labels fail before any image work
+        threshold = predictor.threshold(reject_below, label_list)
         uploads = await read_uploads(files, settings)
         feats = await encode_uploads(uploads, state)
-        rows = await batcher.call(predictor.predict_features, feats, top_k, label_list)
-        return head, uploads, rows
+        rows = await batcher.call(predictor.predict_features, feats, top_k, label_list, reject_below)
+        return head, threshold, uploads, rows
 
-    head, uploads, rows = await with_deadline(work(), settings)
-    return image_document(predictor, [{"file": name, **row} for (name, _), row in zip(uploads, rows)], label_list)
+    head, threshold, uploads, rows = await with_deadline(work(), settings)
+    return image_document(predictor, [{"file": name, **row} for (name, _), row in zip(uploads, rows)], label_list,
+                          threshold)
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,

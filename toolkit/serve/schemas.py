@@ -25,8 +25,10 @@ class LabelScore(BaseModel):
 
 class ImageResult(BaseModel):
     file: str = Field(description="The uploaded file's name, as sent (display only)")
-    label: str = Field(description="The best label")
-    score: float = Field(description="Its probability")
+    label: Optional[str] = Field(description="The best label; null when rejected (\"none of these\")")
+    score: float = Field(description="The best label's probability (calibrated: the head's temperature applied)")
+    rejected: bool = Field(False, description="True when the best probability is below the threshold "
+                                              "(`reject_below`): the image is none of the labels")
     scores: dict[str, float] = Field(description="Probability per label, in the head's label order; sums to 1")
     top_k: list[LabelScore] = Field(description="The top_k labels, best first")
 
@@ -36,6 +38,8 @@ class PredictResponse(BaseModel):
     pretrained: Optional[str]
     mode: str = Field(description="zeroshot or probe")
     labels: list[str] = Field(description="The labels scored, in order")
+    reject_below: Optional[float] = Field(None, description="The \"none of these\" threshold applied (the "
+                                          "request's reject_below, else the head's); null: nothing is rejected")
     results: list[ImageResult] = Field(description="One per uploaded file, in upload order")
 
 

@@ -1,5 +1,8 @@
 // clipkit web page: choose or drop an image, edit the labels (zero-shot), see the scores as bars.
+// An image the head rejects (best probability under its threshold) is shown as "none of these".
 "use strict";
+
+const UNKNOWN_LABEL = "none of these";
 
 const $ = (id) => document.getElementById(id);
 const state = { file: null, defaultLabels: [], mode: null };
@@ -31,8 +34,10 @@ async function loadInfo() {
     const info = await api("/v1/info");
     state.mode = info.mode;
     state.defaultLabels = info.labels;
+    const threshold = ((info.head || {}).calibration || {}).reject_below;
     $("model-info").textContent = `${info.mode === "zeroshot" ? "zero-shot" : "trained probe"} · ${info.model}` +
-      (info.pretrained ? ` / ${info.pretrained}` : "") + ` · ${info.labels.length} labels`;
+      (info.pretrained ? ` / ${info.pretrained}` : "") + ` · ${info.labels.length} labels` +
+      (threshold ? ` · "${UNKNOWN_LABEL}" under ${pct(threshold)}` : "");
     if (info.mode === "zeroshot") {
       $("labels-box").hidden = false;
       if (!$("labels").value.trim()) $("labels").value = info.labels.join("\n");
@@ -58,9 +63,21 @@ function chooseFile(file) {
   classify();
 }
 
+function pct(score) {
+  return `${(100 * score).toFixed(1)}%`;
+}
+
+function statusText(result, threshold) {
+  if (!result.rejected) return `Best: ${result.label} (${pct(result.score)})`;
+  const best = result.top_k[0];
+  return `Best: ${UNKNOWN_LABEL} (the closest, ${best.label} at ${pct(best.score)}, is under the ` +
+    `${pct(threshold)} threshold)`;
+}
+
 function renderBars(result) {
   const bars = $("bars");
   bars.replaceChildren();
+  bars.classList.toggle("rejected", Boolean(result.rejected));
   const entries = Object.entries(result.scores).sort((a, b) => b[1] - a[1]);
   entries.forEach(([label, score], i) => {
     const row = document.createElement("li");
@@ -68,16 +85,16 @@ function renderBars(result) {
     const name = document.createElement("span");
     name.className = "bar-label";
     name.textContent = label;
-    const pct = document.createElement("span");
-    pct.className = "bar-pct";
-    pct.textContent = `${(100 * score).toFixed(1)}%`;
+    const share = document.createElement("span");
+    share.className = "bar-pct";
+    share.textContent = pct(score);
     const track = document.createElement("div");
     track.className = "bar-track";
     const fill = document.createElement("div");
     fill.className = "bar-fill";
     fill.style.width = `${(100 * score).toFixed(2)}%`;
     track.appendChild(fill);
-    row.append(name, pct, track);
+    row.append(name, share, track);
     bars.appendChild(row);
   });
 }
@@ -95,7 +112,8 @@ async function classify() {
   try {
     const body = await api("/v1/predict", { method: "POST", body: form });
     const r = body.results[0];
-    $("status").textContent = `Best: ${r.label} (${(100 * r.score).toFixed(1)}%)`;
+    $("status").textContent = statusText(r, body.reject_below);
+    $("status").classList.toggle("rejected", Boolean(r.rejected));
     renderBars(r);
     showError("");
   } catch (e) {
