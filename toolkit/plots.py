@@ -155,30 +155,84 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     return _save(plt, fig, path)
 
 
+def _number(v: float, percent: bool) -> str:
+    return f"{v:.1f}%" if percent else f"{v:.3f}"
+
+
 def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Sequence[str], path: str | Path,
                         baseline: Optional[float] = None, title: str = "runs compared",
-                        metric: str = "accuracy") -> Path:
+                        metric: str = "accuracy", percent: bool = True) -> Path:
     """Horizontal bars, best on top, one colour per run kind (prompt / probe), the zero-shot baseline dashed.
-    `values` are fractions in [0, 1], drawn as %. Atomic write."""
+    `values` are fractions in [0, 1], drawn as % (`percent`), or plain numbers (e.g. NLL). Atomic write."""
     plt = _pyplot()
     colors = {"prompt": "#4c72b0", "probe": "#dd8452"}
     n = len(names)
     fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.38 * n))
     ys = np.arange(n)[::-1]  # first row (the best) at the top
-    vals = [100 * float(v) for v in values]
+    scale = 100 if percent else 1
+    vals = [scale * float(v) for v in values]
     ax.barh(ys, vals, color=[colors.get(k, "gray") for k in kinds], height=0.7)
-    for y, v in zip(ys, vals):
-        ax.text(v + 0.5, y, f"{v:.1f}%", va="center", fontsize=8)
+    top = max(vals + [scale * (baseline or 0), 1e-9]) * 1.1
+    if percent and max(vals + [0]) <= 100:
+        top = 100.0  # an accuracy axis ends at 100%
+    for y, v in zip(ys, vals):  # near the end: written inside the bar, so it never runs off the axis
+        inside = v > 0.85 * top
+        ax.text(v - 0.01 * top if inside else v + 0.01 * top, y, _number(v, percent), va="center", fontsize=8,
+                ha="right" if inside else "left", color="white" if inside else "black")
     ax.set_yticks(ys, [_short(nm, 34) for nm in names], fontsize=8)
     if baseline is not None:
-        ax.axvline(100 * baseline, color="black", ls="--", lw=1, label=f"best zero-shot {100 * baseline:.1f}%")
+        ax.axvline(scale * baseline, color="black", ls="--", lw=1, label=f"zero-shot {_number(scale * baseline, percent)}")
     from matplotlib.patches import Patch
 
     handles = [Patch(color=c, label=k) for k, c in colors.items() if k in kinds]
     handles += ax.get_legend_handles_labels()[0]
-    ax.set_xlim(0, min(110, max(vals + [100 * (baseline or 0)]) + 12))
-    ax.set_xlabel(f"{metric} (%)")
+    ax.set_xlim(0, top)
+    ax.set_xlabel(f"{metric} (%)" if percent else metric)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside
+    return _save(plt, fig, path, bbox_inches="tight")
+
+
+def reliability_png(panels: Sequence[dict[str, Any]], path: str | Path, title: str = "reliability diagram",
+                    columns: int = 2) -> Path:
+    """Reliability diagrams side by side (e.g. before / after temperature scaling, one row per head).
+
+    Each panel is {title, reliability: {count, accuracy, confidence} per equal-width confidence bin (None for
+    an empty bin), ece}. Bars: accuracy per bin; hatched red: the gap to the bin's mean confidence; dashed:
+    the diagonal (perfect calibration); the number of images above each bar. Atomic write."""
+    plt = _pyplot()
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.0 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _reliability_axis(ax, panel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
     return _save(plt, fig, path)
+
+
+def _reliability_axis(ax, panel: dict[str, Any]) -> None:
+    rel = panel["reliability"]
+    n_bins = len(rel["count"])
+    width = 1.0 / n_bins
+    centers = (np.arange(n_bins) + 0.5) * width
+    full = [i for i in range(n_bins) if rel["count"][i]]
+    acc = np.array([rel["accuracy"][i] for i in full], float)
+    conf = np.array([rel["confidence"][i] for i in full], float)
+    ax.bar(centers[full], acc, width=width * 0.95, color="#4c72b0", edgecolor="white", label="accuracy")
+    ax.bar(centers[full], conf - acc, bottom=acc, width=width * 0.95, color="none", edgecolor="#c44e52",
+           hatch="//", lw=0.8, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfectly calibrated")
+    ax.plot([], [], " ", label="numbers: images per bin")
+    for i, a, c in zip(full, acc, conf):
+        ax.text(centers[i], max(a, c) + 0.015, str(rel["count"][i]), ha="center", va="bottom", fontsize=6.5,
+                color="#333333")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ece = panel.get("ece")
+    ax.set_title(panel.get("title", "") + (f"\nECE {100 * ece:.1f}%" if ece is not None else ""), fontsize=9)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")

@@ -39,7 +39,14 @@ def store_params(store) -> dict[str, Any]:
 
 def _split_params(cfg) -> dict[str, Any]:
     return {"model": cfg.model.name, "pretrained": cfg.model.pretrained, "split_seed": cfg.probe.seed,
-            "val_fraction": cfg.probe.val_fraction, "test_fraction": cfg.probe.test_fraction}
+            "val_fraction": cfg.probe.val_fraction, "test_fraction": cfg.probe.test_fraction,
+            "rejection": _rejection(cfg.probe)}
+
+
+def _rejection(p) -> str:
+    """The "none of these" rule asked for: 'target_precision=0.95', ... or 'none'."""
+    return next((f"{k}={getattr(p, k):g}" for k in ("target_precision", "target_coverage", "reject_below")
+                 if getattr(p, k) is not None), "none")
 
 
 class PromptRun:
@@ -54,14 +61,16 @@ class PromptRun:
         run.text(yaml_dump(ps.to_dict()), "prompt_set.yaml")
 
     def log_result(self, ev) -> None:
-        """Metrics of a PromptEval, its predictions CSV and confusion matrix (CSV + PNG)."""
+        """Metrics of a PromptEval (calibration included), its predictions CSV, confusion matrix (CSV + PNG)
+        and reliability diagram."""
         from . import plots
-        from .metrics import confusion_csv
+        from .metrics import confusion_csv, reliability_panels
 
         r, m = self.run, ev.metrics
         r.params({"eval_split": ev.split, "n_images": len(ev.y_true)})
         r.tags({"eval_split": ev.split, "split_digest": split_digest(ev.paths)})
         r.evaluation(m)
+        r.metrics(ev.scalar_metrics())
         r.text(ev.predictions_csv(), "predictions.csv")
         r.text(confusion_csv(m["confusion_matrix"], ev.classes), "confusion_matrix.csv")
         acc = m.get("accuracy")
@@ -70,6 +79,10 @@ class PromptRun:
         with tempfile.TemporaryDirectory(prefix="clipkit-prompt-") as tmp:
             r.file(plots.confusion_matrix_png(m["confusion_matrix"], ev.classes, Path(tmp) / "confusion_matrix.png",
                                               title))
+            panels = reliability_panels({f"zero-shot '{ev.prompt_set.name}'": ev.calibration}, ev.split)
+            if panels:
+                r.file(plots.reliability_png(panels, Path(tmp) / "reliability.png", f"calibration on {ev.split}, "
+                                             "before and after temperature scaling (fitted on val)"))
 
 
 class ProbeRun:
@@ -100,8 +113,11 @@ class ProbeRun:
         r.params({**chosen, **store_params(store)})
         if store is not None:
             r.tags({"eval_split": "test", "split_digest": split_digest(store.paths[store.split_indices("test")])})
-        r.metrics(result.scalar_metrics())
+        scalars = result.scalar_metrics()
+        r.metrics(scalars)
         r.evaluation(result.metrics["test"])
+        # plain names are the test numbers, as accuracy is, so `clipkit compare --metric ece` ranks both kinds
+        r.metrics({k: scalars[f"test_{k}"] for k in ("ece", "nll", "brier") if f"test_{k}" in scalars})
         report = Path(result.report_dir)
         if report.is_dir():
             r.folder(report)
