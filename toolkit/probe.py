@@ -91,7 +91,8 @@ class ProbeResult:
     """Everything one training run produced; self-describing, so it can be logged as is (see tracking.py)."""
 
     head: LinearProbe
-    metrics: dict[str, Any]  # 'val', 'test', 'zeroshot_test' (evaluate() dicts), 'gain_over_zeroshot' (points)
+    metrics: dict[str, Any]  # 'val', 'test', 'zeroshot_test' (evaluate() dicts), 'gain_over_zeroshot' (points),
+    #   'calibration': {probe, zeroshot} calibration.calibrate_head reports (temperature, val/test before/after)
     sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
     report_dir: Optional[Path]  # report.json, confusion matrices (CSV, PNG), sweep.png, predictions.csv, per_class.csv
     params: dict[str, Any]  # method, chosen hyper-parameters, seed, fewshot, split sizes
@@ -109,7 +110,10 @@ class ProbeResult:
                     out[f"{part}_{k}"] = float(v)
         if self.metrics.get("gain_over_zeroshot") is not None:
             out["gain_over_zeroshot"] = float(self.metrics["gain_over_zeroshot"])
-        return out
+        from .calibration import scalar_metrics  # temperature, {val,test}_{ece,nll,brier}[_before], ...
+
+        cal = self.metrics.get("calibration") or {}
+        return {**out, **scalar_metrics(cal.get("probe")), **scalar_metrics(cal.get("zeroshot"), "zeroshot_")}
 
 
 def fewshot_indices(train_idx: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -178,11 +182,13 @@ def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optiona
     head = LinearProbe(classes, fit.coef, fit.intercept, store.identity, cfg.method, params)
     X_test, y_test = data["test"]
     test_labels = [classes[i] for i in y_test]
-    proba = head.predict_proba(X_test)
+    calibration, zeroshot_head = _calibrate(head, fit, data, zeroshot_head, order, cfg)
+    proba = head.predict_proba(X_test)  # calibrated: the temperature fitted on val
     zs_proba = zeroshot_head.predict_proba(X_test)[:, order] if zeroshot_head is not None else None
     metrics = {"val": evaluate([classes[i] for i in data["val"][1]], fit.val_proba, classes),
                "test": evaluate(test_labels, proba, classes),
-               "zeroshot_test": evaluate(test_labels, zs_proba, classes) if zs_proba is not None else None}
+               "zeroshot_test": evaluate(test_labels, zs_proba, classes) if zs_proba is not None else None,
+               "calibration": calibration}
     gain = None
     if metrics["zeroshot_test"] and metrics["test"]["accuracy"] is not None:
         gain = 100 * (metrics["test"]["accuracy"] - metrics["zeroshot_test"]["accuracy"])
@@ -196,6 +202,28 @@ def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optiona
 
         write_report(result, store.paths[idx["test"]], test_labels, proba, zs_proba)
     return result
+
+
+def _calibrate(head, fit: FitResult, data, zeroshot_head, order, cfg: ProbeConfig):
+    """Fit the head's temperature (and "none of these" rule: cfg.target_precision | target_coverage |
+    reject_below) on val, and the zero-shot baseline's temperature on the same images (a calibrated copy;
+    the caller's head is left as is). Returns ({probe, zeroshot} calibration reports, calibrated zero-shot)."""
+    import copy
+
+    from .calibration import calibrate_head
+
+    (X_val, y_val), (X_test, y_test) = data["val"], data["test"]
+    held_out = fit.params.get("refit") == "train+val"  # the head saw val: score val with the pre-refit model
+    val_logits = np.log(np.clip(np.asarray(fit.val_proba, np.float64), 1e-300, None)) if held_out \
+        else head.decision_function(X_val)
+    rule = {k: getattr(cfg, k) for k in ("target_precision", "target_coverage", "reject_below")}
+    out = {"probe": calibrate_head(head, val_logits, y_val, head.decision_function(X_test), y_test, **rule)}
+    out["probe"]["val_scores"] = "pre-refit model (the head was refit on train+val)" if held_out else "head"
+    if zeroshot_head is not None:
+        zeroshot_head = copy.copy(zeroshot_head)
+        out["zeroshot"] = calibrate_head(zeroshot_head, zeroshot_head.decision_function(X_val)[:, order], y_val,
+                                         zeroshot_head.decision_function(X_test)[:, order], y_test)
+    return out, zeroshot_head
 
 
 def _temp_report_dir() -> Path:
