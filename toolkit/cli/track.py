@@ -11,6 +11,7 @@ import click
 from ..prompt_eval import SPLIT_CHOICES
 from .common import build_config, model_options, show_progress
 from .probe import _probe_overrides as probe_overrides, _split_options as split_options  # same split flags
+from .probe import apply_rejection, rejection_options
 
 def tracking_options(f: Callable) -> Callable:
     """--experiment, --tracking-uri, --no-track (fill cfg.tracking through `tracking_overrides`)."""
@@ -43,13 +44,32 @@ def _open_data(data: str, cfg):
 
 
 def _results_table(rows: list[dict[str, Any]]) -> str:
+    """One line per prompt set: accuracy, balanced accuracy, macro-F1, temperature, ECE before -> after."""
     width = max([len(r["prompt_set"]) for r in rows] + [10])
-    lines = [f"{'prompt set':<{width}} {'templates':>9} {'accuracy':>9} {'bal. acc':>9} {'macro-F1':>9}  run id"]
+    lines = [f"{'prompt set':<{width}} {'templates':>9} {'accuracy':>9} {'bal. acc':>9} {'macro-F1':>9} "
+             f"{'temp.':>6} {'ECE before->after':>18}  run id"]
     for r in rows:
-        m = r["metrics"]
+        m, c = r["metrics"], r["calibration"]
+        ece = f"{100 * c['ece_before']:.1f}% -> {100 * c['ece']:.1f}%" if "ece" in c else "n/a"
         lines.append(f"{r['prompt_set']:<{width}} {r['template_count']:>9} {100 * m['accuracy']:>8.1f}% "
-                     f"{100 * m['balanced_accuracy']:>8.1f}% {100 * m['macro_f1']:>8.1f}%  {r['run_id'] or '-'}")
+                     f"{100 * m['balanced_accuracy']:>8.1f}% {100 * m['macro_f1']:>8.1f}% "
+                     f"{c.get('temperature', 1):>6.3g} {ece:>18}  {r['run_id'] or '-'}")
     return "\n".join(lines)
+
+
+def _save_head(evals: list, out: str) -> str:
+    """Save the calibrated zero-shot head of the prompt set with the best val accuracy (ties: lower val NLL
+    after calibration) to `out`; returns a line saying which was saved."""
+    def key(ev):
+        after = ev.calibration["val"]["after"]
+        return (-(after["accuracy"] or 0), after["nll"] if after["nll"] is not None else float("inf"))
+
+    best = min(evals, key=key)
+    best.head.metrics = {**best.head.metrics, **best.scalar_metrics()}
+    best.head.save(out)
+    why = f" (best val accuracy of {len(evals)})" if len(evals) > 1 else ""
+    return (f"saved the calibrated zero-shot head of prompt set '{best.prompt_set.name}'{why} to {out}: "
+            f"serve it with `clipkit serve --head {out}`")
 
 
 @click.command("eval-prompts")
@@ -66,13 +86,18 @@ def _results_table(rows: list[dict[str, Any]]) -> str:
 @split_options
 @click.option("--store", "store_path", default=None, type=click.Path(file_okay=False),
               help="Feature-store folder to reuse or fill. [default: train-probe's, ~/.cache/clipkit/stores/...]")
+@rejection_options
+@click.option("--save-head", "save_head", default=None, type=click.Path(file_okay=False),
+              help="Save the calibrated zero-shot head (the best prompt set on val) to this folder, for "
+                   "`clipkit predict --head` / `clipkit serve --head`.")
 @tracking_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ...], labels_files: tuple[str, ...],
                  prompt_sets: Optional[str], split: str, store_path: Optional[str],
                  experiment: Optional[str], tracking_uri: Optional[str], no_track: bool, fmt: str,
-                 progress: Optional[bool], **flags: Any) -> None:
+                 progress: Optional[bool], target_precision: Optional[float], target_coverage: Optional[float],
+                 reject_below: Optional[float], save_head: Optional[str], **flags: Any) -> None:
     """Score several prompt sets zero-shot on one labelled dataset; one MLflow run (kind=prompt) each.
 
     DATA is an image folder (ROOT/<class>/*.jpg or ROOT/{train,val,test}/<class>/), a CSV manifest
@@ -80,10 +105,16 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     prompt set costs one text encoding. Labels default to the class names.
 
     \b
+    Each zero-shot head is calibrated: a temperature fitted on the val split (NLL), with ECE / NLL / Brier
+    before and after logged. --target-precision | --target-coverage | --reject-below add a "none of these"
+    threshold (chosen on val); --save-head OUT saves the calibrated head (answering with the class names).
+
+    \b
     Examples:
       clipkit eval-prompts out/demo --config configs/demo.yaml --templates none --templates people
       clipkit eval-prompts out/demo --config configs/demo.yaml --prompt-sets configs/prompt_sets.yaml
       clipkit eval-prompts shots.csv --templates people --labels a.txt --labels b.txt --format json
+      clipkit eval-prompts out/demo --config configs/demo.yaml --target-precision 0.9 --save-head out/zs-head
       clipkit compare          # then rank them against trained probes
     """
     from .. import run_records, tracking
@@ -92,6 +123,8 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
 
     overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track)}
     cfg = build_config(config_path, **overrides, **flags)
+    apply_rejection(cfg, target_precision, target_coverage, reject_below)
+    rule = {k: getattr(cfg.probe, k) for k in ("target_precision", "target_coverage", "reject_below")}
     dataset, store, classes, name = _open_data(data, cfg)
     sets = load_prompt_sets(prompt_sets, classes) if prompt_sets else []
     if templates or labels_files or not sets:
@@ -100,13 +133,15 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
         raise click.UsageError("two prompt sets share a name; rename one in the YAML")
     tracking.check_tracking(cfg.tracking)  # before the model load
     extractor, store = _extract(cfg, data, dataset, store, store_path, progress)
-    rows = []
+    rows, evals = [], []
     for ps in sets:
         with run_records.prompt_run(cfg, name, ps, store) as run:
-            ev = evaluate_prompt_set(extractor, store, ps, split)
+            ev = evaluate_prompt_set(extractor, store, ps, split, rule)
             run.log_result(ev)
+        evals.append(ev)
         rows.append({"prompt_set": ps.name, "template_count": len(ps.templates), "run_id": run.run_id,
-                     "metrics": headline(ev.metrics),
+                     "metrics": headline(ev.metrics), "calibration": ev.scalar_metrics(),
+                     "rejection": ev.calibration.get("rejection") or None,
                      "recall": {c: v["recall"] for c, v in ev.metrics["per_class"].items()}})
     rows.sort(key=lambda r: -r["metrics"]["accuracy"])
     exp = tracking.experiment_name(cfg.tracking, name)
@@ -118,6 +153,12 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     if cfg.tracking.enabled:
         click.echo(f"logged {len(rows)} prompt run(s) to experiment '{exp}' in {tracking.resolve_uri(cfg.tracking)}; "
                    f"rank them with `clipkit compare --experiment {exp}`", err=True)
+    for ev in evals:
+        for note in (ev.calibration.get("note"), (ev.calibration.get("rejection") or {}).get("note")):
+            if note:
+                click.echo(f"note: prompt set '{ev.prompt_set.name}': {note}", err=True)
+    if save_head:
+        click.echo(_save_head(evals, save_head), err=True)
 
 
 def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress: Optional[bool]):
