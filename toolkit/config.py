@@ -80,15 +80,18 @@ class ProbeConfig(_Section):
     patience: int = 10
     batch_size: int = 256
     # cache (Tip-Adapter): alpha weighs the cache against the zero-shot logits, beta sharpens key affinities;
-    # both picked on val from these grids (alpha 0 = zero-shot). finetune: train the keys (Tip-Adapter-F) with
+    # both picked on val from these grids (alpha 0 = zero-shot; Tip-Adapter searches ~0.1-10 over a strong CLIP
+    # zero-shot, the larger values let the cache outvote a weak one). finetune: train the keys (Tip-Adapter-F) with
     # AdamW at cache_lr for up to cache_epochs (early stopping on val after `patience` epochs), then search again.
     finetune: bool = False
-    cache_alphas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0], min_length=1)
+    cache_alphas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0, 200.0], min_length=1)
     cache_betas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field([0.5, 1.0, 2.0, 3.5, 5.5, 8.0, 12.0, 20.0], min_length=1)
     cache_lr: float = Field(1e-3, gt=0)
     cache_epochs: int = Field(100, ge=1)
     # blend (WiSE-FT for linear heads): (1 - alpha) * zero-shot + alpha * probe logits, alpha picked on val
-    blend_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1)
+    blend_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1)
     blend_base: Literal["logreg", "linear"] = "logreg"  # the probe blended in (linear: zero-shot init)
     # auto: the candidates (zeroshot, logreg, linear = zero-shot init, cache, cache-f = fine-tuned, blend); with
     # fewer than auto_min_val_per_class val images in some class, chosen by auto_folds-fold CV over train + val

@@ -90,7 +90,7 @@ def fit_logreg(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
 class ProbeResult:
     """Everything one training run produced; self-describing, so it can be logged as is (see tracking.py)."""
 
-    head: LinearProbe
+    head: SavedHead  # LinearProbe (logreg, linear, blend), CacheHead, or (auto) ZeroShotHead
     metrics: dict[str, Any]  # 'val', 'test', 'zeroshot_test' (evaluate() dicts), 'gain_over_zeroshot' (points),
     #   'calibration': {probe, zeroshot} calibration.calibrate_head reports (temperature, val/test before/after)
     sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
@@ -110,6 +110,8 @@ class ProbeResult:
                     out[f"{part}_{k}"] = float(v)
         if self.metrics.get("gain_over_zeroshot") is not None:
             out["gain_over_zeroshot"] = float(self.metrics["gain_over_zeroshot"])
+        for name, c in ((self.metrics.get("selection") or {}).get("candidates") or {}).items():
+            out[f"candidate/{name}/val_accuracy"] = float(c["val_accuracy"])  # auto's candidates
         from .calibration import scalar_metrics  # temperature, {val,test}_{ece,nll,brier}[_before], ...
 
         cal = self.metrics.get("calibration") or {}
@@ -152,8 +154,8 @@ def _split_arrays(store, classes: list[str], cfg: ProbeConfig):
 
 def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
                 c_grid: Optional[Sequence[float]] = None, progress: bool = False, report: bool = True) -> ProbeResult:
-    """Fit a linear probe on a FeatureStore's train split (hyper-parameters on val), score it and the
-    zero-shot head on test, and write a report folder (`report_dir`, else a temp folder; none when
+    """Fit a head (cfg.method: see toolkit.fewshot) on a FeatureStore's train split (hyper-parameters on val),
+    score it and the zero-shot head on test, and write a report folder (`report_dir`, else a temp folder; none when
     `report` is False, e.g. inside a sweep). Returns a ProbeResult (the head is not saved)."""
     from .metrics import evaluate
 
@@ -164,22 +166,21 @@ def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optiona
     if cfg.init == "zeroshot" and (cfg.method != "linear" or zeroshot_head is None):
         raise ConfigError("--init zeroshot starts the linear head from the zero-shot classifier; use it with "
                           "--method linear (and prompts for the class names)")
+    if cfg.finetune and cfg.method != "cache":
+        raise ConfigError(f"--finetune trains the keys of a cache head; use it with --method cache, not {cfg.method}")
+    if cfg.method in ("cache", "blend", "auto") and zeroshot_head is None:
+        raise ConfigError(f"--method {cfg.method} builds on the zero-shot classifier; give prompts for the class names")
     data, idx = _split_arrays(store, classes, cfg)
-    t0 = time.perf_counter()
-    if cfg.method == "logreg":
-        # few-shot: the head must only ever fit K examples per class, so no refit on the (full) val split
-        fit = fit_logreg(*data["train"], *data["val"], cfg, c_grid or cfg.c_grid, refit=not cfg.fewshot)
-    else:
-        from .trainer import fit_linear
+    from .fewshot import fit_head, zeroshot_in_order  # every method's fitting (logreg, linear, cache, blend, auto)
 
-        init = None
-        if cfg.init == "zeroshot":
-            init = zeroshot_head.coef_[order] * zeroshot_head.logit_scale
-        fit = fit_linear(*data["train"], *data["val"], len(classes), cfg, init_weight=init, progress=progress)
+    t0 = time.perf_counter()
+    zs = zeroshot_in_order(zeroshot_head, classes) if zeroshot_head is not None else None
+    fit = fit_head(cfg.method, classes, data["train"], data["val"], zs, cfg, store.identity, progress, c_grid)
     fit_s = time.perf_counter() - t0
     params = {"method": cfg.method, "init": cfg.init, "seed": cfg.seed, "fewshot": cfg.fewshot, **fit.params,
               **{f"n_{s}": int(len(i)) for s, i in idx.items()}}
-    head = LinearProbe(classes, fit.coef, fit.intercept, store.identity, cfg.method, params)
+    head = fit.head
+    head.params = {**head.params, **params}
     X_test, y_test = data["test"]
     test_labels = [classes[i] for i in y_test]
     calibration, zeroshot_head = _calibrate(head, fit, data, zeroshot_head, order, cfg)
@@ -189,6 +190,8 @@ def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optiona
                "test": evaluate(test_labels, proba, classes),
                "zeroshot_test": evaluate(test_labels, zs_proba, classes) if zs_proba is not None else None,
                "calibration": calibration}
+    if fit.selection:  # auto: the chosen method and every candidate's val score
+        metrics["selection"] = fit.selection
     gain = None
     if metrics["zeroshot_test"] and metrics["test"]["accuracy"] is not None:
         gain = 100 * (metrics["test"]["accuracy"] - metrics["zeroshot_test"]["accuracy"])

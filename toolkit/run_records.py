@@ -93,12 +93,8 @@ class ProbeRun:
         self.model_uri: Optional[str] = None
         self.registered_uri: Optional[str] = None
         p = run.cfg.probe
-        c_grid = p.c_grid or f"logspace({p.c_min:g}, {p.c_max:g}, {p.c_steps}) + refinement"
-        grid = ({"c_grid": c_grid, "max_iter": p.max_iter} if p.method == "logreg" else
-                {"weight_decay_grid": p.weight_decays, "lr": p.lr, "max_epochs": p.max_epochs,
-                 "patience": p.patience, "batch_size": p.batch_size})
         self._logged = {**_split_params(run.cfg), "method": p.method, "init": p.init, "seed": p.seed,
-                        "shots": p.fewshot or "all", **grid}
+                        "shots": p.fewshot or "all", **_method_grid(p)}
         run.params(self._logged)
 
     def log_result(self, result) -> None:
@@ -109,7 +105,8 @@ class ProbeRun:
             if k in self._logged and str(self._logged[k]) == str(v) or k == "fewshot":
                 continue
             chosen[f"fit_{k}" if k in self._logged else k] = v
-        chosen["chosen_value"] = result.params.get("C", result.params.get("weight_decay"))
+        chosen["chosen_value"] = next((result.params[k] for k in ("C", "weight_decay", "alpha")
+                                       if k in result.params), None)
         r.params({**chosen, **store_params(store)})
         if store is not None:
             r.tags({"eval_split": "test", "split_digest": split_digest(store.paths[store.split_indices("test")])})
@@ -144,6 +141,21 @@ class ProbeRun:
         info = r.pyfunc_model(MODEL_CODE, artifacts, list(classes), _requirements(), registered)
         self.model_uri, self.registered_uri = info["run_model_uri"], info["registered_uri"]
         r.tags({"model_uri": info["model_uri"], "registered_model": self.registered_uri})
+
+
+def _method_grid(p) -> dict[str, Any]:
+    """The searched grids of a probe config's method (auto: its candidates and how it chooses)."""
+    c_grid = p.c_grid or f"logspace({p.c_min:g}, {p.c_max:g}, {p.c_steps}) + refinement"
+    linear = {"weight_decay_grid": p.weight_decays, "lr": p.lr, "max_epochs": p.max_epochs, "patience": p.patience,
+              "batch_size": p.batch_size}
+    cache = {"cache_alphas": p.cache_alphas, "cache_betas": p.cache_betas, "finetune": p.finetune}
+    if p.finetune:
+        cache.update(cache_lr=p.cache_lr, cache_epochs=p.cache_epochs, patience=p.patience)
+    grids = {"logreg": {"c_grid": c_grid, "max_iter": p.max_iter}, "linear": linear, "cache": cache,
+             "blend": {"blend_alphas": p.blend_alphas, "blend_base": p.blend_base},
+             "auto": {"auto_candidates": p.auto_candidates, "auto_min_val_per_class": p.auto_min_val_per_class,
+                      "auto_folds": p.auto_folds}}
+    return grids[p.method]
 
 
 def _requirements() -> list[str]:

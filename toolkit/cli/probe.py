@@ -304,6 +304,9 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
                       "tracking.enabled": False if no_track else None})
     cfg = build_config(config_path, **overrides, **flags)
     apply_rejection(cfg, target_precision, target_coverage, reject_below)
+    if cfg.probe.finetune and cfg.probe.method != "cache":  # before the model loads
+        raise ConfigError(f"--finetune trains the keys of a cache head; use it with --method cache, "
+                          f"not {cfg.probe.method}")
     if cfg.tracking.enabled:
         tracking.check_tracking(cfg.tracking)  # fail in seconds, before any encoding
     show = show_progress(progress)
