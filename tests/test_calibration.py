@@ -382,3 +382,34 @@ def test_reliability_diagram_is_written(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob(".*"))  # no temp file left
     with Image.open(path) as im:
         assert im.width > 600 and im.height > 300
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_web_page_shows_none_of_these_for_a_rejected_image(tiny_model, tiny_extractor, tmp_path):
+    import yaml
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
+    from toolkit.serve.process import ServerProcess
+    from toolkit.zeroshot import ZeroShotHead
+
+    head = ZeroShotHead.from_extractor(tiny_extractor, ["a red square", "a blue circle", "a green triangle"], ["{}"])
+    head.reject_below = 0.99  # the tiny random model is never that sure: every image is rejected
+    folder = head.save(tmp_path / "head")
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": tiny_model["config"], "pretrained": tiny_model["checkpoint"],
+                                             "device": "cpu", "num_workers": 0}}))
+    img = tmp_path / "red.png"
+    Image.new("RGB", (64, 48), (220, 20, 20)).save(img)
+    with ServerProcess(["--config", str(cfg), "--head", str(folder), "--no-access-log"]) as srv, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#model-info")).to_contain_text('"none of these" under 99.0%', timeout=30_000)
+        page.set_input_files("#file", str(img))
+        expect(page.locator("#status")).to_contain_text("Best: none of these", timeout=30_000)
+        assert "under the 99.0% threshold" in page.locator("#status").inner_text()
+        assert page.locator("#bars .bar-row").count() == 3  # the scores are still shown
+        browser.close()
