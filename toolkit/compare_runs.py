@@ -1,6 +1,7 @@
 """Rank prompt runs and probe runs of one dataset on one metric, with the gain over the best zero-shot run.
 
-Input: run dicts as tracking.search_runs returns them ({run_id, name, kind, dataset, params, metrics, tags}).
+Input: run dicts as tracking.search_runs returns them ({run_id, name, kind, dataset, status, params, metrics,
+tags}); only FINISHED runs are ranked (`finished_runs` counts the others for a note).
 No mlflow import here. Gains are in percentage points (100 x the metric difference).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
     The baseline is the best prompt (zero-shot) run; without any, the best zero-shot score probe runs logged
     on their own test split (zeroshot_test_<metric>). Notes flag runs on other datasets or other test splits.
     """
-    runs = [r for r in runs if r.get("kind") in ("prompt", "probe")]
+    runs = [r for r in runs if r.get("kind") in ("prompt", "probe") and r.get("status", "FINISHED") == "FINISHED"]
     if not runs:
         raise TrackingError(f"experiment '{experiment}' has no finished prompt or probe runs; run "
                             "`clipkit eval-prompts DATA` or `clipkit train-probe DATA` first")
@@ -73,6 +74,18 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
                      "gains across them are not like for like")
     return {"experiment": experiment, "dataset": ds, "metric": metric, "baseline": baseline,
             "baseline_source": source if baseline is not None else None, "runs": rows, "notes": notes}
+
+
+def finished_runs(runs: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """(the FINISHED runs, a line counting the others or None). Unfinished runs (RUNNING: still going or its
+    process died; KILLED; FAILED) have partial metrics or none, so they are left out, but never silently."""
+    done = [r for r in runs if r.get("status", "FINISHED") == "FINISHED"]
+    left = sorted(r["status"] for r in runs if r.get("status", "FINISHED") != "FINISHED")
+    if not left:
+        return done, None
+    counts = ", ".join(f"{left.count(s)} {s}" for s in sorted(set(left)))
+    return done, (f"note: skipped {len(left)} unfinished run(s) ({counts}); only FINISHED runs are ranked "
+                  "(a RUNNING one is still going, or its process died)")
 
 
 def render_table(report: dict[str, Any]) -> str:

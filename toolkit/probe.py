@@ -230,6 +230,12 @@ def _calibrate(head, fit: FitResult, data, zeroshot_head, order, cfg: ProbeConfi
 
 
 def _temp_report_dir() -> Path:
+    """A temporary report folder (no report_dir given): removed when the process exits, so none outlives the
+    command that made it. Callers that keep the report move it away first (train-probe: OUT/report)."""
+    import atexit
+    import shutil
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="clipkit-report-"))
+    folder = tempfile.mkdtemp(prefix="clipkit-report-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)

@@ -12,6 +12,7 @@ as an MLflow model from code (toolkit/logged_model.py, the file MLflow itself lo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import traceback
 import urllib.error
@@ -44,8 +45,9 @@ def experiment_name(tcfg: TrackingConfig, dataset_name: str) -> str:
 
 # ---------------------------------------------------------------- reachability (no mlflow import)
 
-def check_tracking(tcfg: TrackingConfig, timeout: float = 5.0) -> None:
-    """Raise TrackingError quickly when tracking is enabled but the store can't be reached (before heavy work)."""
+def check_tracking(tcfg: TrackingConfig, timeout: float = 5.0, write: bool = True) -> None:
+    """Raise TrackingError quickly when tracking is enabled but the store can't be reached (before heavy work):
+    a server that doesn't answer, an SQLite database whose folder is missing, or (`write`) that can't be written."""
     if not tcfg.enabled:
         return
     uri = resolve_uri(tcfg)
@@ -53,7 +55,7 @@ def check_tracking(tcfg: TrackingConfig, timeout: float = 5.0) -> None:
     if scheme in ("http", "https"):
         _check_http(uri, timeout)
     elif scheme == "sqlite":
-        _check_sqlite(uri)
+        _check_sqlite(uri, write)
     elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (or a Windows drive letter)
         raise TrackingError(f"tracking URI '{uri}' is MLflow's old file store, which MLflow 3 refuses; use "
                             "--tracking-uri sqlite:///mlflow.db or an http:// server")
@@ -75,14 +77,31 @@ def _check_http(uri: str, timeout: float) -> None:
                             "or --no-track") from None
 
 
-def _check_sqlite(uri: str) -> None:
-    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-    if path is None or str(path) in ("", ":memory:"):
+def _sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of sqlite:///PATH or sqlite:///file:PATH?mode=ro&uri=true (SQLite's URI form)."""
+    rest = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if rest.startswith("file:"):
+        rest = rest[len("file:"):].split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def _check_sqlite(uri: str, write: bool = True) -> None:
+    path = _sqlite_path(uri)
+    if path is None:
         return
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise TrackingError(f"tracking database folder '{folder}' of '{uri}' does not exist or is not writable; "
-                            "create it, pass another --tracking-uri, or --no-track")
+    if not folder.is_dir():
+        raise TrackingError(f"tracking database folder '{folder}' of '{uri}' does not exist; create it, pass "
+                            "another --tracking-uri, or --no-track")
+    if path.is_dir():
+        raise TrackingError(f"tracking URI '{uri}' names a folder, not a database file; use e.g. "
+                            f"sqlite:///{path / 'mlflow.db'}")
+    if write and not os.access(folder, os.W_OK):
+        raise TrackingError(f"tracking database folder '{folder}' of '{uri}' is not writable (SQLite writes its "
+                            "journal beside the database); fix its permissions, pass another --tracking-uri, or "
+                            "--no-track")
+    if write and path.is_file() and not os.access(path, os.W_OK):
+        raise TrackingError(_read_only(uri))
     if path.is_file() and path.stat().st_size > 0:
         with open(path, "rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
@@ -97,8 +116,43 @@ def _mlflow(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
+    _quiet_db_errors()
     mlflow.set_tracking_uri(uri)
     return mlflow
+
+
+class _NoTracebacks(logging.Filter):
+    """Drops log records that carry a traceback: MLflow logs a database error's whole SQLAlchemy traceback
+    (~90 lines) before raising it; the raised error reaches the user as one line (`_mlflow_error`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+def _quiet_db_errors() -> None:
+    log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _NoTracebacks) for f in log.filters):
+        log.addFilter(_NoTracebacks())
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking backend raises: MLflow's errors, and the SQLAlchemy / HTTP errors it lets through."""
+    from mlflow.exceptions import MlflowException
+
+    found: list[type[BaseException]] = [MlflowException]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        found.append(SQLAlchemyError)
+    except ImportError:
+        pass
+    try:
+        from requests.exceptions import RequestException
+
+        found.append(RequestException)
+    except ImportError:
+        pass
+    return tuple(found)
 
 
 def _artifact_location(tcfg: TrackingConfig, uri: str) -> Optional[str]:
@@ -117,16 +171,55 @@ def _experiment_id(mlflow, tcfg: TrackingConfig, name: str, create: bool = True)
     if exp is None and create:
         try:
             return mlflow.create_experiment(name, artifact_location=_artifact_location(tcfg, uri))
-        except MlflowException:  # created by someone else in between
+        except MlflowException:  # created by someone else in between, or the store refused the write
             exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if exp is not None and exp.lifecycle_stage == "deleted":
         raise TrackingError(f"experiment '{name}' in '{uri}' is deleted; restore it in the MLflow UI or pass "
                             "another --experiment")
     return exp.experiment_id if exp is not None else None
 
 
+def _read_only(uri: str) -> str:
+    return (f"the tracking database '{uri}' is read-only; make the file and its folder writable, pass another "
+            "--tracking-uri, or --no-track")
+
+
+# (text in the error or its causes, what it means): SQLite's and the HTTP client's words, checked in order
+_CAUSES = (
+    (("readonly database", "read-only file system"), lambda uri: _read_only(uri)),
+    (("unable to open database file",), lambda uri: f"the tracking database '{uri}' can't be opened (its folder "
+     "is missing or not accessible); create the folder, pass another --tracking-uri, or --no-track"),
+    (("database is locked",), lambda uri: f"the tracking database '{uri}' stayed locked by another process; "
+     "retry when it is done, or use an `mlflow server` for concurrent runs"),
+    (("file is not a database", "database disk image is malformed"), lambda uri: f"'{uri}' is not a readable "
+     "SQLite database (damaged?); pass another --tracking-uri, or --no-track"),
+    (("connection refused", "failed to establish a new connection", "max retries exceeded", "name or service not "
+      "known", "timed out"), lambda uri: f"the MLflow tracking server at '{uri}' can't be reached; start it "
+     "(`mlflow server --host 127.0.0.1 --port 5000`), pass another --tracking-uri, or --no-track"),
+)
+
+
+def _error_text(e: BaseException) -> str:
+    """The error's message and its causes', lowercased: what `_CAUSES` is matched against."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__
+    return "\n".join(parts).lower()
+
+
 def _mlflow_error(e: BaseException, uri: str, what: str) -> TrackingError:
-    first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+    """One line naming the cause: a read-only or missing database, an unreachable server, ... (else MLflow's
+    own first line, without SQLAlchemy's advice about autoflush)."""
+    text = _error_text(e)
+    for needles, message in _CAUSES:
+        if any(n in text for n in needles):
+            return TrackingError(f"MLflow could not {what}: {message(uri)}")
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and not ln.startswith("(raised as a result")]
+    first = (lines or [e.__class__.__name__])[0][:300]
     return TrackingError(f"MLflow could not {what} in '{uri}': {first}; check --tracking-uri (or --no-track)")
 
 
@@ -207,37 +300,51 @@ def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[st
                 tags: Optional[dict[str, Any]] = None) -> Iterator[TrackedRun]:
     """Start a run tagged kind/dataset in the dataset's experiment and log the full config (config.yaml).
 
-    The run ends FINISHED when the block completes, FAILED (KILLED on Ctrl-C) with the error recorded when
-    it raises; MLflow errors inside the block come out as TrackingError.
+    The run ends FINISHED when the block completes, FAILED with the error recorded when it raises, KILLED
+    when a KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the CLI) stops it, with the signal in
+    its `signal` tag and a note on the exception naming the run. Backend errors come out as TrackingError.
     """
-    from mlflow.exceptions import MlflowException
-
     uri = resolve_uri(cfg.tracking)
     mlflow = _mlflow(uri)
+    backend = _backend_errors()
     name = experiment_name(cfg.tracking, dataset_name)
     try:
         exp_id = _experiment_id(mlflow, cfg.tracking, name)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
                                tags={"kind": kind, "dataset": dataset_name, **(tags or {})})
-    except MlflowException as e:
+    except backend as e:
         raise _mlflow_error(e, uri, f"start a run in experiment '{name}'") from e
+    except KeyboardInterrupt as e:  # the run may exist already: it must not stay RUNNING
+        if mlflow.active_run() is not None:
+            _end_failed(mlflow, e)
+        raise
     handle = TrackedRun(mlflow, run, cfg, name)
     try:
         handle.text(config_to_yaml(cfg), "config.yaml")
         yield handle
+        mlflow.end_run("FINISHED")
     except BaseException as e:
         _end_failed(mlflow, e)
-        if isinstance(e, MlflowException):
+        if isinstance(e, backend):
             raise _mlflow_error(e, uri, f"log run {handle.run_id}") from e
         raise
-    mlflow.end_run("FINISHED")
 
 
 def _end_failed(mlflow, e: BaseException) -> None:
-    """Record the error on the active run and end it FAILED (KILLED for Ctrl-C); best effort."""
-    status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+    """Record the error on the active run and end it FAILED (KILLED for an interrupt); best effort."""
+    killed = isinstance(e, KeyboardInterrupt)
+    status = "KILLED" if killed else "FAILED"
     message = getattr(e, "message", None) or str(e) or e.__class__.__name__
+    run = mlflow.active_run()
+    if run is None:  # already ended (e.g. interrupted inside end_run itself)
+        return
+    if killed:
+        signal_name = getattr(e, "signal_name", "SIGINT")
+        message = f"interrupted by {signal_name}"
+        e.__notes__ = [*getattr(e, "__notes__", ()), f"MLflow run {run.info.run_id} is marked KILLED"]
     try:
+        if killed:
+            mlflow.set_tag("signal", signal_name)
         mlflow.set_tags({"error": message[:5000], "error_type": e.__class__.__name__})
         mlflow.log_text("".join(traceback.format_exception(type(e), e, e.__traceback__)), "error.txt")
     except Exception:  # the store itself may be what failed
@@ -265,13 +372,13 @@ def fetch_head(spec: str, tcfg: TrackingConfig) -> str:
     (CLI commands, create_app), so prediction code never needs MLflow."""
     if not is_mlflow_uri(spec):
         return spec
-    from mlflow.exceptions import MlflowException
-
     store = resolve_uri(tcfg)
+    if store.startswith(("http://", "https://")):
+        _check_http(store, 5.0)  # seconds, not MLflow's minutes of retries
     mlflow = _mlflow(store)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
-    except MlflowException as e:
+    except _backend_errors() as e:
         raise _mlflow_error(e, store, f"find head '{spec}'") from e
     except OSError as e:
         raise TrackingError(f"could not download head '{spec}' from '{store}' ({e}); check the URI") from None
@@ -283,13 +390,12 @@ def fetch_head(spec: str, tcfg: TrackingConfig) -> str:
 
 
 def search_runs(tcfg: TrackingConfig, experiment: Optional[str] = None) -> tuple[str, list[dict[str, Any]]]:
-    """(experiment name, FINISHED prompt/probe runs as plain dicts). Without a name: the experiment whose
-    clipkit run is the most recent."""
-    from mlflow.exceptions import MlflowException
-
+    """(experiment name, its prompt/probe runs as plain dicts, each with its `status`: FINISHED, or RUNNING,
+    KILLED, FAILED for runs that never finished). Without a name: the experiment whose clipkit run is the most
+    recent."""
     uri = resolve_uri(tcfg)
     mlflow = _mlflow(uri)
-    flt = "attributes.status = 'FINISHED'"  # tags can't be filtered with IN: kinds are picked below
+    flt = "attributes.status != 'SCHEDULED'"  # tags can't be filtered with IN: kinds are picked below
     try:
         name = experiment or tcfg.experiment or _latest_experiment(mlflow, flt)
         if name is None:
@@ -300,7 +406,7 @@ def search_runs(tcfg: TrackingConfig, experiment: Optional[str] = None) -> tuple
             raise TrackingError(f"experiment '{name}' not found in '{uri}'; list them with `make mlflow-ui` or "
                                 "drop --experiment")
         runs = mlflow.search_runs([exp_id], filter_string=flt, output_format="list", max_results=5000)
-    except MlflowException as e:
+    except _backend_errors() as e:
         raise _mlflow_error(e, uri, "search runs") from e
     return name, [_run_dict(r) for r in runs if r.data.tags.get("kind") in KINDS]
 
@@ -320,6 +426,6 @@ def _latest_experiment(mlflow, flt: str) -> Optional[str]:
 
 def _run_dict(run) -> dict[str, Any]:
     return {"run_id": run.info.run_id, "name": run.info.run_name, "kind": run.data.tags.get("kind"),
-            "dataset": run.data.tags.get("dataset"), "start_time": run.info.start_time,
+            "dataset": run.data.tags.get("dataset"), "start_time": run.info.start_time, "status": run.info.status,
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
             "params": dict(run.data.params), "metrics": dict(run.data.metrics)}

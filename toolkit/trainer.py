@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import signal
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
@@ -60,6 +61,25 @@ def quiet_lightning(verbose: bool = False) -> Iterator[None]:
         finally:
             for n, lvl in levels.items():
                 logging.getLogger(n).setLevel(lvl)
+
+
+def run_trainer(method, *args: Any, **kwargs: Any) -> Any:
+    """Call a Trainer method (fit, predict, ...), giving back the interrupts Lightning turns into SystemExit.
+
+    Lightning catches KeyboardInterrupt (Ctrl-C, or SIGTERM made one by the CLI) and calls sys.exit(1): raised
+    again here as itself, so a tracked run ends KILLED. A SIGTERM that no handler raised on becomes Lightning's
+    SIGTERMException, a SystemExit with no code (exit 0, as if training had succeeded): the signal is delivered
+    again to the handler Lightning displaced (the default one ends the process as SIGTERM should)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        return method(*args, **kwargs)
+    except SystemExit as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        if isinstance(e, SIGTERMException):
+            signal.raise_signal(signal.SIGTERM)
+        raise
 
 
 @contextmanager
@@ -147,7 +167,7 @@ def _train_one(X_train, y_train, val_loader, n_classes: int, wd: float, cfg: Pro
         # min_delta: once the learning rate has been cut a few times, gains of 1e-4 nats are not worth epochs
         EarlyStopping("val_loss", patience=cfg.patience, mode="min", min_delta=1e-4), best]))
     batch = min(cfg.batch_size, len(X_train))
-    trainer.fit(module, _loader(X_train, y_train, batch, True, cfg.seed), val_loader)
+    run_trainer(trainer.fit, module, _loader(X_train, y_train, batch, True, cfg.seed), val_loader)
     return best
 
 
@@ -222,5 +242,5 @@ def run_sharded(job: Any, accelerator: str = "cpu", devices: int = 1, num_nodes:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's pytree shim on this torch
         trainer = L.Trainer(**trainer_kwargs(progress, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                                              strategy=strategy, precision="32-true", use_distributed_sampler=False))
-        trainer.predict(ShardedJob(job), return_predictions=False)
+        run_trainer(trainer.predict, ShardedJob(job), return_predictions=False)
     return trainer.global_rank, trainer.world_size

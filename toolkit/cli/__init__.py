@@ -4,10 +4,14 @@ from __future__ import annotations
 import click
 
 from ..errors import ToolkitError
+from .common import interrupted_line, signals_as_interrupts
+
+OWN_SIGNALS = {"serve"}  # commands that handle SIGTERM / SIGINT themselves (uvicorn drains, then exits 0)
 
 
 class _Group(click.Group):
-    """Turns a ToolkitError anywhere below into `error: <message>` on stderr and its exit code."""
+    """Turns a ToolkitError anywhere below into `error: <message>` on stderr and its exit code, and SIGTERM /
+    SIGINT (see common.signals_as_interrupts) into one line and exit code 143 / 130."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -15,6 +19,10 @@ class _Group(click.Group):
         except ToolkitError as e:
             click.echo(f"error: {e.message}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt as e:
+            line, code = interrupted_line(e)
+            click.echo(line, err=True)
+            ctx.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -30,8 +38,12 @@ def main() -> None:
       clipkit predict --config configs/demo.yaml --head out/head data/samples
       clipkit compare                                              # MLflow: prompts vs probes
 
-    Exit codes: 0 ok, 1 some inputs failed, 2 bad input or config, 3 model/head error, 4 tracking error.
+    Exit codes: 0 ok, 1 some inputs failed, 2 bad input or config, 3 model/head error, 4 tracking error,
+    143 / 130 stopped by SIGTERM / Ctrl-C (an MLflow run it had open ends KILLED).
     """
+    ctx = click.get_current_context()
+    if ctx.invoked_subcommand not in OWN_SIGNALS:
+        ctx.with_resource(signals_as_interrupts())
 
 
 from . import demo, embed, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)

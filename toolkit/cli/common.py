@@ -1,10 +1,13 @@
 """Options shared by several commands, and the config they build (config flows from here inward)."""
 from __future__ import annotations
 
+import contextlib
 import functools
-import sys
 import os
-from typing import Any, Callable, Optional
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterator, Optional
 
 import click
 
@@ -96,3 +99,55 @@ def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
 def show_progress(flag: Optional[bool]) -> bool:
     """--progress/--no-progress, or (not given) whether stderr is a terminal."""
     return sys.stderr.isatty() if flag is None else flag
+
+
+# ---------------------------------------------------------------- signals
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT, raised in the main thread by `signals_as_interrupts`. A KeyboardInterrupt, so what
+    cleans up after Ctrl-C does the same for SIGTERM: a tracked run ends KILLED (tracking.tracked_run), an
+    atomic write removes its temporary file, an extraction leaves its store unfinished (resumable). The CLI
+    then prints one line (with the notes added on the way out) and exits 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise Interrupted in the main thread. A second signal while
+    the first is being cleaned up after takes the default action (the process ends at once). A signal that
+    was ignored when the process started (SIGINT in a background job, `nohup`) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set from there
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if caught:  # pressed again: stop cleaning up
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        caught.append(signum)
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+def interrupted_line(e: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line printed for an interrupted command, and its exit code (143 for SIGTERM, 130 for SIGINT):
+    `error: interrupted by SIGTERM; MLflow run 1f2e... is marked KILLED`."""
+    name = getattr(e, "signal_name", "SIGINT")
+    notes = "; ".join(getattr(e, "__notes__", None) or [])
+    return f"error: interrupted by {name}" + (f"; {notes}" if notes else ""), 128 + getattr(e, "signum", 2)

@@ -36,6 +36,7 @@ def _open_data(data: str, cfg):
 
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)
+        store.check_rows()  # NaN or garbage rows: one line, before any model load
         root = store.meta.get("dataset_root") or data
         return None, store, store.classes, dataset_name(root)
     p = cfg.probe
@@ -180,8 +181,9 @@ def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress
     from .probe import default_store_dir  # the same cache train-probe uses, so images are encoded once
 
     out = Path(store_path) if store_path else default_store_dir(data, extractor.identity)
-    show = show_progress(progress)
-    return extractor, extract_store(extractor, dataset, out, progress=show)
+    store = extract_store(extractor, dataset, out, progress=show_progress(progress))
+    store.check_rows()
+    return extractor, store
 
 
 @click.command()
@@ -212,11 +214,14 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
       clipkit compare --tracking-uri http://127.0.0.1:5000 --plot compare.png
     """
     from .. import tracking
-    from ..compare_runs import bars_png, rank, render_json, render_table
+    from ..compare_runs import bars_png, finished_runs, rank, render_json, render_table
 
     cfg = build_config(config_path, **{"tracking.uri": tracking_uri, "tracking.enabled": True})
-    tracking.check_tracking(cfg.tracking)
+    tracking.check_tracking(cfg.tracking, write=False)  # ranking only reads: a read-only database will do
     name, runs = tracking.search_runs(cfg.tracking, experiment)
+    runs, skipped = finished_runs(runs)
+    if skipped:
+        click.echo(skipped, err=True)
     report = rank(runs, metric, dataset, name)
     click.echo(render_json(report) if fmt == "json" else render_table(report))
     if not no_plot:
