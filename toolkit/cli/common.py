@@ -49,6 +49,21 @@ def prompt_options(f: Callable) -> Callable:
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
 
 
+def extraction_options(f: Callable) -> Callable:
+    """--progress, --devices, --num-nodes, --strategy: for commands that fill a feature store (extract, embed)."""
+    opts = [
+        click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal)."),
+        click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes per machine (CPU processes, or GPUs); >1 shards the batches with Lightning DDP."),
+        click.option("--num-nodes", type=click.IntRange(1), default=1, show_default=True,
+                     help="Machines (launch the same command on each, with MASTER_ADDR/NODE_RANK set; --out on a "
+                     "shared disk)."),
+        click.option("--strategy", type=click.Choice(["ddp", "ddp_spawn"]), default="ddp", show_default=True,
+                     help="Lightning strategy for --devices/--num-nodes > 1."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
 def head_options(f: Callable) -> Callable:
     """--head (a folder, runs:/RUN_ID/head or models:/NAME/VERSION) and the --tracking-uri it is read from."""
     opts = [

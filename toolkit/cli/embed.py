@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from .common import build_config, model_options, show_progress
+from .common import build_config, extraction_options, model_options, show_progress
 
 
 @click.command()
@@ -13,13 +13,7 @@ from .common import build_config, model_options, show_progress
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder of the feature store (created; an unfinished one is resumed, an unchanged one reused).")
 @model_options
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
-@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
-              help="Processes per machine (CPU processes, or GPUs); >1 shards the batches with Lightning DDP.")
-@click.option("--num-nodes", type=click.IntRange(1), default=1, show_default=True,
-              help="Machines (launch the same command on each, with MASTER_ADDR/NODE_RANK set; --out on a shared disk).")
-@click.option("--strategy", type=click.Choice(["ddp", "ddp_spawn"]), default="ddp", show_default=True,
-              help="Lightning strategy for --devices/--num-nodes > 1.")
+@extraction_options
 def embed(paths: tuple[str, ...], out: str, config_path: Optional[str], progress: Optional[bool], devices: int,
           num_nodes: int, strategy: str, **flags: Any) -> None:
     """Embed images (files, folders searched recursively, globs) into a feature store; no labels needed.

@@ -12,7 +12,7 @@ import click
 
 from ..config import adopt_model
 from ..errors import ConfigError, DataError
-from .common import build_config, model_options, prompt_options, show_progress
+from .common import build_config, extraction_options, model_options, prompt_options, show_progress
 
 
 def _split_options(f):
@@ -77,13 +77,7 @@ def _store_line(store) -> str:
               help="Folder of the feature store (created; an unfinished one is resumed).")
 @model_options
 @_split_options
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
-@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
-              help="Processes per machine (CPU processes, or GPUs); >1 shards the batches with Lightning DDP.")
-@click.option("--num-nodes", type=click.IntRange(1), default=1, show_default=True,
-              help="Machines (launch the same command on each, with MASTER_ADDR/NODE_RANK set; --out on a shared disk).")
-@click.option("--strategy", type=click.Choice(["ddp", "ddp_spawn"]), default="ddp", show_default=True,
-              help="Lightning strategy for --devices/--num-nodes > 1.")
+@extraction_options
 def extract(data: str, out: str, config_path: Optional[str], progress: Optional[bool], devices: int, num_nodes: int,
             strategy: str, **flags: Any) -> None:
     """Encode a labelled dataset's images into a feature store.
