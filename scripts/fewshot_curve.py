@@ -114,11 +114,11 @@ def plot(res: dict, shots, path: Path) -> None:
 
     series = {"zero-shot": (list(shots), [100 * res["zeroshot"]] * len(shots))}
     for m, per_k in res["fewshot"].items():
-        name = f"probe: {m}" + (" (init zeroshot)" if m == "linear" else "")
+        name = f"{m}" + (" (init zeroshot)" if m == "linear" else "")
         series[name] = (list(shots), [100 * per_k[k]["mean"] for k in shots])
     path.parent.mkdir(parents=True, exist_ok=True)
-    curve_png(series, path, "demo dataset: few-shot linear probe vs zero-shot", "shots per class",
-              "test accuracy (%)", logx=True)
+    curve_png(series, path, "demo dataset: few-shot heads vs zero-shot", "shots per class",
+              "test accuracy (%)", logx=True, ylim=(0, 100))
 
 
 def main() -> None:
@@ -132,7 +132,9 @@ def main() -> None:
                     "model was trained on 4 of the 6; push-up and lunge are new to it)")
     ap.add_argument("--label-names", choices=["text", "keys"], default="text",
                     help="class names (and so zero-shot prompts): the label text, or the short exercise keys")
-    ap.add_argument("--methods", nargs="+", default=["logreg"], choices=["logreg", "linear"])
+    ap.add_argument("--methods", nargs="+", default=["logreg"], choices=["logreg", "linear", "cache", "blend", "auto"],
+                    help="train-probe methods (linear starts from the zero-shot weights); every head on the "
+                         "novel suite: scripts/eval_heads.py")
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--plot", type=Path, default=None)

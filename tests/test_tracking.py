@@ -231,14 +231,17 @@ def test_compare_ranks_prompt_and_probe_runs_with_gain(populated):
     accs = [r["accuracy"] for r in rows]
     assert accs == sorted(accs, reverse=True)
     by_id = {r.info.run_id: r for r in _runs(populated["uri"], "clipkit-colors")}
-    best_prompt = max(by_id[r["run_id"]].data.metrics["accuracy"] for r in rows if r["kind"] == "prompt")
-    assert doc["baseline"] == pytest.approx(best_prompt)
-    for r in rows:
-        assert r["gain"] == pytest.approx(100 * (by_id[r["run_id"]].data.metrics["accuracy"] - best_prompt))
-        assert {"run_id", "kind", "params", "metrics"} <= set(r)
     probe = next(r for r in rows if r["kind"] == "probe")
+    logged = by_id[probe["run_id"]].data.metrics
+    zs = logged["zeroshot_test_accuracy"]  # the probe run's own zero-shot score on its test split
+    assert doc["baseline"] == pytest.approx(zs)
+    for r in rows:
+        assert r["gain"] == pytest.approx(100 * (by_id[r["run_id"]].data.metrics["accuracy"] - zs))
+        assert {"run_id", "kind", "params", "metrics"} <= set(r)
+    assert probe["gain"] == pytest.approx(logged["gain_over_zeroshot"])  # the gain train-probe printed
     assert probe["params"]["method"] == "logreg"
-    assert (d / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("bars.png", "bars-balanced_accuracy.png", "bars-macro_f1.png"):  # one chart per metric
+        assert (d / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     table = _invoke(["compare", "--config", populated["config"], "--no-plot"]).stdout.splitlines()
     data_rows = [ln for ln in table if ln[:2].strip().isdigit()]
@@ -364,9 +367,12 @@ def test_rank_orders_best_first_and_measures_gain_from_the_best_prompt():
     assert rep["notes"] == []
 
 
-def test_rank_without_prompt_runs_uses_the_probes_zero_shot_baseline_and_flags_mixed_splits():
+def test_rank_gives_each_probe_its_own_zero_shot_baseline_and_flags_mixed_splits():
     rep = rank([_run("a", "probe", 0.8, zeroshot_test_accuracy=0.4),
                 _run("b", "probe", 0.7, digest="y", zeroshot_test_accuracy=0.5),
+                _run("p", "prompt", 0.6, digest="y"),
                 _run("c", "prompt", 0.9, dataset="other")], dataset="d")
-    assert rep["baseline"] == 0.5 and rep["baseline_source"].startswith("probe")
+    assert rep["baseline"] == 0.4 and rep["baseline_source"].startswith("probe")  # the best probe run's own
+    assert [(r["run_id"], round(r["gain"], 6)) for r in rep["runs"]] == [("a", 40.0), ("b", 20.0), ("p", 20.0)]
     assert any("other" in n for n in rep["notes"]) and any("different image sets" in n for n in rep["notes"])
+    assert any("its own zero-shot" in n for n in rep["notes"])

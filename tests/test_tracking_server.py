@@ -101,7 +101,9 @@ def test_prompt_and_probe_experiments_on_a_real_server(mlflow_server, tiny_model
     assert kinds == ["probe", "prompt", "prompt"]
     accs = [r["accuracy"] for r in doc["runs"]]
     assert accs == sorted(accs, reverse=True)
-    assert doc["baseline"] == pytest.approx(max(r["accuracy"] for r in doc["runs"] if r["kind"] == "prompt"))
+    probe = next(r for r in doc["runs"] if r["kind"] == "probe")  # gains over the probe run's own zero-shot
+    assert doc["baseline"] == pytest.approx(probe["metrics"]["zeroshot_test_accuracy"])
+    assert probe["gain"] == pytest.approx(probe["metrics"]["gain_over_zeroshot"])
     assert (d / "bars.png").stat().st_size > 0
 
     # artifacts went through the server into its artifact folder, none to the client's folder

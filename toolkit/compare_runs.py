@@ -1,4 +1,8 @@
-"""Rank prompt runs and probe runs of one dataset on one metric, with the gain over the best zero-shot run.
+"""Rank prompt runs and probe runs of one dataset on one metric, with the gain over zero-shot.
+
+A probe run's gain is over the zero-shot score it logged on its own test split (zeroshot_test_<metric>): the
+number `train-probe` printed for it. Prompt runs are measured against the best probe run's zero-shot score
+(the class names as prompts), or, with no probe runs, against the best prompt run.
 
 Input: run dicts as tracking.search_runs returns them ({run_id, name, kind, dataset, status, params, metrics,
 tags}); only FINISHED runs are ranked (`finished_runs` counts the others for a note).
@@ -12,7 +16,7 @@ from typing import Any, Optional, Sequence
 from .errors import ConfigError, TrackingError
 
 KEY_PARAMS = {"prompt": ("prompt_set", "templates_spec", "template_count", "labels_spec", "model", "pretrained"),
-              "probe": ("method", "shots", "chosen_value", "seed", "model", "pretrained")}
+              "probe": ("method", "chosen", "shots", "chosen_value", "seed", "model", "pretrained")}
 
 
 def _pick_dataset(runs: list[dict[str, Any]], dataset: Optional[str]) -> tuple[str, list[str]]:
@@ -31,16 +35,22 @@ def _description(run: dict[str, Any]) -> str:
     if run["kind"] == "prompt":
         return (f"{p.get('template_count', '?')} templates ({p.get('templates_spec', '?')}), "
                 f"labels: {p.get('labels_spec', '?')}")
-    return f"{p.get('method', '?')} {('C' if p.get('method') == 'logreg' else 'wd')}={p.get('chosen_value', '?')}, " \
-           f"shots: {p.get('shots', 'all')}"
+    method = p.get("method", "?")
+    chosen = p.get("chosen", method)  # auto: the candidate it kept
+    if chosen == "cache" and str(p.get("finetune")) == "True":  # MLflow params come back as strings
+        chosen = "cache-f"
+    name = {"logreg": "C", "linear": "wd", "cache": "alpha", "cache-f": "alpha", "blend": "alpha"}.get(chosen, "value")
+    what = f"auto -> {chosen}" if method == "auto" else chosen
+    return f"{what} {name}={p.get('chosen_value', '?')}, shots: {p.get('shots', 'all')}"
 
 
 def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Optional[str] = None,
          experiment: str = "") -> dict[str, Any]:
     """Best-first rows of the runs on one dataset that have `metric`, each with `gain` over the baseline.
 
-    The baseline is the best prompt (zero-shot) run; without any, the best zero-shot score probe runs logged
-    on their own test split (zeroshot_test_<metric>). Notes flag runs on other datasets or other test splits.
+    A probe run's gain is over its own zero-shot score (zeroshot_test_<metric>, as train-probe reports it);
+    other rows' gain is over `baseline`: the zero-shot score of the best probe run that logged one, else the
+    best prompt run. Notes flag runs on other datasets or other test splits.
     """
     runs = [r for r in runs if r.get("kind") in ("prompt", "probe") and r.get("status", "FINISHED") == "FINISHED"]
     if not runs:
@@ -53,27 +63,33 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
         known = sorted({k for r in mine for k in r["metrics"] if "/" not in k})
         raise ConfigError(f"no run on '{ds}' has metric '{metric}'; use one of: {', '.join(known)}")
     scored.sort(key=lambda r: (-r["metrics"][metric], r["kind"] != "probe", r["name"] or ""))
-    zs = [r["metrics"][metric] for r in scored if r["kind"] == "prompt"]
-    source = "best prompt run"
-    if not zs:
-        zs = [r["metrics"][f"zeroshot_test_{metric}"] for r in scored if f"zeroshot_test_{metric}" in r["metrics"]]
-        source = "probe runs' zero-shot baseline"
-    baseline = max(zs) if zs else None
+    own = {r["run_id"]: r["metrics"][f"zeroshot_test_{metric}"] for r in scored
+           if r["kind"] == "probe" and r["metrics"].get(f"zeroshot_test_{metric}") is not None}
+    prompts = [r["metrics"][metric] for r in scored if r["kind"] == "prompt"]
+    baseline, source = None, None
+    if own:  # scored is best first: the best probe run's own zero-shot score
+        baseline, source = next(own[r["run_id"]] for r in scored if r["run_id"] in own), "probe runs' zero-shot"
+    elif prompts:
+        baseline, source = max(prompts), "best prompt run"
+    base = {r["run_id"]: own.get(r["run_id"], baseline) for r in scored}
     rows = [{"rank": i + 1, "run_id": r["run_id"], "name": r["name"], "kind": r["kind"],
-             "description": _description(r), metric: r["metrics"][metric],
-             "gain": None if baseline is None else 100 * (r["metrics"][metric] - baseline),
+             "description": _description(r), metric: r["metrics"][metric], "baseline": base[r["run_id"]],
+             "gain": None if base[r["run_id"]] is None else 100 * (r["metrics"][metric] - base[r["run_id"]]),
              "params": {k: r["params"][k] for k in KEY_PARAMS[r["kind"]] if k in r["params"]},
              "metrics": {k: v for k, v in sorted(r["metrics"].items()) if "/" not in k}}
             for i, r in enumerate(scored)]
     notes = []
     if others:
         notes.append(f"runs on other datasets not shown: {', '.join(others)} (pass --dataset NAME)")
+    if len({round(v, 9) for v in own.values()}) > 1:
+        notes.append("probe runs scored zero-shot differently (other test splits or templates); each probe's gain "
+                     "is over its own zero-shot score")
     digests = {r["tags"].get("split_digest") for r in scored} - {None}
     if len(digests) > 1:
         notes.append(f"runs were scored on {len(digests)} different image sets (other seeds, fractions or --split); "
                      "gains across them are not like for like")
     return {"experiment": experiment, "dataset": ds, "metric": metric, "baseline": baseline,
-            "baseline_source": source if baseline is not None else None, "runs": rows, "notes": notes}
+            "baseline_source": source, "runs": rows, "notes": notes}
 
 
 def finished_runs(runs: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], Optional[str]]:
@@ -106,6 +122,24 @@ def render_table(report: dict[str, Any]) -> str:
 
 def render_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2)
+
+
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def write_charts(runs: Sequence[dict[str, Any]], report: dict[str, Any], path) -> list[Any]:
+    """One bar chart per metric: the report's own metric at `path`, each other headline metric the runs logged
+    at <stem>-<metric><suffix> beside it, each ranked by its own metric."""
+    from pathlib import Path
+
+    path = Path(path)
+    out = [bars_png(report, path)]
+    for m in HEADLINE_METRICS:
+        have = any(r.get("dataset") == report["dataset"] and r["metrics"].get(m) is not None for r in runs)
+        if m != report["metric"] and have:
+            other = rank(runs, m, report["dataset"], report["experiment"])
+            out.append(bars_png(other, path.with_name(f"{path.stem}-{m}{path.suffix or '.png'}")))
+    return out
 
 
 def bars_png(report: dict[str, Any], path) -> Any:

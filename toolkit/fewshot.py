@@ -156,7 +156,10 @@ def _candidate(name: str, train, val, zeroshot, cfg: ProbeConfig, identity, prog
         cfg = cfg.model_copy(update={"init": "zeroshot"})
     elif name in ("logreg", "cache", "blend"):
         cfg = cfg.model_copy(update={"init": "random", "finetune": False})
-    return fit_head(name, zeroshot.classes_, train, val, zeroshot, cfg, identity, progress, refit=refit)
+    fit = fit_head(name, zeroshot.classes_, train, val, zeroshot, cfg, identity, progress, refit=refit)
+    if name == "linear":
+        fit.params["init"] = "zeroshot"
+    return fit
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -58,23 +58,26 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], classes: Sequence[str], pa
 
 def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "hyper-parameter sweep",
               chosen: Optional[float] = None) -> Path:
-    """Validation accuracy against a swept hyper-parameter ({param, value, val_accuracy} rows), log x-axis
-    (a value of 0, e.g. no weight decay, is drawn a decade left of the smallest positive value)."""
+    """Validation accuracy against a swept hyper-parameter ({param, value, val_accuracy} rows) on a log x-axis
+    that is linear below the smallest positive value (symlog), so a value of 0 (no weight decay, alpha 0) is
+    drawn at 0 and labelled so. Accuracy axis 0-100%."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     positive = [r["value"] for r in sweep if r["value"] > 0]
-    zero_at = min(positive) / 10 if positive else 1e-6  # where a value of 0 is drawn on the log axis
     for param in dict.fromkeys(r["param"] for r in sweep):
         rows = sorted((r for r in sweep if r["param"] == param), key=lambda r: r["value"])
-        xs = [r["value"] if r["value"] > 0 else zero_at for r in rows]
-        ax.plot(xs, [100 * r["val_accuracy"] for r in rows], "o-", ms=4, label=param)
-        ax.set_xlabel(param)
+        ax.plot([r["value"] for r in rows], [100 * r["val_accuracy"] for r in rows], "o-", ms=4, label=param)
+    ax.set_xlabel(" / ".join(dict.fromkeys(r["param"] for r in sweep)))
     if chosen is not None:
-        ax.axvline(chosen if chosen > 0 else zero_at, color="gray", ls="--", lw=1, label=f"chosen {chosen:.3g}")
-    values = [r["value"] if r["value"] > 0 else zero_at for r in sweep]
-    if len(set(values)) == 1:  # one point: give the log axis a decade either side
-        ax.set_xlim(values[0] / 10, values[0] * 10)
-    ax.set_xscale("log")
+        ax.axvline(chosen, color="gray", ls="--", lw=1, label=f"chosen {chosen:.3g}")
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
+        lo, hi = min([0.0] * (len(positive) < len(sweep)) + positive), max(positive)
+        ax.set_xlim(lo - 0.05 * min(positive) if lo == 0 else lo / 2, hi * 2)
+        decades = range(int(np.ceil(np.log10(min(positive)) - 1e-9)), int(np.floor(np.log10(hi))) + 1)
+        ticks = [10.0 ** k for k in decades] or sorted(set(positive))  # 0, then decades: no crowding
+        ax.set_xticks([0.0] * (lo == 0) + ticks, [f"{t:g}" for t in [0.0] * (lo == 0) + ticks])
+    ax.set_ylim(0, 100)
     ax.set_ylabel("validation accuracy (%)")
     return _finish(plt, fig, ax, title, path)
 
@@ -83,8 +86,8 @@ def _finish(plt, fig, ax, title: str, path: str | Path) -> Path:
     """Title, grid and legend in the house style, then `_save`."""
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # never over the values
+    return _save(plt, fig, path, bbox_inches="tight")
 
 
 def _save(plt, fig, path: str | Path, **savefig: Any) -> Path:
@@ -99,13 +102,20 @@ def _save(plt, fig, path: str | Path, **savefig: Any) -> Path:
 
 
 def curve_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,
-              xlabel: str, ylabel: str, logx: bool = False) -> Path:
-    """Several named (x, y) lines on one axis, e.g. accuracy against shots per class."""
+              xlabel: str, ylabel: str, logx: bool = False, ylim: Optional[tuple[float, float]] = None,
+              errors: Optional[dict[str, Sequence[float]]] = None) -> Path:
+    """Several named (x, y) lines on one axis, e.g. accuracy against shots per class; `ylim` (e.g. (0, 100)
+    for an accuracy in %), `errors` {name: +- per point} drawn as a shaded band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name, (xs, ys) in series.items():
         style = "--" if len(xs) and len(set(ys)) == 1 else "o-"
-        ax.plot(xs, ys, style, ms=4, label=name)
+        line, = ax.plot(xs, ys, style, ms=4, label=name)
+        if errors and name in errors:
+            lo, hi = np.subtract(ys, errors[name]), np.add(ys, errors[name])
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, lw=0)
+    if ylim:
+        ax.set_ylim(*ylim)
     if logx:
         ax.set_xscale("log", base=2)
         ticks = sorted({x for xs, _ in series.values() for x in xs})

@@ -191,6 +191,7 @@ def probe_run(cfg, dataset_name: str, run_name: Optional[str] = None, store: Any
     if not cfg.tracking.enabled:
         yield tracking.NoRun()
         return
-    with tracking.tracked_run(cfg, dataset_name, "probe", run_name or f"probe:{cfg.probe.method}",
+    method = cfg.probe.method + ("-f" if cfg.probe.finetune else "")  # cache-f: Tip-Adapter-F
+    with tracking.tracked_run(cfg, dataset_name, "probe", run_name or f"probe:{method}",
                               {"method": cfg.probe.method}) as run:
         yield ProbeRun(run, store)

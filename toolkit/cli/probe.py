@@ -176,17 +176,18 @@ def _summary(result, store, out: Path) -> str:
 
 def _chosen(p: dict[str, Any]) -> str:
     """What a run's method chose, in words: 'logreg (init random): C=3.16 (17 candidates)'."""
-    method = p.get("chosen", p["method"])
-    what = {"logreg": lambda: f"C={p.get('C', p.get('base_C', 0)):.3g} ({p.get('n_candidates')} candidates)",
+    method = p.get("chosen", p["method"])  # auto: the candidate it kept
+    if method == "cache" and p.get("finetune"):
+        method = "cache-f"
+    cache = f"alpha={p.get('alpha')}, beta={p.get('beta')}, {p.get('n_keys')} keys"
+    what = {"logreg": lambda: f"C={p.get('C', 0):.3g} ({p.get('n_candidates')} candidates)",
             "linear": lambda: f"weight_decay={p.get('weight_decay')} (best epoch {p.get('best_epoch')})",
-            "cache": lambda: f"alpha={p.get('alpha')}, beta={p.get('beta')}, {p.get('n_keys')} keys"
-                             + (f", keys fine-tuned {p.get('finetune_epochs')} epochs" if p.get("finetune") else ""),
-            "cache-f": lambda: f"alpha={p.get('alpha')}, beta={p.get('beta')}, {p.get('n_keys')} keys fine-tuned "
-                               f"{p.get('finetune_epochs')} epochs",
+            "cache": lambda: cache,
+            "cache-f": lambda: f"{cache} fine-tuned {p.get('finetune_epochs')} epochs",
             "blend": lambda: f"alpha={p.get('alpha')} x {p.get('base')} probe + {1 - p.get('alpha', 0):.2g} x zero-shot",
             "zeroshot": lambda: "the zero-shot classifier itself"}[method]()
-    head = f"{p['method']} -> {method}" if p["method"] == "auto" else f"{method} (init {p['init']})"
-    return f"{head}: {what}"
+    head = f"{p['method']} -> {method}" if p["method"] == "auto" else method
+    return head + (f" (init {p['init']})" if method in ("logreg", "linear") else "") + f": {what}"
 
 
 def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):

@@ -193,7 +193,8 @@ def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress
               help="accuracy | balanced_accuracy | macro_f1 (or any metric the runs logged).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
-              help="Bar chart PNG. [default: compare-<experiment>.png]")
+              help="Bar chart PNG of --metric; one per other metric beside it (PATH-<metric>.png). "
+                   "[default: compare-<experiment>.png]")
 @click.option("--no-plot", is_flag=True, help="Don't write the bar chart.")
 @click.option("--tracking-uri", default=None, help="MLflow store. [default: $MLFLOW_TRACKING_URI, else "
               "sqlite:///mlflow.db]")
@@ -203,9 +204,10 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
             no_plot: bool, tracking_uri: Optional[str], config_path: Optional[str]) -> None:
     """Rank the prompt runs and probe runs of one dataset, best first, with the gain over zero-shot.
 
-    Gains are percentage points over the best prompt run (or, with none, over the zero-shot baseline
-    that probe runs scored on their own test split). Probe rows use test-split metrics; prompt runs
-    made with the default --split test use the same images when seed and fractions agree.
+    Gains are percentage points. A probe run's gain is over the zero-shot score it logged on its own
+    test split, the gain `train-probe` printed; prompt runs are measured against the best probe run's
+    zero-shot score (or, with no probe runs, the best prompt run). Probe rows use test-split metrics;
+    prompt runs made with the default --split test use the same images when seed and fractions agree.
 
     \b
     Examples:
@@ -214,7 +216,7 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
       clipkit compare --tracking-uri http://127.0.0.1:5000 --plot compare.png
     """
     from .. import tracking
-    from ..compare_runs import bars_png, finished_runs, rank, render_json, render_table
+    from ..compare_runs import finished_runs, rank, render_json, render_table, write_charts
 
     cfg = build_config(config_path, **{"tracking.uri": tracking_uri, "tracking.enabled": True})
     tracking.check_tracking(cfg.tracking, write=False)  # ranking only reads: a read-only database will do
@@ -225,6 +227,5 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
     report = rank(runs, metric, dataset, name)
     click.echo(render_json(report) if fmt == "json" else render_table(report))
     if not no_plot:
-        path = Path(plot_path or f"compare-{name}.png")
-        bars_png(report, path)
-        click.echo(f"wrote {path}", err=True)
+        for path in write_charts(runs, report, Path(plot_path or f"compare-{name}.png")):  # one per metric
+            click.echo(f"wrote {path}", err=True)
