@@ -4,7 +4,8 @@ The objective is scikit-learn's `LogisticRegression(C=C)`: the sum of per-sample
 ||W||^2 / (2C), intercept not penalised. It is minimised divided by n (the same minimiser, and a gradient
 whose size doesn't grow with n, so one tolerance fits every data size). Two classes are fitted as two softmax
 rows; scikit-learn fits one logistic row w with ||w||^2 / (2C), and since the softmax rows come out as -w/2,
-+w/2 the same solution needs the softmax penalty at C/2. float32 throughout; on the GPU when there is one.
++w/2 the same solution needs the softmax penalty at C/2. torch.optim.LBFGS with a strong-Wolfe line search
+over float32 weights and features (the loss alone is summed in float64), on the GPU when there is one.
 
 `fit_fixed_c` fits one C; `sweep_c` picks C as the CLIP paper does (a log-spaced grid on val, refinement
 rounds that halve the log step around the best, a refit on train + val), each fit warm-started from the
@@ -29,7 +30,7 @@ TOL = 1e-4  # L-BFGS stops when max |gradient| of the per-sample objective is be
 FINAL_TOL = 1e-6  # the weights a sweep returns: 100x tighter, a few more iterations from the chosen C's solution
 REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
 HISTORY = 10  # L-BFGS memory: scikit-learn (scipy) keeps 10 pairs too
-CPU_THREADS = 1  # on a shared CPU, 2 OpenMP threads spin while waiting: up to 9x slower (BENCHMARKS.md)
+CPU_THREADS = 1  # on a shared CPU, 2 OpenMP threads spin while waiting: 4.5x slower (BENCHMARKS.md)
 
 
 @dataclass
