@@ -116,3 +116,23 @@ def write_section(path: Path, heading: str, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(doc)
     tmp.replace(path)
+
+
+def suite_features(config: str, suite: str, classes, n_per_class: int, seed: int, size: int = 224):
+    """A demo suite generated in memory and encoded once with the config's model.
+
+    Returns ({split: ((n, D) float32 features, [class key per row])}, extractor, config, {generate_s, extract_s});
+    rows are class by class within a split, as `make_suite` yields them."""
+    from toolkit.config import load_config
+    from toolkit.demo import LABELS
+    from toolkit.demo.dataset import make_suite
+    from toolkit.features import FeatureExtractor
+
+    cfg = load_config(config, {"model.device": "cpu"})
+    t0 = time.perf_counter()
+    splits = make_suite(suite, n_per_class, seed, classes=list(classes), size=size)
+    t1 = time.perf_counter()
+    extractor = FeatureExtractor.from_config(cfg.model)
+    key_of = {text: key for key, text in LABELS.items()}
+    out = {s: (extractor.encode_images(images), [key_of[t] for t in texts]) for s, (images, texts) in splits.items()}
+    return out, extractor, cfg, {"generate_s": t1 - t0, "extract_s": time.perf_counter() - t1}
