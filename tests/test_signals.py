@@ -301,6 +301,34 @@ def test_compare_says_how_many_unfinished_runs_it_left_out(tmp_path, template_db
     assert client.get_run(killed).data.tags["signal"] == "SIGINT"
 
 
+def test_a_signal_inside_an_mlflow_call_waits_for_it_to_finish(tmp_path, template_db, monkeypatch):
+    """SIGTERM arriving while MLflow writes (here: inside log_params) is held until the call returns, so the
+    SQLite transaction completes and the run can still be ended KILLED with its reason."""
+    import mlflow
+
+    from toolkit import tracking
+    from toolkit.cli.common import Interrupted, signals_as_interrupts
+    from toolkit.config import load_config
+
+    uri = new_store(template_db, tmp_path / "mlflow")
+    cfg = load_config(None, {"tracking.uri": uri, "tracking.artifact_location": str(tmp_path / "art")})
+    log_params = mlflow.log_params
+
+    def signalled_midway(params):
+        signal.raise_signal(signal.SIGTERM)  # the handler runs at once unless the signal is held
+        return log_params(params)
+
+    monkeypatch.setattr(mlflow, "log_params", signalled_midway)
+    with signals_as_interrupts(), pytest.raises(Interrupted) as e:
+        with tracking.tracked_run(cfg, "colors", "probe", "probe:cut") as run:
+            run.params({"C": 1.0})
+            pytest.fail("the signal was not delivered after the call")
+    got = mlflow.MlflowClient(tracking_uri=uri).get_run(run.run_id)
+    assert got.data.params == {"C": "1.0"}  # the call that was signalled completed
+    assert got.info.status == "KILLED" and got.data.tags["signal"] == "SIGTERM"
+    assert e.value.__notes__ == [f"MLflow run {run.run_id} is marked KILLED"]
+
+
 # ---------------------------------------------------------------- temporary folders
 
 @pytest.mark.slow

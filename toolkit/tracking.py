@@ -11,10 +11,14 @@ as an MLflow model from code (toolkit/logged_model.py, the file MLflow itself lo
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import signal
+import threading
 import traceback
+import types
 import urllib.error
 import urllib.request
 import warnings
@@ -133,6 +137,49 @@ def _quiet_db_errors() -> None:
     log = logging.getLogger("mlflow.store.db.utils")
     if not any(isinstance(f, _NoTracebacks) for f in log.filters):
         log.addFilter(_NoTracebacks())
+
+
+@contextmanager
+def _held_signals() -> Iterator[None]:
+    """SIGTERM / SIGINT arriving in the block are held, then delivered to the handler in place when it ends.
+    An interrupt inside an SQLite write would leave the transaction open and the database locked for the
+    cleanup that follows (ending the run KILLED): MLflow calls are never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler not in (signal.SIG_IGN, None):
+            previous[signum] = signal.signal(signum, lambda n, frame: pending.append(n))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+class _Held:
+    """mlflow (or one of its modules), every call made with signals held (see `_held_signals`)."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if isinstance(value, types.ModuleType):
+            return _Held(value)
+        if not callable(value) or isinstance(value, type):
+            return value
+
+        @functools.wraps(value)
+        def held(*args: Any, **kwargs: Any) -> Any:
+            with _held_signals():
+                return value(*args, **kwargs)
+        return held
 
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
@@ -305,7 +352,7 @@ def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[st
     its `signal` tag and a note on the exception naming the run. Backend errors come out as TrackingError.
     """
     uri = resolve_uri(cfg.tracking)
-    mlflow = _mlflow(uri)
+    mlflow = _Held(_mlflow(uri))
     backend = _backend_errors()
     name = experiment_name(cfg.tracking, dataset_name)
     try:
