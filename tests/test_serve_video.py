@@ -12,7 +12,7 @@ from toolkit.config import Config
 from toolkit.serve import create_app
 
 from test_serve_app import make_cfg as base_cfg, wait_ready
-from test_video import bad_inputs, tiny_args, write_plain_video
+from test_video import bad_inputs, middle_threshold, tiny_args, write_plain_video
 
 
 def make_cfg(tiny_model, **serve) -> Config:
@@ -70,7 +70,9 @@ def test_custom_labels_and_bad_params(client, clip):
     assert r.json()["labels"] == ["a red square", "a blue circle"] and len(r.json()["frames"]) == 10
     for params, fragment in [({"fps": 2, "stride": 2}, "not both"), ({"window": 0}, "window"),
                              ({"rep_high": 0.3, "rep_low": 0.5}, "must be below rep_high"),
-                             ({"min_confidence": 0.5}, "needs a fallback")]:
+                             ({"reject_below": 1.5}, "reject_below"),
+                             ({"reject_below": 0.5, "min_confidence": 0.6}, "min_confidence is the old name"),
+                             ({"unknown_label": "a person standing"}, "is one of the labels")]:
         r = post(client, clip, **params)
         assert r.status_code == 422 and fragment in r.json()["error"]["message"], (params, r.text)
 
@@ -119,6 +121,35 @@ def test_cli_and_server_give_the_same_document_for_the_same_file(tiny_model, cli
     server, local = r.json(), json.loads(cli.stdout)
     assert server["video"].pop("path") == "clip.mp4" and local["video"].pop("path") == str(clip)
     assert _rounded(server) == _rounded(local)
+    t = middle_threshold(server)  # and with about half the frames rejected as "none of these"
+    with TestClient(create_app(base_cfg(tiny_model, precision="fp32", max_batch_size=8))) as c:
+        wait_ready(c)
+        r = post(c, clip, fps=4, reject_below=t, unknown_label="nope")
+    assert r.status_code == 200, r.text
+    cli = CliRunner().invoke(main, ["predict-video", str(clip), *tiny_args(tiny_model), "--precision", "fp32",
+                                    "--fps", "4", "--format", "json", "--reject-below", str(t),
+                                    "--unknown-label", "nope"])
+    assert cli.exit_code == 0, cli.output
+    server, local = r.json(), json.loads(cli.stdout)
+    assert server["video"].pop("path") == "clip.mp4" and local["video"].pop("path") == str(clip)
+    assert 0 < sum(f["rejected"] for f in server["frames"]) < len(server["frames"])
+    assert _rounded(server) == _rounded(local)
+
+
+def test_rejection_over_http(client, clip):
+    """reject_below: rejected frames have label null, rejected true, scores kept; their own segments, no reps.
+    The old names (min_confidence, fallback) still work."""
+    r = post(client, clip, fps=4, reject_below=1.0, unknown_label="no idea")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["reject_below"] == 1.0 and doc["settings"]["unknown_label"] == "no idea"
+    assert all(f["label"] is None and f["rejected"] and len(f["scores"]) == 4 for f in doc["frames"])
+    assert [(s["label"], s["rejected"], s["frames"]) for s in doc["segments"]] == [(None, True, 20)]
+    assert set(doc["reps"].values()) == {0}
+    old = post(client, clip, fps=4, min_confidence=1.0, fallback="no idea").json()
+    assert old["frames"] == doc["frames"] and old["settings"] == doc["settings"]
+    off = post(client, clip, fps=4, reject_below=0).json()
+    assert off["reject_below"] is None and not any(f["rejected"] for f in off["frames"])
 
 
 def _rounded(doc):

@@ -14,8 +14,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from toolkit.cli import main
-from toolkit.errors import InputError
-from toolkit.reps import analyze, drop_short, hysteresis_events, join_rest_gaps, moving_average
+from toolkit.cli.video import render_csv
+from toolkit.config import VideoConfig, load_config
+from toolkit.errors import ConfigError, InputError
+from toolkit.overlay import FONT_FLOOR, draw_overlay, font, overlay_layout
+from toolkit.reps import analyze, confidence, drop_short, hysteresis_events, join_rest_gaps, moving_average
 from toolkit.video import VideoLimitError, VideoLimits, iter_frames
 
 STAND, SQUAT, JACK = "a person standing", "a person repeating a squat", "a person repeating a jumping jack"
@@ -69,6 +72,21 @@ def tiny_args(tiny_model) -> list[str]:
             "--batch-size", "8", "--no-progress"]
 
 
+@pytest.fixture(scope="module")
+def tiny_doc(tiny_model, demo_clip) -> dict:
+    """The JSON document of the demo clip with the tiny model, nothing rejected."""
+    r = CliRunner().invoke(main, ["predict-video", str(demo_clip[0]), *tiny_args(tiny_model), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def middle_threshold(doc: dict) -> float:
+    """A threshold between two of the document's frame confidences, near the median: rejects about half."""
+    conf = sorted({f["confidence"] for f in doc["frames"]})
+    k = len(conf) // 2
+    return round((conf[k - 1] + conf[k]) / 2, 7)
+
+
 # ---------------------------------------------------------------- smoothing
 
 def test_moving_average_shrinks_the_window_at_the_ends():
@@ -102,6 +120,29 @@ def test_hysteresis_counts_noise_around_a_threshold_once():
     assert hysteresis_events(np.array([0.1, 0.7, 0.4, 0.7, 0.1]), 0.6, 0.4) == [1, 3]
     with pytest.raises(ValueError, match="rep_low"):
         hysteresis_events(np.zeros(3), 0.5, 0.5)
+
+
+def test_a_series_that_never_drops_low_counts_no_rep():
+    """Regression: a clip whose squat probability is high from the first frame and never drops below rep_low
+    was counted as 1 rep; a rep is a rise to rep_high after a low that was seen."""
+    assert hysteresis_events(np.full(40, 0.9), 0.6, 0.4) == []
+    assert hysteresis_events(np.array([0.9, 0.7, 0.5, 0.8, 0.9]), 0.6, 0.4) == []  # wobbles, never low
+    assert hysteresis_events(np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.7]), 0.6, 0.4) == [3, 5]  # first low at 2
+    probs = np.tile([0.05, 0.9, 0.05], (30, 1))  # (standing, squat, jack): squatting the whole clip
+    out = analyze(probs, np.arange(30) * 0.1, [STAND, SQUAT, JACK], repetitive=[SQUAT, JACK],
+                  rest_of={SQUAT: STAND}, rest_gap_s=1.5)
+    assert out["reps"] == {SQUAT: 0, JACK: 0} and out["segments"][0]["reps"] == 0
+
+
+def test_a_blocked_frame_abandons_the_rep_in_progress():
+    signal = np.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.4, 0.5, 0.7, 0.3, 0.8])
+    assert hysteresis_events(signal, 0.6, 0.4) == [3, 8, 10]
+    blocked = np.zeros(len(signal), bool)
+    blocked[7] = True  # rejected on the way up: that rise doesn't count, the next low re-arms
+    assert hysteresis_events(signal, 0.6, 0.4, blocked) == [3, 10]
+    blocked[:] = False
+    blocked[0:2] = True  # rejected at the start: the low at frame 2 isn't low enough; armed only at 5
+    assert hysteresis_events(signal, 0.6, 0.4, blocked) == [8, 10]
 
 
 def test_drop_short_gives_flickers_to_the_longer_neighbour():
@@ -167,18 +208,52 @@ def test_a_set_starts_where_the_first_rep_starts(window):
     assert bare["segments"][1]["frames"] <= squat["frames"] - 2 and bare["reps"] == out["reps"] == {SQUAT: 4}
 
 
-def test_analyze_fallback_and_min_segment():
+def test_analyze_rejects_unsure_frames_into_their_own_segments_and_min_segment():
     probs = np.array([[0.9, 0.1]] * 5 + [[0.45, 0.55]] * 5 + [[0.1, 0.9]] * 5)
     times = np.arange(15) * 0.2
-    out = analyze(probs, times, ["a", "b"], window=1, min_confidence=0.6, fallback="uncertain")
-    assert out["labels"] == ["a"] * 5 + ["uncertain"] * 5 + ["b"] * 5
-    assert out["segments"][1] == {"label": "uncertain", "start_s": 1.0, "end_s": 2.0, "frames": 5, "first": 5,
-                                  "last": 9, "mean_score": None}
-    assert out["segments"][0]["mean_score"] == pytest.approx(0.9)
+    out = analyze(probs, times, ["a", "b"], window=1, reject_below=0.6)
+    assert out["labels"] == ["a"] * 5 + [None] * 5 + ["b"] * 5
+    assert out["segments"][1] == {"label": None, "rejected": True, "start_s": 1.0, "end_s": 2.0, "frames": 5,
+                                  "first": 5, "last": 9, "mean_score": pytest.approx(0.55)}
+    assert out["segments"][0]["mean_score"] == pytest.approx(0.9) and not out["segments"][0]["rejected"]
+    for off in (None, 0.0):
+        assert None not in analyze(probs, times, ["a", "b"], window=1, reject_below=off)["labels"]
     flicker = np.array([[0.9, 0.1]] * 5 + [[0.2, 0.8]] * 2 + [[0.9, 0.1]] * 5)  # b for 0.4 s
     assert len(analyze(flicker, times[:12], ["a", "b"], window=1, min_segment_s=0.3)["segments"]) == 3
     merged = analyze(flicker, times[:12], ["a", "b"], window=1, min_segment_s=0.5)
     assert merged["labels"] == ["a"] * 12 and len(merged["segments"]) == 1
+
+
+def test_confidence_is_each_frames_top_probability_averaged():
+    """One confidently confused frame (or a frame between two poses) is a change of label, not an unknown
+    activity: the averaged top probability stays high where the best smoothed probability dips."""
+    probs = np.array([[1.0, 0.0, 0.0]] * 4 + [[0.0, 0.0, 1.0]] + [[1.0, 0.0, 0.0]] * 4)
+    np.testing.assert_allclose(confidence(probs, 5), 1.0)
+    assert moving_average(probs, 5).max(axis=1)[4] == pytest.approx(0.8)
+    unsure = np.array([[0.4, 0.35, 0.25]] * 6)
+    np.testing.assert_allclose(confidence(unsure, 3), 0.4)
+    assert confidence(np.zeros((0, 3)), 5).shape == (0,)
+
+
+def test_rejected_stretch_counts_no_reps_and_counting_restarts_after():
+    """3 squats, a stretch the head is unsure about whose squat probability still swings over rep_high
+    (an unknown activity), 3 squats: the stretch is one rejected segment and counts nothing."""
+    squats, _ = squat_series(3)
+    low, high = [0.4, 0.2, 0.4], [0.3, 0.62, 0.08]  # per-frame top probability 0.4 / 0.62
+    unknown = np.array(([low] * 5 + [high] * 5) * 3 + [low] * 5)  # frames 50..84
+    probs = np.concatenate([squats, unknown, squats])
+    times = np.arange(len(probs)) * 0.1
+    kw = dict(repetitive=[SQUAT, JACK], rest_of={SQUAT: STAND}, rest_gap_s=1.0)
+    assert confidence(squats, 5).min() > 0.7 > confidence(unknown, 5).max()
+    plain = analyze(probs, times, [STAND, SQUAT, JACK], **kw)
+    assert plain["reps"][SQUAT] == 9 and sum(50 <= i < 85 for i in plain["rep_events"][SQUAT]) == 3
+    out = analyze(probs, times, [STAND, SQUAT, JACK], reject_below=0.7, **kw)
+    assert out["reps"] == {SQUAT: 6, JACK: 0}
+    assert not [i for i in out["rep_events"][SQUAT] if 50 <= i < 85] and max(out["rep_events"][SQUAT]) > 85
+    rejected = [seg for seg in out["segments"] if seg["rejected"]]
+    assert len(rejected) == 1 and rejected[0]["label"] is None and "reps" not in rejected[0]
+    assert abs(rejected[0]["first"] - 50) <= 2 and abs(rejected[0]["last"] - 84) <= 2
+    assert [seg["reps"] for seg in out["segments"] if seg["label"] == SQUAT] == [3, 3]
 
 
 # ---------------------------------------------------------------- decoding
@@ -276,13 +351,14 @@ def test_cli_csv_table_stride_and_window(tiny_model, demo_clip):
     assert "20 of 40 frames scored" in r.stdout and "reps:" in r.stdout and "start" in r.stdout
 
 
-def test_cli_writes_plot_and_annotated_video(tiny_model, demo_clip, tmp_path):
+def test_cli_writes_plot_and_annotated_video(tiny_model, demo_clip, tiny_doc, tmp_path):
+    """With about half the frames rejected: the plot and the annotated copy draw both kinds."""
     import av
 
     path, _ = demo_clip
     png, mp4 = tmp_path / "plot.png", tmp_path / "out" / "labelled.mp4"
     r = CliRunner().invoke(main, ["predict-video", str(path), *tiny_args(tiny_model), "--plot", str(png),
-                                  "--annotate", str(mp4)])
+                                  "--annotate", str(mp4), "--reject-below", str(middle_threshold(tiny_doc))])
     assert r.exit_code == 0, r.output
     with Image.open(png) as im:
         assert im.size[0] > 600 and im.format == "PNG"
@@ -291,7 +367,8 @@ def test_cli_writes_plot_and_annotated_video(tiny_model, demo_clip, tmp_path):
         pairs = list(zip(src.decode(video=0), out.decode(video=0)))
     assert len(pairs) == 40
     a, b = (np.asarray(f.to_image(), np.float32) for f in pairs[10])
-    band = 18  # draw_overlay's band: max(18, height // 9) pixels
+    band = max(overlay_layout(64, 64, label, "0.50", reps).band  # the tallest band any frame can get
+               for label in tiny_doc["labels"] + ["none of these"] for reps in (None, "reps 3"))
     assert np.abs(a[:band] - b[:band]).mean() > 20  # the label band is drawn on top
     assert np.abs(a[band + 6:] - b[band + 6:]).mean() < 8  # the rest of the picture is the source
     assert not list(mp4.parent.glob(".*tmp*"))
@@ -310,10 +387,106 @@ def test_cli_bad_video_exits_2_with_one_line(tiny_model, tmp_path, case):
     (["--repetitive", "a person juggling"], "--repetitive 'a person juggling' is not one of the labels"),
     (["--rest-label", "a person sitting"], "--rest-label 'a person sitting' is not one of the labels"),
     (["--repetitive", "=x"], "malformed"),
-    (["--min-confidence", "0.5"], "needs a fallback label"),
+    (["--unknown-label", STAND], f"unknown_label '{STAND}' is one of the labels"),
+    (["--reject-below", "1.5"], "1.5 is not in the range"),
     (["--rep-high", "0.3", "--rep-low", "0.5"], "must be below rep_high"),
 ])
 def test_cli_bad_flags_exit_2(tiny_model, demo_clip, flags, fragment):
     path, _ = demo_clip
     r = CliRunner().invoke(main, ["predict-video", str(path), *tiny_args(tiny_model), *flags])
     assert r.exit_code == 2 and fragment in r.stderr, r.output
+
+
+def test_cli_rejection_in_every_format(tiny_model, demo_clip, tiny_doc):
+    """Frames whose confidence is below --reject-below: JSON label null + rejected, their own segments, no
+    reps; the table shows --unknown-label, CSV an empty label; old flag names still work."""
+    path, _ = demo_clip
+    assert tiny_doc["reject_below"] is None and not any(f["rejected"] for f in tiny_doc["frames"])
+    t = middle_threshold(tiny_doc)
+    args = ["predict-video", str(path), *tiny_args(tiny_model)]
+    r = CliRunner().invoke(main, [*args, "--format", "json", "--reject-below", str(t)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["reject_below"] == t and doc["settings"]["unknown_label"] == "none of these"
+    rejected = [f["confidence"] < t for f in doc["frames"]]
+    assert 0 < sum(rejected) < len(rejected)
+    assert [f["rejected"] for f in doc["frames"]] == rejected
+    assert all((f["label"] is None) == f["rejected"] for f in doc["frames"])
+    assert [f["scores"] for f in doc["frames"]] == [f["scores"] for f in tiny_doc["frames"]]  # scores kept
+    k = 0
+    for seg in doc["segments"]:  # every segment is all rejected (label null) or all accepted
+        assert seg["rejected"] == (seg["label"] is None) and "reps" not in seg if seg["rejected"] else True
+        assert {f["rejected"] for f in doc["frames"][k:k + seg["frames"]]} == {seg["rejected"]}
+        k += seg["frames"]
+    assert not [f for f in doc["frames"] if "rep" in f and f["rejected"]]
+    table = CliRunner().invoke(main, [*args, "--min-confidence", str(t), "--fallback", "no idea"])
+    assert table.exit_code == 0, table.output
+    assert "no idea" in table.stdout and f"'no idea': {sum(rejected)} of {len(rejected)} frames" in table.stdout
+    rows = list(csv.DictReader(io.StringIO(render_csv(doc))))  # what --format csv prints
+    assert [row["rejected"] == "true" for row in rows] == rejected
+    assert all((row["label"] == "") == (row["rejected"] == "true") for row in rows)
+
+
+def test_video_config_keeps_the_old_keys_as_aliases(tmp_path):
+    yaml_file = tmp_path / "old.yaml"
+    yaml_file.write_text("video:\n  min_confidence: 0.4\n  fallback: uncertain\n")
+    vcfg = load_config(yaml_file).video
+    assert (vcfg.reject_below, vcfg.unknown_label) == (0.4, "uncertain")
+    assert VideoConfig(fallback=None).unknown_label == "none of these" and VideoConfig().reject_below is None
+    with pytest.raises(ConfigError, match="min_confidence is the old name of reject_below"):
+        load_config(yaml_file, {"video.reject_below": 0.6})
+
+
+# ---------------------------------------------------------------- the overlay of --annotate
+
+@pytest.mark.parametrize("size", [(160, 160), (90, 160), (640, 360), (64, 64)])
+@pytest.mark.parametrize("label", [JACK, STAND, "none of these"])
+def test_overlay_text_fits_the_frame_with_score_and_reps_whole(size, label):
+    """Regression: on a 160 px frame the score was cut off and the rep count never showed; on a portrait
+    frame only 'a person repeating' fitted. Every piece's drawn box lies inside the frame (and the band)."""
+    from PIL import ImageDraw
+
+    w, h = size
+    for reps in (None, "reps 12"):
+        layout = overlay_layout(w, h, label, "0.87", reps)
+        fnt = font(layout.font_size)
+        measure = ImageDraw.Draw(Image.new("RGB", size))
+        pieces = {p.role: p for p in layout.pieces}
+        assert pieces["score"].text == "0.87" and (reps is None) == ("reps" not in pieces)
+        if reps:
+            assert pieces["reps"].text == reps
+        shown = pieces["label"].text
+        assert shown == label or (shown.startswith("\u2026") and label.endswith(shown[1:]) and len(shown) > 4)
+        boxes = [measure.textbbox(p.xy, p.text, font=fnt) for p in layout.pieces]
+        for box in boxes:
+            assert 0 <= box[0] and box[2] <= w and 0 <= box[1] and box[3] <= layout.band, (size, box, layout)
+        for i, a in enumerate(boxes):  # pieces never overlap
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+        assert FONT_FLOOR <= layout.font_size and layout.band <= h // 2
+
+
+def test_overlay_layout_prefers_large_text_then_two_lines_then_a_shorter_label():
+    wide = overlay_layout(640, 360, JACK, "0.87", "reps 12")
+    assert wide.font_size == 360 // 14 and len({p.xy[1] for p in wide.pieces}) == 1  # one line, full size
+    square = overlay_layout(160, 160, JACK, "0.87", "reps 12")
+    assert [p.text for p in square.pieces] == [JACK, "0.87", "reps 12"]
+    assert len({p.xy[1] for p in square.pieces}) == 2  # the label alone on the first line
+    portrait = overlay_layout(90, 160, JACK, "0.87", "reps 12")
+    assert portrait.font_size == FONT_FLOOR and portrait.pieces[0].text == "\u2026a jumping jack"
+
+
+def test_overlay_draws_each_piece_where_the_layout_says():
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (160, 160), (30, 90, 150))
+    out = np.asarray(draw_overlay(img, JACK, 0.87, 12), np.int16)
+    layout = overlay_layout(160, 160, JACK, "0.87", "reps 12")
+    measure = ImageDraw.Draw(Image.new("RGB", (160, 160)))
+    for p in layout.pieces:
+        x0, y0, x1, y1 = measure.textbbox(p.xy, p.text, font=font(layout.font_size))
+        assert out[y0:y1, x0:x1].max() >= 200, p  # white text on the dark band
+    assert (out[layout.band + 2:] == np.asarray(img, np.int16)[layout.band + 2:]).all()  # the picture below
+    grey = np.asarray(draw_overlay(img, "none of these", 0.3, None, rejected=True), np.int16)
+    bar = grey[overlay_layout(160, 160, "none of these", "0.30", None).band - 1, 5]
+    assert abs(int(bar[0]) - int(bar[1])) < 12  # a rejected frame's score bar is grey, not green

@@ -94,3 +94,68 @@ def test_mixed_video_segments_and_counts(results, videos):
         assert abs(got["start_s"] - want["start_s"]) <= 0.6, (got, want)
         assert got.get("reps", 0) == want["reps"]
     assert doc["reps"] == {"a person repeating a squat": 5, "a person repeating a jumping jack": 4}
+
+
+# ---------------------------------------------------------------- "none of these"
+
+# 3 squats, 3 s of sitting, 3 jumping jacks. With figure seed 10 the demo model reads sitting as a held squat
+# (squat ~0.7 on every frame) and counts a 4th squat there; each sitting frame's own top probability stays
+# near 0.7, while every frame of the clean clip (same figure, standing instead of sitting) is above 0.99.
+OTHER = [("standing", 1.0), ("squat", 3, 1.0), ("sitting", 3.0), ("jumping_jack", 3, 1.0), ("standing", 1.0)]
+CLEAN = [("standing", 1.0), ("squat", 3, 1.0), ("standing", 3.0), ("jumping_jack", 3, 1.0), ("standing", 1.0)]
+THRESHOLD = 0.8  # chosen from the clean clip's frame confidences (all above 0.99): rejects none of them
+
+
+@pytest.fixture(scope="module")
+def sitting_clips(tmp_path_factory) -> dict:
+    from toolkit.demo.video import write_video
+
+    d = tmp_path_factory.mktemp("other_activity")
+    return {name: (d / f"{name}.mp4", write_video(d / f"{name}.mp4", schedule, seed=10, size=SIZE, fps=FPS))
+            for name, schedule in (("other", OTHER), ("clean", CLEAN))}
+
+
+def test_an_other_activity_stretch_counts_no_reps_when_rejected(setup, sitting_clips):
+    from toolkit.video import predict_video
+
+    cfg, predictor = setup
+    (path, truth), (clean_path, _) = sitting_clips["other"], sitting_clips["clean"]
+    vcfg = cfg.video.model_copy(update={"reject_below": THRESHOLD})
+    clean = predict_video(predictor, clean_path, vcfg)
+    assert not any(f["rejected"] for f in clean["frames"]), min(f["confidence"] for f in clean["frames"])
+    assert clean["reps"] == {"a person repeating a squat": 3, "a person repeating a jumping jack": 3}
+
+    def in_sitting(doc):
+        return [e for events in doc["rep_events"].values() for e in events if truth.exercises[e["index"]] == "sitting"]
+
+    plain = predict_video(predictor, path, cfg.video)
+    assert plain["reject_below"] is None and in_sitting(plain), plain["reps"]  # the false rep rejection removes
+    doc = predict_video(predictor, path, vcfg)
+    assert doc["reject_below"] == THRESHOLD and not in_sitting(doc)
+    assert doc["reps"] == {"a person repeating a squat": 3, "a person repeating a jumping jack": 3}
+    sitting = [f for f in doc["frames"] if truth.exercises[f["index"]] == "sitting"]
+    assert sum(f["rejected"] for f in sitting) >= 0.8 * len(sitting)
+    rejected = [s for s in doc["segments"] if s["rejected"]]
+    assert rejected and all(s["label"] is None and "reps" not in s for s in rejected)
+    longest = max(rejected, key=lambda s: s["frames"])
+    sit = next(s for s in truth.segments if s["exercise"] == "sitting")
+    assert abs(longest["start_s"] - sit["start_s"]) <= 0.5 and abs(longest["end_s"] - sit["end_s"]) <= 0.5
+
+
+def test_a_head_with_a_threshold_rejects_by_itself(setup, sitting_clips):
+    """A head saved with reject_below (calibration) is used as is; reject_below 0 turns it off."""
+    import copy
+
+    from toolkit.predictor import Predictor
+    from toolkit.video import predict_video
+
+    cfg, predictor = setup
+    head = copy.copy(predictor.head)
+    head.reject_below = THRESHOLD
+    calibrated = Predictor(predictor.extractor, head)
+    path, _ = sitting_clips["other"]
+    doc = predict_video(calibrated, path, cfg.video)
+    assert doc["reject_below"] == THRESHOLD and doc["settings"]["reject_below"] is None
+    assert doc["reps"] == {"a person repeating a squat": 3, "a person repeating a jumping jack": 3}
+    off = predict_video(calibrated, path, cfg.video.model_copy(update={"reject_below": 0.0}))
+    assert off["reject_below"] is None and not any(f["rejected"] for f in off["frames"])

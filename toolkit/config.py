@@ -176,8 +176,12 @@ class VideoConfig(_Section):
     fps: Optional[float] = Field(10.0, gt=0, le=240, allow_inf_nan=False)
     stride: int = Field(1, ge=1, le=1_000_000)
     window: int = Field(5, ge=1)  # centered moving average, in sampled frames
-    min_confidence: float = Field(0.0, ge=0, le=1)
-    fallback: Optional[str] = None
+    # "None of these": frames whose confidence (each frame's top calibrated probability, averaged over `window`)
+    # is below this are rejected (label null, their own segments, no reps). null: the head's own threshold
+    # (heads saved with --target-precision ...); 0: reject nothing.
+    # Old keys, kept as aliases: min_confidence (= reject_below), fallback (= unknown_label).
+    reject_below: Optional[float] = Field(None, ge=0, le=1)
+    unknown_label: str = Field("none of these", min_length=1, max_length=200)  # shown for rejected frames
     min_segment_s: float = Field(0.0, ge=0)
     rest_label: Optional[str] = REST_LABEL
     repetitive: list[str] = list(REPETITIVE)
@@ -195,6 +199,23 @@ class VideoConfig(_Section):
     # dropped to rep_low since the last rep (0.4/0.6 is the middle of the range that counted exactly)
     rep_high: float = Field(0.6, gt=0, le=1)
     rep_low: float = Field(0.4, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """The keys of the fixed-threshold fallback that rejection replaced: min_confidence -> reject_below,
+        fallback -> unknown_label (a null fallback keeps the default)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in (("min_confidence", "reject_below"), ("fallback", "unknown_label")):
+            value = data.pop(old, None)
+            if value is None:
+                continue
+            if data.get(new) is not None and data[new] != value:
+                raise ValueError(f"{old} is the old name of {new}; give only {new}")
+            data[new] = value
+        return data
 
 
 class Config(_Section):

@@ -6,17 +6,22 @@ Everything here works on sampled frames: `probs` is (n_frames, n_classes) with r
 The pipeline (see `analyze`):
   1. smooth: centered moving average over `window` frames; the window shrinks at both ends (no zero padding,
      which would pull the first and last frames towards 0);
-  2. decide: argmax of the smoothed row; below `min_confidence` the frame gets `fallback` (if given);
+  2. decide: argmax of the smoothed row; a frame whose confidence is below `reject_below` is rejected ("none
+     of these", label None). The confidence is each frame's own top probability (what an image's threshold is
+     calibrated on), averaged over the same window: a frame between two known poses (half-way down a squat,
+     0.45 squat and 0.45 standing once smoothed) or one confidently confused frame doesn't lower it much, a
+     stretch of frames the head is unsure about does. It is never below the best smoothed probability;
   3. bouts: a short run of an exercise's rest label between two runs of that exercise is the top of a rep,
      not a pause, so it joins the exercise (`rest_gap_s`);
   4. flickers: runs shorter than `min_segment_s` join their longer neighbour;
   5. reps: hysteresis on each repetitive label's probability, smoothed over `rep_window` frames (lighter than
      `window`, so a fast rep's short rest phase stays visible): a rep is counted when the probability climbs
      to `high` after having dropped to `low` (the rest pose) since the last rep, so noise around one
-     threshold never counts twice. Only rises on frames of that label count;
+     threshold never counts twice; a series that starts high has not shown a rep yet. Only rises on frames of
+     that label count, and a rejected frame abandons the rep in progress (counting restarts at the next low);
   6. sets: a run of an exercise with reps grows into the rest frames where its probability is still rising
      into the first rep / falling out of the last one (the first descent looks like the rest pose);
-  7. segments: consecutive frames with one label, with their rep counts.
+  7. segments: consecutive frames with one label (rejected frames form their own), with their rep counts.
 """
 from __future__ import annotations
 
@@ -42,14 +47,26 @@ def moving_average(x: np.ndarray, window: int) -> np.ndarray:
     return (csum[hi] - csum[lo]) / counts
 
 
-def decide(smoothed: np.ndarray, classes: Sequence[str], min_confidence: float = 0.0,
-           fallback: Optional[str] = None) -> list[str]:
-    """The argmax label of each (smoothed) row; `fallback` where the best score is below `min_confidence`."""
+def confidence(probs: np.ndarray, window: int) -> np.ndarray:
+    """(n, C) raw per-frame probabilities -> (n,) each frame's top probability, averaged over `window` frames
+    like `moving_average`: how sure the head is that the frames around it show one of its labels."""
+    probs = np.asarray(probs, np.float64)
+    if len(probs) == 0:
+        return np.zeros(0)
+    return moving_average(probs.max(axis=1), window)
+
+
+def decide(smoothed: np.ndarray, classes: Sequence[str], reject_below: Optional[float] = None,
+           conf: Optional[np.ndarray] = None) -> list[Optional[str]]:
+    """The argmax label of each (smoothed) row; None ("none of these") where `conf` ((n,), default: the
+    row's best value) is below `reject_below` (None or 0: nothing is rejected)."""
     if len(smoothed) == 0:
         return []
     best = np.asarray(smoothed).argmax(axis=1)
-    top = np.asarray(smoothed)[np.arange(len(best)), best]
-    return [fallback if (fallback is not None and t < min_confidence) else classes[b] for b, t in zip(best, top)]
+    if not reject_below:
+        return [classes[b] for b in best]
+    conf = np.asarray(smoothed).max(axis=1) if conf is None else conf
+    return [None if c < reject_below else classes[b] for b, c in zip(best, conf)]
 
 
 def runs(labels: Sequence[Any]) -> list[tuple[int, int, Any]]:
@@ -108,17 +125,22 @@ def drop_short(labels: list[str], times: np.ndarray, min_segment_s: float,
     return out
 
 
-def hysteresis_events(signal: np.ndarray, high: float, low: float) -> list[int]:
-    """Indices where `signal` reaches `high` after having been at or below `low` (or at the start).
+def hysteresis_events(signal: np.ndarray, high: float, low: float,
+                      blocked: Optional[np.ndarray] = None) -> list[int]:
+    """Indices where `signal` reaches `high` after having been at or below `low`.
 
-    (n,) -> rising-edge indices; a wobble that stays above `low` never re-arms the counter.
+    (n,) -> rising-edge indices. A signal that starts high has shown no rep yet: the counter arms only at a
+    low, and a wobble that stays above `low` never re-arms it. A `blocked` frame ((n,) bools: rejected,
+    "none of these") disarms it: the rep in progress is abandoned and counting restarts at the next low.
     """
     if low >= high:
         raise ValueError(f"rep_low ({low}) must be below rep_high ({high})")
-    events, armed = [], True
+    events, armed = [], False
     high, low = high - 1e-9, low + 1e-9  # a moving average of 0/1 frames lands exactly on 0.4, 0.6, ...
     for i, v in enumerate(np.asarray(signal, np.float64)):
-        if armed and v >= high:
+        if blocked is not None and blocked[i]:
+            armed = False
+        elif armed and v >= high:
             events.append(i)
             armed = False
         elif not armed and v <= low:
@@ -149,45 +171,49 @@ def extend_sets(labels: list[str], smoothed: np.ndarray, classes: Sequence[str],
     return out
 
 
-def make_segments(labels: Sequence[str], times: np.ndarray, smoothed: np.ndarray, classes: Sequence[str],
-                  ends: Optional[np.ndarray] = None) -> list[dict[str, Any]]:
-    """{label, start_s, end_s, frames, first, last, mean_score} per run; mean_score is the mean smoothed
-    probability of the segment's label (None for a fallback label that is not a class)."""
+def make_segments(labels: Sequence[Optional[str]], times: np.ndarray, smoothed: np.ndarray,
+                  classes: Sequence[str], ends: Optional[np.ndarray] = None) -> list[dict[str, Any]]:
+    """{label, rejected, start_s, end_s, frames, first, last, mean_score} per run; mean_score is the mean
+    smoothed probability of the segment's label, or of each frame's best label in a rejected run (label None)."""
     ends = frame_ends(times) if ends is None else ends
     col = {c: i for i, c in enumerate(classes)}
     segs = []
     for start, stop, label in runs(list(labels)):
-        mean = float(np.mean(smoothed[start:stop, col[label]])) if label in col else None
-        segs.append({"label": label, "start_s": round(float(times[start]), 4),
+        scores = smoothed[start:stop, col[label]] if label is not None else smoothed[start:stop].max(axis=1)
+        segs.append({"label": label, "rejected": label is None, "start_s": round(float(times[start]), 4),
                      "end_s": round(float(ends[stop - 1]), 4), "frames": stop - start,
-                     "first": start, "last": stop - 1, "mean_score": mean})
+                     "first": start, "last": stop - 1, "mean_score": float(np.mean(scores))})
     return segs
 
 
-def rep_events(series: np.ndarray, classes: Sequence[str], labels: Sequence[str], repetitive: Sequence[str],
-               high: float, low: float) -> dict[str, list[int]]:
+def rep_events(series: np.ndarray, classes: Sequence[str], labels: Sequence[Optional[str]],
+               repetitive: Sequence[str], high: float, low: float) -> dict[str, list[int]]:
     """{repetitive label present in classes: frame positions of counted reps} from the (n, C) `series`
-    (probabilities smoothed over rep_window); a rise counts only on a frame decided as that label."""
+    (probabilities smoothed over rep_window); a rise counts only on a frame decided as that label, and a
+    rejected frame (label None) abandons the rep in progress."""
     events: dict[str, list[int]] = {}
+    blocked = np.array([lb is None for lb in labels], bool)
     for label in repetitive:
         if label in classes:
-            rises = hysteresis_events(series[:, list(classes).index(label)], high, low)
+            rises = hysteresis_events(series[:, list(classes).index(label)], high, low, blocked)
             events[label] = [i for i in rises if labels[i] == label]
     return events
 
 
 def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, window: int = 5,
-            min_confidence: float = 0.0, fallback: Optional[str] = None, min_segment_s: float = 0.0,
+            reject_below: Optional[float] = None, min_segment_s: float = 0.0,
             repetitive: Sequence[str] = (), rest_of: Optional[dict[str, str]] = None, rest_gap_s: float = 0.0,
             rep_window: int = 3, rep_high: float = 0.6, rep_low: float = 0.4, end_s: Optional[float] = None
             ) -> dict[str, Any]:
-    """The whole pipeline on (n, C) raw probabilities. Returns {smoothed, raw_labels, labels, segments,
-    rep_events, reps}: smoothed (n, C); labels after bouts and flicker removal; reps {label: count}."""
+    """The whole pipeline on (n, C) raw probabilities. Returns {smoothed, confidence, raw_labels, labels,
+    segments, rep_events, reps}: smoothed (n, C); confidence (n,); labels after bouts and flicker removal (None:
+    rejected, "none of these", when `reject_below` is set); reps {label: count}."""
     probs = np.asarray(probs, np.float64)
     times = np.asarray(times, np.float64)
     smoothed = moving_average(probs, window)
     ends = frame_ends(times, end_s)
-    labels = decide(smoothed, classes, min_confidence, fallback)
+    conf = confidence(probs, window)
+    labels = decide(smoothed, classes, reject_below, conf)
     rest_of = {k: v for k, v in (rest_of or {}).items() if k in repetitive}
     if rest_gap_s > 0 and rest_of:
         labels = join_rest_gaps(labels, times, rest_of, rest_gap_s, ends)
@@ -200,5 +226,6 @@ def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, win
     for seg in segments:
         if seg["label"] in events:
             seg["reps"] = sum(seg["first"] <= i <= seg["last"] for i in events[seg["label"]])
-    return {"smoothed": smoothed, "raw_labels": decide(probs, classes), "labels": labels, "segments": segments,
-            "rep_events": events, "reps": {k: len(v) for k, v in events.items()}}
+    return {"smoothed": smoothed, "confidence": conf,
+            "raw_labels": decide(probs, classes), "labels": labels, "segments": segments, "rep_events": events,
+            "reps": {k: len(v) for k, v in events.items()}}

@@ -3,16 +3,18 @@
 ONE pipeline for the CLI and the server (`predict_video`): frames are decoded one at a time, preprocessed at
 once (one full-size frame in memory), encoded in batches and scored by `Predictor.proba`, so memory holds one
 batch of model-sized frames plus an (n_frames, n_classes) score table, however long the video. The annotated copy is written in a
-second decoding pass. The time-series logic (smoothing, segments, reps) lives in `reps.py`.
+second decoding pass (overlay.py). The time-series logic (smoothing, "none of these", segments, reps) lives
+in `reps.py`.
+
+"None of these": frames whose confidence is below the threshold (VideoConfig.reject_below, else the head's
+calibrated `reject_below`; 0 turns it off) are rejected: label null and "rejected": true in the document, their
+own segments, and no reps counted through them.
 """
 from __future__ import annotations
 
-import bisect
 import math
-import os
 import threading
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -275,9 +277,6 @@ def rest_map(vcfg: VideoConfig, classes: Sequence[str]) -> dict[str, str]:
 
 def check_video_config(vcfg: VideoConfig) -> None:
     """ConfigError for settings that are valid one by one but not together."""
-    if vcfg.min_confidence > 0 and vcfg.fallback is None:
-        raise ConfigError(f"min_confidence {vcfg.min_confidence:g} needs a fallback label for uncertain frames; "
-                          "add --fallback LABEL (e.g. --fallback uncertain)")
     if vcfg.rep_low >= vcfg.rep_high:
         raise ConfigError(f"rep_low ({vcfg.rep_low:g}) must be below rep_high ({vcfg.rep_high:g}); "
                           "e.g. --rep-low 0.4 --rep-high 0.6")
@@ -290,27 +289,42 @@ def predict_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Option
     """Classify a video frame by frame: the JSON document of `clipkit predict-video` and
     `POST /v1/predict/video` (see `build_document`)."""
     check_video_config(vcfg)
+    threshold = video_threshold(predictor, vcfg, labels)  # a bad label set fails before decoding
+    if vcfg.unknown_label in predictor.head_for(labels).classes_:
+        raise ConfigError(f"unknown_label '{vcfg.unknown_label}' is one of the labels; rejected frames need a "
+                          "name of their own, e.g. 'none of these'")
     classes, idx, times, probs, stats = score_video(predictor, path, vcfg, labels, encode=encode,
                                                     batch_size=batch_size, limits=limits, cancel=cancel,
                                                     progress=progress)
-    return summarize(predictor, vcfg, classes, idx, times, probs, stats)
+    return summarize(predictor, vcfg, classes, idx, times, probs, stats, threshold)
+
+
+def video_threshold(predictor, vcfg: VideoConfig, labels: Optional[Sequence[str]] = None) -> Optional[float]:
+    """The "none of these" threshold for a video: vcfg.reject_below when set (0: none), else the head's own
+    calibrated `reject_below` (a custom zero-shot label set has none); None: nothing is rejected."""
+    return predictor.threshold(vcfg.reject_below, labels)
 
 
 def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray, times: np.ndarray,
-              probs: np.ndarray, stats: dict[str, Any]) -> dict[str, Any]:
-    """Scored frames (indices (n,), times (n,), probabilities (n, C)) -> the JSON document."""
+              probs: np.ndarray, stats: dict[str, Any], threshold: Optional[float] = None) -> dict[str, Any]:
+    """Scored frames (indices (n,), times (n,), probabilities (n, C)) -> the JSON document; frames whose
+    confidence is below `threshold` are rejected."""
     info: VideoInfo = stats["info"]
     end_s = info.duration_s if info.duration_s and times.size and info.duration_s >= times[-1] else None
-    result = analyze(probs, times, classes, window=vcfg.window, min_confidence=vcfg.min_confidence,
-                     fallback=vcfg.fallback, min_segment_s=vcfg.min_segment_s, repetitive=vcfg.repetitive,
+    result = analyze(probs, times, classes, window=vcfg.window, reject_below=threshold,
+                     min_segment_s=vcfg.min_segment_s, repetitive=vcfg.repetitive,
                      rest_of=rest_map(vcfg, classes), rest_gap_s=vcfg.rest_gap_s, rep_window=vcfg.rep_window,
                      rep_high=vcfg.rep_high, rep_low=vcfg.rep_low, end_s=end_s)
-    return build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result)
+    return build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result, threshold)
 
 
 def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, classes: list[str],
-                   idx: np.ndarray, times: np.ndarray, probs: np.ndarray, result: dict) -> dict[str, Any]:
-    """{video, model, pretrained, mode, labels, settings, frames: [...], segments: [...], reps, rep_events}."""
+                   idx: np.ndarray, times: np.ndarray, probs: np.ndarray, result: dict,
+                   threshold: Optional[float] = None) -> dict[str, Any]:
+    """{video, model, pretrained, mode, labels, reject_below, settings, frames: [...], segments: [...], reps,
+    rep_events}. `reject_below` is the threshold applied (None: no rejection). A frame has {index, time_s,
+    label (None when rejected), rejected, score (its label's smoothed probability; a rejected frame's best),
+    confidence (what was compared with reject_below), raw_label, scores, smoothed, rep?}."""
     ident = predictor.identity
     sm = result["smoothed"]
     pos_of = {}
@@ -320,8 +334,9 @@ def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, c
     frames = []
     for k in range(len(idx)):
         label = result["labels"][k]
-        score = float(sm[k, classes.index(label)]) if label in classes else float(sm[k].max())
-        row = {"index": int(idx[k]), "time_s": float(times[k]), "label": label, "score": round(score, 6),
+        score = float(sm[k, classes.index(label)]) if label is not None else float(sm[k].max())
+        row = {"index": int(idx[k]), "time_s": float(times[k]), "label": label, "rejected": label is None,
+               "score": round(score, 6), "confidence": round(float(result["confidence"][k]), 6),
                "raw_label": result["raw_labels"][k],
                "scores": {c: round(float(probs[k, j]), 6) for j, c in enumerate(classes)},
                "smoothed": {c: round(float(sm[k, j]), 6) for j, c in enumerate(classes)}}
@@ -332,100 +347,13 @@ def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, c
     for seg in result["segments"]:
         seg = dict(seg)
         seg["first_index"], seg["last_index"] = int(idx[seg.pop("first")]), int(idx[seg.pop("last")])
-        if seg["mean_score"] is not None:
-            seg["mean_score"] = round(seg["mean_score"], 6)
+        seg["mean_score"] = round(seg["mean_score"], 6)
         segments.append(seg)
     video = asdict(info)
     video.update(path=str(info.path), decoded_frames=stats["decoded"], sampled_frames=stats["sampled"])
     return {"video": video, "model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode,
-            "labels": classes, "settings": vcfg.model_dump(mode="json"), "frames": frames, "segments": segments,
+            "labels": classes, "reject_below": threshold, "settings": vcfg.model_dump(mode="json"),
+            "frames": frames, "segments": segments,
             "reps": result["reps"],
             "rep_events": {lb: [{"index": int(idx[p]), "time_s": float(times[p])} for p in ps]
                            for lb, ps in result["rep_events"].items()}}
-
-
-# ---------------------------------------------------------------- annotated copy
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def draw_overlay(img: Image.Image, label: str, score: float, reps: Optional[int], font) -> Image.Image:
-    """A dark band at the top with 'label  score  reps N' and a score bar."""
-    from PIL import ImageDraw
-
-    img = img.convert("RGB")
-    w, h = img.size
-    band = max(18, h // 9)
-    draw = ImageDraw.Draw(img, "RGBA")
-    draw.rectangle([0, 0, w, band], fill=(0, 0, 0, 160))
-    text = f"{label}  {score:.2f}" + (f"  reps {reps}" if reps is not None else "")
-    draw.text((4, 2), text, fill=(255, 255, 255, 255), font=font)
-    draw.rectangle([0, band - 3, int(w * max(0.0, min(score, 1.0))), band], fill=(80, 200, 120, 230))
-    return img
-
-
-def _encoder(container, rate: Fraction, width: int, height: int):
-    import av
-
-    for codec in ("libx264", "h264", "mpeg4"):
-        try:
-            av.codec.Codec(codec, "w")
-        except Exception:  # this ffmpeg build lacks the encoder
-            continue
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        return stream
-    raise InputError("this PyAV build has no h264 or mpeg4 encoder; reinstall PyAV (pip install av)")
-
-
-def running_reps(doc: dict[str, Any]) -> list[Optional[int]]:
-    """Per frame of a predict-video document: reps of the frame's label counted so far (0 before its first),
-    or None when the label isn't counted in repetitions."""
-    out, running = [], {}
-    for f in doc["frames"]:
-        if "rep" in f:
-            running[f["rep"]["label"]] = f["rep"]["count"]
-        out.append(running.get(f["label"], 0) if f["label"] in doc["reps"] else None)
-    return out
-
-
-def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) -> Path:
-    """Write a copy of the video with each frame's current label, score and rep count drawn on it.
-
-    Every source frame shows the decision of the latest sampled frame at or before it. Atomic write.
-    """
-    import av
-
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.mp4")
-    keys = [f["index"] for f in doc["frames"]]
-    reps_so_far = [n or None for n in running_reps(doc)]  # nothing drawn before a label's first rep
-    try:
-        with _open(path) as src, av.open(str(tmp), "w", format="mp4") as dst:
-            s = src.streams.video[0]
-            s.thread_type = "AUTO"
-            w, h = s.codec_context.width // 2 * 2, s.codec_context.height // 2 * 2
-            rate = Fraction(s.average_rate or 25).limit_denominator(1001)
-            enc = _encoder(dst, rate, w, h)
-            font = _font(max(10, h // 14))
-            for i, frame in enumerate(src.decode(s)):
-                k = bisect.bisect_right(keys, i) - 1
-                img = frame.to_image().crop((0, 0, w, h))
-                if k >= 0:
-                    f = doc["frames"][k]
-                    img = draw_overlay(img, f["label"], f["score"], reps_so_far[k], font)
-                dst.mux(enc.encode(av.VideoFrame.from_image(img)))
-            dst.mux(enc.encode())
-        tmp.replace(out)
-    except av.error.FFmpegError as e:
-        raise InputError(f"could not write annotated video '{out}' ({_reason(e)}); check the path") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out

@@ -36,34 +36,44 @@ def check_video_labels(vcfg, classes: list[str], explicit: dict[str, Any]) -> No
             raise ConfigError(f"{flag} '{label}' is not one of the labels {classes}; use one of them exactly")
 
 
+def shown_label(item: dict[str, Any], doc: dict[str, Any]) -> str:
+    """A frame's or segment's label for people: the unknown label ("none of these") when it was rejected."""
+    return doc["settings"]["unknown_label"] if item["label"] is None else item["label"]
+
+
 def render_table(doc: dict[str, Any]) -> str:
-    """Video summary, the segments (with reps) and the rep totals."""
+    """Video summary, the segments (with reps; rejected ones as the unknown label) and the rep totals."""
     v = doc["video"]
     lines = [f"{v['path']}: {v['width']}x{v['height']}, {v['duration_s'] or 0:.1f} s, "
              f"{v['sampled_frames']} of {v['decoded_frames']} frames scored ({doc['mode']}, {doc['model']})",
              "", f"{'start':>7} {'end':>7}  {'label':<36} {'frames':>6} {'score':>6} {'reps':>5}"]
     for s in doc["segments"]:
-        score = f"{s['mean_score']:.3f}" if s["mean_score"] is not None else "-"
-        lines.append(f"{s['start_s']:>7.2f} {s['end_s']:>7.2f}  {s['label'][:36]:<36} {s['frames']:>6} "
-                     f"{score:>6} {s.get('reps', ''):>5}")
+        lines.append(f"{s['start_s']:>7.2f} {s['end_s']:>7.2f}  {shown_label(s, doc)[:36]:<36} {s['frames']:>6} "
+                     f"{s['mean_score']:>6.3f} {s.get('reps', ''):>5}")
     if doc["reps"]:
         lines += ["", "reps: " + ", ".join(f"{lb} {n}" for lb, n in doc["reps"].items())]
+    if doc["reject_below"]:
+        n = sum(f["rejected"] for f in doc["frames"])
+        lines.append(f"'{doc['settings']['unknown_label']}': {n} of {len(doc['frames'])} frames "
+                     f"(confidence below {doc['reject_below']:g}); no reps are counted through them")
     return "\n".join(lines)
 
 
 def render_csv(doc: dict[str, Any]) -> str:
-    """One row per sampled frame: index, time_s, label, score, raw_label, segment (its number in the JSON
-    'segments'), reps (count of the current label's reps so far), then raw and smoothed score columns."""
-    from ..video import running_reps
+    """One row per sampled frame: index, time_s, label (empty when rejected, as in `clipkit predict`), score,
+    rejected (true/false), confidence, raw_label, segment (its number in the JSON 'segments'), reps (count of the current
+    label's reps so far), then raw and smoothed score columns."""
+    from ..overlay import running_reps
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     labels = doc["labels"]
-    w.writerow(["index", "time_s", "label", "score", "raw_label", "segment", "reps",
+    w.writerow(["index", "time_s", "label", "score", "rejected", "confidence", "raw_label", "segment", "reps",
                 *[f"raw:{lb}" for lb in labels], *[f"smoothed:{lb}" for lb in labels]])
     seg_of = [k for k, s in enumerate(doc["segments"]) for _ in range(s["frames"])]
     for k, (f, reps) in enumerate(zip(doc["frames"], running_reps(doc))):
-        w.writerow([f["index"], f"{f['time_s']:.4f}", f["label"], f"{f['score']:.6f}", f["raw_label"], seg_of[k],
+        w.writerow([f["index"], f"{f['time_s']:.4f}", f["label"] or "", f"{f['score']:.6f}",
+                    str(f["rejected"]).lower(), f"{f['confidence']:.6f}", f["raw_label"], seg_of[k],
                     "" if reps is None else reps, *[f"{f['scores'][lb]:.6f}" for lb in labels],
                     *[f"{f['smoothed'][lb]:.6f}" for lb in labels]])
     return buf.getvalue()
@@ -77,7 +87,8 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
     events = {lb: [e["time_s"] for e in es] for lb, es in doc["rep_events"].items()}
     s = doc["settings"]
     same = s["rep_window"] == s["window"]  # the thresholds apply to the plotted lines only then
-    timeseries_png(times, series, doc["segments"], path, rep_events=events,
+    segments = [{**seg, "label": shown_label(seg, doc)} for seg in doc["segments"]]
+    timeseries_png(times, series, segments, path, rep_events=events,
                    thresholds=(s["rep_low"], s["rep_high"]) if same else None,
                    title=f"{doc['video']['path']}: smoothed probabilities (window {s['window']}), reps counted")
 
@@ -94,9 +105,14 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
               help="Score every K-th frame instead (--stride 1: every frame).")
 @click.option("--window", type=click.IntRange(1), default=None,
               help="Centered moving-average window, in scored frames; shrinks at the ends. [default: 5]")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
-              help="Frames whose best smoothed score is below this get --fallback.")
-@click.option("--fallback", default=None, help="Label for uncertain frames, e.g. 'uncertain'.")
+@click.option("--reject-below", "--min-confidence", "reject_below", type=click.FloatRange(0, 1), default=None,
+              help="\"None of these\": frames whose confidence (top calibrated probability, averaged over --window) "
+              "is below this are rejected: "
+              "their own segments, no reps counted through them; 0 rejects nothing. --min-confidence is an "
+              "old name. [default: the head's own threshold, if it has one]")
+@click.option("--unknown-label", "--fallback", "unknown_label", default=None,
+              help="What the table, plot and --annotate show for rejected frames (JSON: label null, rejected "
+              "true; CSV: empty label). --fallback is an old name. [default: 'none of these']")
 @click.option("--min-segment-s", type=click.FloatRange(0), default=None,
               help="Segments shorter than this (seconds) join their longer neighbour. [default: 0]")
 @click.option("--rest-label", default=None, help="The rest pose between reps. [default: 'a person standing']")
@@ -128,7 +144,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
       clipkit predict-video --config configs/demo.yaml workout.mp4
       clipkit predict-video clip.mp4 --fps 15 --window 7 --plot scores.png --annotate labelled.mp4
       clipkit predict-video clip.mp4 --head out/head --format json > clip.json
-      clipkit predict-video clip.mp4 --min-confidence 0.5 --fallback uncertain --min-segment-s 0.5
+      clipkit predict-video clip.mp4 --head out/head --reject-below 0.6 --min-segment-s 0.5
       clipkit predict-video clip.mp4 --repetitive "a person doing a push-up=a person performing a plank"
 
     \b
@@ -138,15 +154,23 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     each time an exercise's probability (smoothed over --rep-window) climbs to --rep-high after
     dropping to --rep-low. Rep counting needs the rest phase between reps to be sampled: keep at least
     ~10 scored frames per second (the default).
+
+    \b
+    "None of these": with a head saved with a threshold (train-probe/eval-prompts --target-precision ...)
+    or --reject-below, frames that look like none of the labels (walking in, sitting, drinking) are
+    rejected: they form their own segments, shown as --unknown-label, and never count reps (a rep in
+    progress is abandoned). A frame's confidence is the top (calibrated) probability of each frame averaged
+    over --window: a frame between two poses, or one confused frame, in a set stays accepted.
     JSON has every frame (raw and smoothed scores), the segments and the reps; CSV has the frames.
     """
     from ..predictor import build_predictor
-    from ..video import annotate_video, predict_video as run, probe_video
+    from ..overlay import annotate_video
+    from ..video import predict_video as run, probe_video
 
     if flags.get("fps") is not None and flags.get("stride") is not None:
         raise ConfigError("give --fps or --stride, not both")
     labels, rest_for = parse_repetitive(repetitive)
-    video_keys = ["fps", "stride", "window", "min_confidence", "fallback", "min_segment_s", "rest_label",
+    video_keys = ["fps", "stride", "window", "reject_below", "unknown_label", "min_segment_s", "rest_label",
                   "rest_gap_s", "rep_window", "rep_high", "rep_low"]
     explicit = {k: flags.pop(k) for k in video_keys}
     explicit.update(repetitive=labels or None, rest_for=rest_for or None)

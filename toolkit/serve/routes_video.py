@@ -82,6 +82,13 @@ def video_config(request: Request, **given: Any) -> VideoConfig:
     return vcfg
 
 
+def _alias(value: Any, old_value: Any, name: str, old: str) -> Any:
+    """A query parameter given by its name or its old name (not both, unless equal); 422 otherwise."""
+    if old_value is not None and value is not None and old_value != value:
+        raise ApiError(422, "invalid_request", f"{old} is the old name of {name}; give only {name}")
+    return value if value is not None else old_value
+
+
 def limits_of(settings: ServeConfig) -> VideoLimits:
     """The server's per-video limits: duration, sampled frames, pixels per frame, decoded pixels in all."""
     return VideoLimits(max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
@@ -120,8 +127,16 @@ async def predict_video(
         stride: Annotated[Optional[int], Query(ge=1, le=1_000_000,
                                                description="Score every K-th frame instead of fps")] = None,
         window: Annotated[Optional[int], Query(ge=1, description="Moving-average window, in frames")] = None,
-        min_confidence: Annotated[Optional[float], Query(ge=0, le=1)] = None,
-        fallback: Annotated[Optional[str], Query(max_length=200)] = None,
+        reject_below: Annotated[Optional[float], Query(ge=0, le=1, description=(
+            '"None of these": frames whose confidence (top calibrated probability, averaged over the window) is '
+            "below this are rejected (label null, rejected true, their own segments, no reps); 0 rejects "
+            "nothing. Default: the head's own threshold, if it has one"))] = None,
+        unknown_label: Annotated[Optional[str], Query(min_length=1, max_length=200, description=(
+            "The name of rejected frames, echoed in settings for display (default 'none of these')"))] = None,
+        min_confidence: Annotated[Optional[float], Query(ge=0, le=1, deprecated=True,
+                                                         description="Old name of reject_below")] = None,
+        fallback: Annotated[Optional[str], Query(min_length=1, max_length=200, deprecated=True,
+                                                 description="Old name of unknown_label")] = None,
         min_segment_s: Annotated[Optional[float], Query(ge=0)] = None,
         rest_gap_s: Annotated[Optional[float], Query(ge=0)] = None,
         rep_window: Annotated[Optional[int], Query(ge=1, description="Moving-average window for counting reps")
@@ -129,12 +144,15 @@ async def predict_video(
         rep_high: Annotated[Optional[float], Query(gt=0, le=1)] = None,
         rep_low: Annotated[Optional[float], Query(ge=0, lt=1)] = None) -> dict[str, Any]:
     """The same document as `clipkit predict-video --format json`: every sampled frame's raw and smoothed
-    scores and label, the segments, and the repetition counts. 413 past serve.max_video_bytes, 422 past
+    scores and label, the segments, and the repetition counts; frames rejected as "none of these" (the head's
+    threshold or `reject_below`) have label null and rejected true. 413 past serve.max_video_bytes, 422 past
     serve.max_video_seconds or serve.max_video_frames, 400 for a file that isn't a decodable video."""
     from ..video import VideoLimitError, VideoTooLargeError
 
-    vcfg = video_config(request, fps=fps, stride=stride, window=window, min_confidence=min_confidence,
-                        fallback=fallback, min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_window=rep_window,
+    vcfg = video_config(request, fps=fps, stride=stride, window=window,
+                        reject_below=_alias(reject_below, min_confidence, "reject_below", "min_confidence"),
+                        unknown_label=_alias(unknown_label, fallback, "unknown_label", "fallback"),
+                        min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_window=rep_window,
                         rep_high=rep_high, rep_low=rep_low)
     label_list = parse_labels(labels, settings)
     await state.batcher.call(state.predictor.head_for, label_list)  # bad labels fail before decoding; the
