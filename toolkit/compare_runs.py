@@ -41,7 +41,12 @@ def _description(run: dict[str, Any]) -> str:
         chosen = "cache-f"
     name = {"logreg": "C", "linear": "wd", "cache": "alpha", "cache-f": "alpha", "blend": "alpha"}.get(chosen, "value")
     what = f"auto -> {chosen}" if method == "auto" else chosen
-    return f"{what} {name}={p.get('chosen_value', '?')}, shots: {p.get('shots', 'all')}"
+    value = p.get("chosen_value", "?")
+    try:
+        value = f"{float(value):.3g}"  # MLflow gives params back as strings: '17.78279410038923' -> '17.8'
+    except (TypeError, ValueError):
+        pass
+    return f"{what} {name}={value}, shots: {p.get('shots', 'all')}"
 
 
 def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Optional[str] = None,

@@ -188,7 +188,8 @@ def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Se
     for y, v in zip(ys, vals):  # near the end: written inside the bar, so it never runs off the axis
         inside = v > 0.85 * top
         ax.text(v - 0.01 * top if inside else v + 0.01 * top, y, _number(v, percent), va="center", fontsize=8,
-                ha="right" if inside else "left", color="white" if inside else "black")
+                ha="right" if inside else "left", color="white" if inside else "black",
+                bbox=None if inside else {"facecolor": "white", "edgecolor": "none", "pad": 0.6})  # over the line
     ax.set_yticks(ys, [_short(nm, 34) for nm in names], fontsize=8)
     if baseline is not None:
         ax.axvline(scale * baseline, color="black", ls="--", lw=1, label=f"zero-shot {_number(scale * baseline, percent)}")
