@@ -76,7 +76,9 @@ def test_sweep_picks_a_sensible_C(sweep_data):
     assert any(round(np.log10(v), 6) != round(np.log10(v)) for v in values)
     best = result.params["C"]
     chosen = next(r for r in result.sweep if r["value"] == best)
-    assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in result.sweep)
+    top = max(r["val_accuracy"] for r in result.sweep)  # within one val image of the best, the lowest loss
+    near = [r for r in result.sweep if r["val_accuracy"] >= top - 1 / len(yva) - 1e-12]
+    assert chosen in near and chosen["val_loss"] == min(r["val_loss"] for r in near)
     assert 1e-3 < best < 1e3 and result.params["refit"] == "train+val"
     # scikit-learn agrees that C is good: at our C its val accuracy is within a point of its best on the grid
     sk_val = {c: LogisticRegression(C=c, max_iter=1000).fit(xtr, ytr).score(xva, yva) for c in grid + [best]}
