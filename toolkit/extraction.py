@@ -7,6 +7,7 @@ process would: the store comes out the same. Lightning itself is imported only b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional
 
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .features import collate_images
-from .store import FeatureStore, StoreWriter, reuse_or_plan
+from .store import FeatureStore, StoreWriter, reuse_or_plan, writing
 
 
 class _StoreBatches(Dataset):
@@ -71,14 +72,18 @@ def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1
     """
     from .trainer import run_sharded
 
-    writer = reuse_or_plan(extractor, dataset, out)
-    if isinstance(writer, FeatureStore):
-        return writer
-    workers = extractor.cfg.num_workers if num_workers is None else num_workers
-    job = StoreExtraction(extractor, list(dataset.paths), str(out), workers)
-    accelerator = "gpu" if extractor.device.type == "cuda" else "cpu"
-    rank, world = run_sharded(job, accelerator, devices, num_nodes, strategy, progress)
-    if rank != 0:
-        return None
-    return writer.finalize(dataset, {"extraction": {"devices": devices, "num_nodes": num_nodes,
-                                                    "strategy": strategy, "world_size": world}})
+    # the launching process (no LOCAL_RANK / NODE_RANK yet) holds the store's lock for the whole job; the ranks
+    # it starts share its plan and write disjoint batches
+    launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    with writing(out) if launcher else contextlib.nullcontext():
+        writer = reuse_or_plan(extractor, dataset, out)
+        if isinstance(writer, FeatureStore):
+            return writer
+        workers = extractor.cfg.num_workers if num_workers is None else num_workers
+        job = StoreExtraction(extractor, list(dataset.paths), str(out), workers)
+        accelerator = "gpu" if extractor.device.type == "cuda" else "cpu"
+        rank, world = run_sharded(job, accelerator, devices, num_nodes, strategy, progress)
+        if rank != 0:
+            return None
+        return writer.finalize(dataset, {"extraction": {"devices": devices, "num_nodes": num_nodes,
+                                                        "strategy": strategy, "world_size": world}})

@@ -73,7 +73,7 @@ def fit_head(method: str, classes: Sequence[str], train: tuple[np.ndarray, np.nd
                                                                         method == "cache-f"}), identity)
     if method == "blend":
         return fit_blend(train, val, zeroshot, cfg, identity, progress, c_grid)
-    from .probe import LinearProbe
+    from .linear_head import LinearProbe
 
     fit = _fit_linear_probe(method, len(classes), train, val, zeroshot, cfg, progress, c_grid, refit)
     return HeadFit(LinearProbe(classes, fit.coef, fit.intercept, identity, method, fit.params), fit.params,
@@ -92,7 +92,7 @@ def _fit_linear_probe(method: str, n_classes: int, train, val, zeroshot, cfg: Pr
                       c_grid: Optional[Sequence[float]], refit: Optional[bool]):
     """FitResult of a logreg (torch L-BFGS, C sweep) or linear (Lightning; zero-shot init per cfg.init) probe."""
     if method == "logreg":
-        from .probe import fit_logreg
+        from .logreg import fit_logreg
 
         # few-shot: the head must only ever fit K examples per class, so no refit on the (full) val split
         return fit_logreg(*train, *val, cfg, c_grid or cfg.c_grid, refit=not cfg.fewshot if refit is None else refit)
@@ -125,7 +125,7 @@ def fit_blend(train, val, zeroshot, cfg: ProbeConfig, identity=None, progress: b
               c_grid: Optional[Sequence[float]] = None) -> HeadFit:
     """A cfg.blend_base probe fitted on train (linear: from the zero-shot init), blended with the zero-shot
     head at the alpha of cfg.blend_alphas with the best val accuracy (ties: lower val loss, then smaller alpha)."""
-    from .probe import LinearProbe
+    from .linear_head import LinearProbe
 
     base_cfg = cfg.model_copy(update={"init": "zeroshot" if cfg.blend_base == "linear" else cfg.init})
     base = _fit_linear_probe(cfg.blend_base, len(zeroshot.classes_), train, val, zeroshot, base_cfg, progress,

@@ -59,7 +59,7 @@ HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
 HEAD_FORMAT = "clipkit-head"
 LEGACY_FORMATS = ("clipkit-linear-probe",)  # format_version 1: linear heads only, no calibration
 # head.json "type" -> "module:Class" that reads it (lazily imported, so a head type costs nothing until used)
-HEAD_TYPES: dict[str, str] = {"linear": "toolkit.probe:LinearProbe", "zeroshot": "toolkit.zeroshot:ZeroShotHead",
+HEAD_TYPES: dict[str, str] = {"linear": "toolkit.linear_head:LinearProbe", "zeroshot": "toolkit.zeroshot:ZeroShotHead",
                               "cache": "toolkit.cache_head:CacheHead"}
 
 

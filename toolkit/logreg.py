@@ -26,6 +26,8 @@ from .heads import FitResult
 if TYPE_CHECKING:
     import torch
 
+    from .config import ProbeConfig
+
 TOL = 1e-4  # L-BFGS stops when max |gradient| of the per-sample objective is below this (scikit-learn's tol)
 FINAL_TOL = 1e-6  # the weights a sweep returns: 100x tighter, a few more iterations from the chosen C's solution
 REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
@@ -234,3 +236,18 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
             if c not in tried:
                 trial(c)
     return best()
+
+
+# ---------------------------------------------------------------- the probe's entry point
+
+def fit_logreg(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+               cfg: ProbeConfig, c_grid: Optional[Sequence[float]] = None, refit: bool = True) -> FitResult:
+    """L-BFGS logistic regression (scikit-learn's objective, fitted in torch) with C picked as in the CLIP paper.
+
+    A log-spaced sweep of C (cfg.c_min..cfg.c_max, cfg.c_steps values, or `c_grid`) on the validation
+    split, then 3 rounds that try C * 10**(+-step) around the best with the step halved each round, then
+    (with `refit`) a refit at the chosen C on train + val. y are class indices 0..C-1. Ties in validation
+    accuracy go to the lower validation log loss. On the GPU when there is one; see toolkit.logreg.
+    """
+    grid = c_grid if c_grid else log_grid(cfg.c_min, cfg.c_max, cfg.c_steps)
+    return sweep_c(X_train, y_train, X_val, y_val, grid, refit=refit, max_iter=cfg.max_iter)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelError
+from .fsio import file_mode
 
 INPUT, OUTPUT = "pixel_values", "image_embeds"
 
@@ -55,11 +56,11 @@ def export_image_encoder(extractor: Any, out: str | Path, opset: int = 17) -> Pa
                               input_names=[INPUT], output_names=[OUTPUT], opset_version=opset, dynamo=False,
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
         _add_metadata(tmp, {"clipkit_identity": json.dumps(extractor.identity.to_dict())})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an exported model is meant to be shared
+        os.chmod(tmp, file_mode())  # mkstemp makes it private; an exported model is meant to be shared
         os.replace(tmp, out)
-    except Exception as e:
+    except BaseException as e:  # Ctrl-C / SIGTERM too: no .onnx.part left beside --out
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (ModelError, InputError)):
+        if isinstance(e, (ModelError, InputError)) or not isinstance(e, Exception):
             raise
         raise ModelError(f"ONNX export of '{extractor.identity.label}' failed: {str(e).splitlines()[0][:200]}") from None
     return out

@@ -1,10 +1,7 @@
-"""LinearProbe: a linear classifier over cached CLIP features, trained by scikit-learn or Lightning.
+"""Training a head on a feature store: splits (few-shot draws included), the fit (every method, through
+fewshot.fit_head), calibration on val, scores against zero-shot on test, and the report (`train_probe`).
 
-The head has the scikit-learn classifier contract (`classes_`, `coef_` (C, D), `intercept_` (C,),
-`predict_proba` with columns in `classes_` order), like ZeroShotHead, so the Predictor, the CLI and the
-server use either one the same way. On disk a head is a folder (heads.SavedHead): `head.safetensors` (coef,
-intercept; no pickle) and `head.json` (classes, the extractor's identity, the method, its hyper-parameters,
-metrics, calibration).
+The heads themselves live in linear_head.py (LinearProbe, re-exported here), cache_head.py and zeroshot.py.
 """
 from __future__ import annotations
 
@@ -16,73 +13,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .config import ProbeConfig
-from .errors import ConfigError, DataError, HeadError
+from .errors import ConfigError, DataError
 from .heads import FitResult, SavedHead
-
-class LinearProbe(SavedHead):
-    """softmax((features @ coef_.T + intercept_) / temperature) over `classes_`."""
-
-    kind, type = "probe", "linear"
-
-    def __init__(self, classes: Sequence[str], coef: np.ndarray, intercept: Optional[np.ndarray] = None,
-                 identity=None, method: str = "logreg", params: Optional[dict[str, Any]] = None,
-                 metrics: Optional[dict[str, Any]] = None, **calibration: Any):
-        self._init_common(classes, identity, method, params, metrics, **calibration)
-        self.coef_ = np.asarray(coef, np.float32)
-        self.intercept_ = np.zeros(len(self.classes_), np.float32) if intercept is None \
-            else np.asarray(intercept, np.float32).reshape(-1)
-        if self.coef_.ndim != 2 or self.coef_.shape[0] != len(self.classes_) \
-                or self.intercept_.shape != (len(self.classes_),):
-            raise ValueError(f"coef {self.coef_.shape} / intercept {self.intercept_.shape} don't fit "
-                             f"{len(self.classes_)} classes")
-
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) L2-normalized features -> (n, C) logits (before the temperature)."""
-        return np.asarray(features, np.float32) @ self.coef_.T + self.intercept_
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "embed_dim": int(self.coef_.shape[1])}
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef_, "intercept": self.intercept_}
-
-    def header(self) -> dict[str, Any]:
-        return {"embed_dim": int(self.coef_.shape[1])}
-
-    @classmethod
-    def from_saved(cls, doc: dict[str, Any], tensors: dict[str, np.ndarray], identity) -> "LinearProbe":
-        cal = doc.get("calibration") or {}
-        return cls(doc["classes"], tensors["coef"], tensors["intercept"], identity, doc.get("method", "?"),
-                   doc.get("params"), doc.get("metrics"), temperature=cal.get("temperature", 1.0),
-                   reject_below=cal.get("reject_below"), rejection=cal.get("rejection"))
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "LinearProbe":
-        """A linear head folder (see heads.load_head)."""
-        from .heads import load_head
-
-        head = load_head(folder)
-        if not isinstance(head, cls):
-            raise HeadError(f"head folder '{folder}' holds a {head.type} head, not a linear one")
-        return head
-
-
-# ---------------------------------------------------------------- fitting
-
-def fit_logreg(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-               cfg: ProbeConfig, c_grid: Optional[Sequence[float]] = None, refit: bool = True) -> FitResult:
-    """L-BFGS logistic regression (scikit-learn's objective, fitted in torch) with C picked as in the CLIP paper.
-
-    A log-spaced sweep of C (cfg.c_min..cfg.c_max, cfg.c_steps values, or `c_grid`) on the validation
-    split, then 3 rounds that try C * 10**(+-step) around the best with the step halved each round, then
-    (with `refit`) a refit at the chosen C on train + val. y are class indices 0..C-1. Ties in validation
-    accuracy go to the lower validation log loss. On the GPU when there is one; see toolkit.logreg.
-    """
-    from .logreg import log_grid, sweep_c
-
-    grid = c_grid if c_grid else log_grid(cfg.c_min, cfg.c_max, cfg.c_steps)
-    return sweep_c(X_train, y_train, X_val, y_val, grid, refit=refit, max_iter=cfg.max_iter)
-
+from .linear_head import LinearProbe  # noqa: F401  (re-exported: the head train_probe mostly returns)
+from .logreg import fit_logreg  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------- training on a store
 

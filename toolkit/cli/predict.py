@@ -178,6 +178,7 @@ def _predict_store(store_path: str, cfg, head: Optional[str], top_k: int, fmt: s
     from ..store import FeatureStore
 
     store = FeatureStore.open(store_path)
+    store.check_rows()  # finite, unit-norm rows: a damaged store fails here, in one line
     loaded = load_head(local_head(head, cfg)) if head else None
     if loaded is None:  # zero-shot on the store's model, unless one was given
         cfg = adopt_model(cfg, store.identity, f"store '{store_path}'")
