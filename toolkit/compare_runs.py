@@ -6,7 +6,9 @@ number `train-probe` printed for it. Prompt runs are measured against the best p
 
 Input: run dicts as tracking.search_runs returns them ({run_id, name, kind, dataset, status, params, metrics,
 tags}); only FINISHED runs are ranked (`finished_runs` counts the others for a note).
-No mlflow import here. Gains are in percentage points (100 x the metric difference).
+No mlflow import here. Gains are in percentage points (100 x the metric difference) for metrics that are
+fractions, in the metric's own units for the others (nll, brier). For a metric where lower is better (ece,
+nll, brier) the best run is the lowest one and a positive gain is still an improvement.
 """
 from __future__ import annotations
 
@@ -14,6 +16,26 @@ import json
 from typing import Any, Optional, Sequence
 
 from .errors import ConfigError, TrackingError
+
+LOWER_IS_BETTER = ("ece", "nll", "brier")  # calibration errors and losses, by name (also test_ece, ...)
+NOT_FRACTIONS = ("nll", "brier", "temperature")  # shown as numbers, not %: nll is unbounded, brier runs 0..2
+
+
+def _base(metric: str) -> str:
+    """A metric's kind, without split prefix or '_before' suffix: 'zeroshot_test_ece_before' -> 'ece'."""
+    name = metric.rsplit("/", 1)[-1].removesuffix("_before")
+    last = name.rsplit("_", 1)[-1]
+    return last if last in LOWER_IS_BETTER + NOT_FRACTIONS else name
+
+
+def lower_is_better(metric: str) -> bool:
+    return _base(metric) in LOWER_IS_BETTER
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether a metric is a fraction in [0, 1] (shown as %, gains in points)."""
+    return _base(metric) not in NOT_FRACTIONS
+
 
 KEY_PARAMS = {"prompt": ("prompt_set", "templates_spec", "template_count", "labels_spec", "model", "pretrained"),
               "probe": ("method", "chosen", "shots", "chosen_value", "seed", "model", "pretrained")}
@@ -55,7 +77,8 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
 
     A probe run's gain is over its own zero-shot score (zeroshot_test_<metric>, as train-probe reports it);
     other rows' gain is over `baseline`: the zero-shot score of the best probe run that logged one, else the
-    best prompt run. Notes flag runs on other datasets or other test splits.
+    best prompt run. Best is the highest value, or the lowest for ece, nll and brier (`lower_is_better`); a
+    positive gain is better than the baseline either way. Notes flag runs on other datasets or other test splits.
     """
     runs = [r for r in runs if r.get("kind") in ("prompt", "probe") and r.get("status", "FINISHED") == "FINISHED"]
     if not runs:
@@ -67,7 +90,9 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
     if not scored:
         known = sorted({k for r in mine for k in r["metrics"] if "/" not in k})
         raise ConfigError(f"no run on '{ds}' has metric '{metric}'; use one of: {', '.join(known)}")
-    scored.sort(key=lambda r: (-r["metrics"][metric], r["kind"] != "probe", r["name"] or ""))
+    sign = -1.0 if lower_is_better(metric) else 1.0  # sign * value: higher is better
+    scale = 100.0 if is_fraction(metric) else 1.0  # gains in points for fractions
+    scored.sort(key=lambda r: (-sign * r["metrics"][metric], r["kind"] != "probe", r["name"] or ""))
     own = {r["run_id"]: r["metrics"][f"zeroshot_test_{metric}"] for r in scored
            if r["kind"] == "probe" and r["metrics"].get(f"zeroshot_test_{metric}") is not None}
     prompts = [r["metrics"][metric] for r in scored if r["kind"] == "prompt"]
@@ -75,11 +100,12 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
     if own:  # scored is best first: the best probe run's own zero-shot score
         baseline, source = next(own[r["run_id"]] for r in scored if r["run_id"] in own), "probe runs' zero-shot"
     elif prompts:
-        baseline, source = max(prompts), "best prompt run"
+        baseline, source = max(prompts, key=lambda v: sign * v), "best prompt run"
     base = {r["run_id"]: own.get(r["run_id"], baseline) for r in scored}
     rows = [{"rank": i + 1, "run_id": r["run_id"], "name": r["name"], "kind": r["kind"],
              "description": _description(r), metric: r["metrics"][metric], "baseline": base[r["run_id"]],
-             "gain": None if base[r["run_id"]] is None else 100 * (r["metrics"][metric] - base[r["run_id"]]),
+             "gain": None if base[r["run_id"]] is None else
+             scale * sign * (r["metrics"][metric] - base[r["run_id"]]),
              "params": {k: r["params"][k] for k in KEY_PARAMS[r["kind"]] if k in r["params"]},
              "metrics": {k: v for k, v in sorted(r["metrics"].items()) if "/" not in k}}
             for i, r in enumerate(scored)]
@@ -93,8 +119,13 @@ def rank(runs: Sequence[dict[str, Any]], metric: str = "accuracy", dataset: Opti
     if len(digests) > 1:
         notes.append(f"runs were scored on {len(digests)} different image sets (other seeds, fractions or --split); "
                      "gains across them are not like for like")
-    return {"experiment": experiment, "dataset": ds, "metric": metric, "baseline": baseline,
+    return {"experiment": experiment, "dataset": ds, "metric": metric, "lower_is_better": sign < 0,
+            "baseline": baseline,
             "baseline_source": source, "runs": rows, "notes": notes}
+
+
+def _value(metric: str, v: float) -> str:
+    return f"{100 * v:.1f}%" if is_fraction(metric) else f"{v:.3f}"
 
 
 def finished_runs(runs: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], Optional[str]]:
@@ -110,16 +141,18 @@ def finished_runs(runs: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]],
 
 
 def render_table(report: dict[str, Any]) -> str:
-    """One line per run, best first: rank, kind, name, metric (%), gain (points), what it is, run id."""
+    """One line per run, best first: rank, kind, name, metric (% for fractions), gain (points for fractions;
+    positive = better), what it is, run id."""
     m = report["metric"]
     lines = [f"experiment {report['experiment']} / dataset {report['dataset']} / metric {m}"
-             + (f" / zero-shot baseline {100 * report['baseline']:.1f}% ({report['baseline_source']})"
+             + (" (lower is better)" if report.get("lower_is_better") else "")
+             + (f" / zero-shot baseline {_value(m, report['baseline'])} ({report['baseline_source']})"
                 if report["baseline"] is not None else "")]
     width = max([len(r["name"] or "") for r in report["runs"]] + [4])
     lines.append(f"{'#':>2}  {'kind':<6} {'run':<{width}} {m[:10]:>10} {'gain':>7}  {'details':<44} run id")
     for r in report["runs"]:
-        gain = "" if r["gain"] is None else f"{r['gain']:+.1f}"
-        lines.append(f"{r['rank']:>2}  {r['kind']:<6} {r['name'] or '':<{width}} {100 * r[m]:>9.1f}% {gain:>7}  "
+        gain = "" if r["gain"] is None else (f"{r['gain']:+.1f}" if is_fraction(m) else f"{r['gain']:+.3f}")
+        lines.append(f"{r['rank']:>2}  {r['kind']:<6} {r['name'] or '':<{width}} {_value(m, r[m]):>10} {gain:>7}  "
                      f"{r['description'][:44]:<44} {r['run_id']}")
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
@@ -155,6 +188,7 @@ def bars_png(report: dict[str, Any], path) -> Any:
     rows = report["runs"]
     names = [r["name"] or r["run_id"][:8] for r in rows]
     names = [f"{n} ({r['run_id'][:6]})" if names.count(n) > 1 else n for n, r in zip(names, rows)]
-    return plots.comparison_bars_png(names, [r[m] for r in rows],
-                                     [r["kind"] for r in rows], path, baseline=report["baseline"],
-                                     title=f"{report['dataset']}: {m} by run", metric=m)
+    better = " (lower is better)" if report.get("lower_is_better") else ""
+    return plots.comparison_bars_png(names, [r[m] for r in rows], [r["kind"] for r in rows], path,
+                                     baseline=report["baseline"], title=f"{report['dataset']}: {m} by run{better}",
+                                     metric=m, percent=is_fraction(m))
