@@ -1,5 +1,6 @@
 """The demo model on generated exercise videos with per-frame ground truth: smoothed labels agree with the truth
-on >= 90% of frames, smoothing never does worse than the raw per-frame argmax, and reps are counted exactly.
+on >= 90% of frames, smoothing never does worse than the raw per-frame argmax, and reps are counted exactly; with
+"none of these" on, a stretch of sitting (which the demo model reads as a held squat) counts no reps.
 
 Videos are small (96 px, 10 fps, a few seconds each) so the module stays well under a minute.
 """

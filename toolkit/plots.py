@@ -130,7 +130,8 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
                    rep_events: Optional[dict[str, Sequence[float]]] = None,
                    thresholds: Optional[tuple[float, float]] = None) -> Path:
     """Probabilities over time (one line per label), segments shaded in their label's colour and named on
-    top, counted reps as numbered ticks, the rep hysteresis thresholds as dotted lines. Atomic write."""
+    top (rejected ones, `rejected: true`, in grey under the name they are given), counted reps as numbered
+    ticks, the rep hysteresis thresholds as dotted lines. Atomic write."""
     plt = _pyplot()
     colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(series)}
     fig, ax = plt.subplots(figsize=(10, 4.2))
@@ -140,10 +141,14 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     common = 0  # words every label starts with ("a person ..."): left out of the segment names
     while words and all(len(w) > common + 1 and w[common] == words[0][common] for w in words):
         common += 1
+    span = max([s["end_s"] for s in segments] + list(times[-1:]) + [1e-3]) - min(times, default=0)
     for seg in segments:
-        color = colors.get(seg["label"], (0.5, 0.5, 0.5, 1))
-        ax.axvspan(seg["start_s"], seg["end_s"], color=color, alpha=0.12, lw=0)
+        grey = seg.get("rejected") or seg["label"] not in colors
+        color = (0.45, 0.45, 0.45, 1) if grey else colors[seg["label"]]
+        ax.axvspan(seg["start_s"], seg["end_s"], color=color, alpha=0.3 if seg.get("rejected") else 0.12, lw=0)
         reps = f" ({seg['reps']} reps)" if seg.get("reps") else ""
+        if not reps and seg["end_s"] - seg["start_s"] < 0.04 * span:
+            continue  # too narrow to name: the names of a flicker of short segments would overlap
         name = " ".join(seg["label"].split()[common:]) if seg["label"] in series else seg["label"]
         ax.text((seg["start_s"] + seg["end_s"]) / 2, 1.02, _short(name, 24) + reps, ha="center",
                 va="bottom", fontsize=7, color=color, transform=ax.get_xaxis_transform(), clip_on=False)
