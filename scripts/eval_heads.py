@@ -41,7 +41,7 @@ def build(args, workdir: Path):
     from toolkit.demo.dataset import parse_classes, write_imagefolder
     from toolkit.features import FeatureExtractor
     from toolkit.prompts import resolve_templates
-    from toolkit.store import extract_store
+    from toolkit.extraction import extract_store
     from toolkit.zeroshot import ZeroShotHead
 
     cfg = load_config(args.config, {"model.device": "cpu"})

@@ -55,7 +55,7 @@ def build(args):
     """(store, zero-shot head, config) for the demo data."""
     from toolkit.features import FeatureExtractor
     from toolkit.prompts import resolve_templates
-    from toolkit.store import extract_store
+    from toolkit.extraction import extract_store
     from toolkit.zeroshot import ZeroShotHead
 
     cfg = load_config(args.config, {"model.device": "cpu"})

@@ -11,7 +11,8 @@ from PIL import Image
 from toolkit.config import ModelConfig
 from toolkit.data import load_dataset
 from toolkit.features import FeatureExtractor
-from toolkit.store import FeatureStore, extract_store
+from toolkit.store import FeatureStore
+from toolkit.extraction import extract_store
 
 CLIPKIT = str(Path(sys.executable).parent / "clipkit")
 

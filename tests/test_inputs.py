@@ -124,7 +124,7 @@ def test_dataset_follows_symlinked_class_folders_and_keeps_dangling_links_as_row
 
 
 def test_a_store_reads_heic_rows_and_keeps_a_dangling_link_as_a_skipped_row(tmp_path, tiny_extractor):
-    from toolkit.store import extract_store
+    from toolkit.extraction import extract_store
 
     root = tmp_path / "data"
     for i in range(5):

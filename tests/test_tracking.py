@@ -260,7 +260,7 @@ def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, t
     from toolkit import run_records
     from toolkit.data import LabelledDataset
     from toolkit.probe import train_probe
-    from toolkit.store import extract_store
+    from toolkit.extraction import extract_store
 
     uri = new_store(template_db, tmp_path)
     cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))

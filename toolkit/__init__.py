@@ -17,7 +17,7 @@ _EXPORTS = {
     "LinearProbe": "probe", "train_probe": "probe",
     "Predictor": "predictor", "build_predictor": "predictor", "load_head": "predictor",
     "LabelledDataset": "data", "load_dataset": "data",
-    "FeatureStore": "store", "extract_store": "store",
+    "FeatureStore": "store", "extract_store": "extraction",
     "predict_video": "video",
 }
 

@@ -1,4 +1,6 @@
-"""Distributed extraction into a feature store: `clipkit extract --devices N --num-nodes M`.
+"""Extraction into feature stores (store.py is the format): one writer at a time (OUT/.lock), reuse of a complete
+store of the same files by the same model (`fingerprint`), resume of an interrupted one, `extract_store` in one
+process, and `extract_distributed` for `clipkit extract|embed --devices N --num-nodes M`.
 
 The store's batches are sharded over processes (trainer.run_sharded: Lightning DDP, gloo on CPU, NCCL on
 GPUs); each rank writes its own rows of the one feature store (StoreWriter with a per-rank progress file) and
@@ -8,16 +10,169 @@ process would: the store comes out the same. Lightning itself is imported only b
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-from typing import Any, Optional
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .data import LabelledDataset
+from .errors import DataError
 from .features import collate_images
-from .store import FeatureStore, StoreWriter, reuse_or_plan, writing
+from .store import LOCK, META, FeatureStore, StoreWriter, relabel
 
+
+# ---------------------------------------------------------------- one writer at a time
+
+def _lock_holder(lock: Path) -> Optional[str]:
+    """Who holds `lock` ("PID" or "PID on HOST"), or None when it is stale: its process is gone (or it is
+    this process's own pid, left by an earlier process with the same pid, as in a restarted container)."""
+    try:
+        text = lock.read_text(encoding="utf-8").split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return None
+    if len(text) < 2 or not text[0].isdigit():  # torn: its writer died at once, or is writing it right now
+        return "unknown" if age < 10 else None
+    pid, host = int(text[0]), text[1]
+    if host != socket.gethostname():  # another machine's process (shared disk): can't be checked from here
+        return f"{pid} on {host}"
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(pid)
+
+
+@contextlib.contextmanager
+def writing(out: str | Path) -> Iterator[None]:
+    """Hold OUT/.lock while the block writes the store at `out`. A lock of a live process raises DataError;
+    a stale one (its process is gone, e.g. killed with -9) is taken over."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise DataError(f"store '{out}' is being written by process {holder}; wait for it or remove "
+                                f"{lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        break
+    else:
+        raise DataError(f"store '{out}' is being written by another process; wait for it or remove {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def fingerprint(dataset: LabelledDataset, identity) -> str:
+    """sha256 over the files' (path, size, mtime) in dataset order and the extractor's identity."""
+    h = hashlib.sha256(json.dumps(identity.features_key(), sort_keys=True).encode())
+    for p in dataset.paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # a dangling link or a file gone since listing: its row becomes an error entry
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- reuse, plan, fill
+
+def _reusable(out: Path, fp: str, dataset: LabelledDataset) -> tuple[Optional[FeatureStore], Optional[str]]:
+    """(the complete store at `out` if it holds these files by this extractor, undamaged; else why not, when
+    there is one that can't be reused)."""
+    if not (out / META).is_file():
+        return None, None
+    try:
+        store = FeatureStore.open(out)
+    except DataError as e:
+        return None, f"the store there was damaged ({e.message.split(': ', 1)[-1][:120]})"
+    if store.meta.get("fingerprint") != fp:
+        return None, None
+    mismatch = store.checksum_mismatch()
+    if mismatch:
+        return None, f"the store there was damaged ({mismatch})"
+    return relabel(store, dataset), None
+
+
+def reuse_or_plan(extractor, dataset: LabelledDataset, out: str | Path,
+                  batch_size: Optional[int] = None) -> "FeatureStore | StoreWriter":
+    """The complete store of the same files by the same extractor at `out` (marked `reused`), or else a
+    StoreWriter for it: created, or resumed from an interrupted extraction with the same plan. A store whose
+    features.npy no longer matches its checksum is extracted again (the writer's `note` says so)."""
+    out = Path(out)
+    fp = fingerprint(dataset, extractor.identity)
+    store, why_not = _reusable(out, fp, dataset)
+    if store is not None:
+        store.reused = True
+        return store
+    writer = StoreWriter.create_or_resume(out, dataset, extractor.identity, fp,
+                                          batch_size or extractor.cfg.batch_size)
+    writer.note = f"extracted again: {why_not}" if why_not else None
+    return writer
+
+
+def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_size: Optional[int] = None,
+                  progress: bool = False, num_workers: Optional[int] = None) -> FeatureStore:
+    """Encode every image of `dataset` into a store at `out`; reuse or resume an existing one when possible.
+
+    Memory stays flat: each batch goes straight into a memory-mapped file. Unreadable images are skipped
+    and listed in meta.json. A complete store of the same files by the same extractor is returned as is.
+    """
+    with writing(out):
+        writer = reuse_or_plan(extractor, dataset, out, batch_size)
+        if isinstance(writer, FeatureStore):
+            return writer
+        try:
+            _fill(writer, extractor, dataset, progress, num_workers)
+            store = writer.finalize(dataset)
+        except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the finished batches stay, meta.json is not written
+            e.__notes__ = [*getattr(e, "__notes__", ()), f"store '{out}' is unfinished: run the same command "
+                           "again to resume it"]
+            raise
+    store.note = writer.note
+    return store
+
+
+def _fill(writer: StoreWriter, extractor, dataset: LabelledDataset, progress: bool,
+          num_workers: Optional[int]) -> None:
+    """Encode the writer's pending batches of `dataset` into its store, one batch at a time."""
+    from tqdm import tqdm
+
+    pending = writer.pending_batches()
+    rows = np.concatenate([writer.batch_rows(b) for b in pending]) if pending else np.zeros(0, np.int64)
+    paths = [dataset.paths[i] for i in rows]
+    with tqdm(total=len(dataset), initial=len(dataset) - len(rows), unit="img", desc="extracting",
+              disable=not progress, leave=False) as bar:
+        # pending batches are full except possibly the dataset's last, so the loader's batches line up with them
+        batches = extractor.iter_path_batches(paths, writer.batch_size, num_workers)
+        for batch, (idx, feats, errors) in zip(pending, batches):
+            if len(idx) + len(errors) != len(writer.batch_rows(batch)):
+                raise RuntimeError(f"extractor batch of {len(idx) + len(errors)} rows for store batch {batch}")
+            writer.write(batch, rows[np.asarray(idx, dtype=np.int64)], feats,
+                         {int(rows[i]): e for i, e in errors.items()})
+            bar.update(len(idx) + len(errors))
+
+
+# ---------------------------------------------------------------- over several processes
 
 class _StoreBatches(Dataset):
     """Item k: store batch `batches[k]` decoded and preprocessed: (batch, [rows ok], tensor or None, {row: error})."""

@@ -33,7 +33,7 @@ def embed(paths: tuple[str, ...], out: str, config_path: Optional[str], progress
     from ..data import unlabelled_dataset
     from ..features import FeatureExtractor
     from ..inputs import expand_inputs, skipped_note
-    from ..store import extract_store
+    from ..extraction import extract_store
 
     cfg = build_config(config_path, **flags)
     found = expand_inputs(paths)

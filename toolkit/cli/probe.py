@@ -99,7 +99,7 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
       clipkit extract out/demo --config configs/demo.yaml --out out/f --devices 2   # 2 processes (DDP)
     """
     from ..data import load_dataset
-    from ..store import extract_store
+    from ..extraction import extract_store
 
     cfg = build_config(config_path, **_probe_overrides(flags), **flags)
     dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
@@ -193,7 +193,8 @@ def _chosen(p: dict[str, Any]) -> str:
 def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
     """(store, extractor, dataset name): open DATA as a store, or load it as a dataset and extract it."""
     from ..data import dataset_name, load_dataset
-    from ..store import FeatureStore, extract_store
+    from ..store import FeatureStore
+    from ..extraction import extract_store
 
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)

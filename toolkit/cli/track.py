@@ -167,7 +167,7 @@ def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress
     from ..config import adopt_model
     from ..errors import DataError
     from ..features import FeatureExtractor
-    from ..store import extract_store
+    from ..extraction import extract_store
 
     if store is not None:  # a store remembers its model: built when none was given
         cfg = adopt_model(cfg, store.identity, f"store '{store.path}'")
