@@ -6,21 +6,16 @@ tagged `kind` (prompt | probe) and `dataset`, so `clipkit compare` can line prom
 
 A run starts before the work it records and ends FINISHED only when everything was logged; an exception
 ends it FAILED (KILLED on Ctrl-C) with the error in the `error` tag and a traceback in error.txt.
-What each kind of run records lives in run_records.py (no mlflow import there); a probe run's head is logged
+Reachability, error messages and signal-safe calls live in tracking_checks.py (no mlflow import there); what
+each kind of run records lives in run_records.py (no mlflow import there); a probe run's head is logged
 as an MLflow model from code (toolkit/logged_model.py, the file MLflow itself loads) and registered.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import signal
-import threading
 import traceback
-import types
-import urllib.error
-import urllib.request
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,88 +24,18 @@ from typing import Any, Iterator, Optional
 from .config import Config, TrackingConfig, config_to_yaml
 from .errors import TrackingError
 from .heads import is_mlflow_uri
+from .tracking_checks import (DEFAULT_URI, Held, check_http, check_tracking, mlflow_error,  # noqa: F401
+                              resolve_uri)  # DEFAULT_URI, check_tracking: re-exported for the CLI
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 HEAD_PATH = "head"  # the head folder's artifact path in a probe run: runs:/RUN_ID/head
 MODEL_NAME = "model"  # the pyfunc model's name in a probe run: runs:/RUN_ID/model
 PARAM_MAX = 6000  # MLflow's limit on a param value's length
 KINDS = ("prompt", "probe")
 
 
-def resolve_uri(tcfg: TrackingConfig) -> str:
-    """The tracking URI: the config's (the CLI fills it from --tracking-uri or $MLFLOW_TRACKING_URI), else SQLite."""
-    return tcfg.uri or DEFAULT_URI
-
-
 def experiment_name(tcfg: TrackingConfig, dataset_name: str) -> str:
     """The configured experiment, else one per dataset: 'clipkit-<dataset>'."""
     return tcfg.experiment or f"clipkit-{dataset_name}"
-
-
-# ---------------------------------------------------------------- reachability (no mlflow import)
-
-def check_tracking(tcfg: TrackingConfig, timeout: float = 5.0, write: bool = True) -> None:
-    """Raise TrackingError quickly when tracking is enabled but the store can't be reached (before heavy work):
-    a server that doesn't answer, an SQLite database whose folder is missing, or (`write`) that can't be written."""
-    if not tcfg.enabled:
-        return
-    uri = resolve_uri(tcfg)
-    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
-    if scheme in ("http", "https"):
-        _check_http(uri, timeout)
-    elif scheme == "sqlite":
-        _check_sqlite(uri, write)
-    elif scheme in ("", "file") or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-        raise TrackingError(f"tracking URI '{uri}' is MLflow's old file store, which MLflow 3 refuses; use "
-                            "--tracking-uri sqlite:///mlflow.db or an http:// server")
-
-
-def _check_http(uri: str, timeout: float) -> None:
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (http/https only)
-            r.read(64)
-    except urllib.error.HTTPError as e:
-        if e.code >= 500:
-            raise TrackingError(f"MLflow tracking server at '{uri}' answered HTTP {e.code} on /health; check the "
-                                "server's log, pass another --tracking-uri, or --no-track") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(f"MLflow tracking server at '{uri}' can't be reached ({reason}); start it "
-                            "(`mlflow server --host 127.0.0.1 --port 5000`), pass another --tracking-uri, "
-                            "or --no-track") from None
-
-
-def _sqlite_path(uri: str) -> Optional[Path]:
-    """The database file of sqlite:///PATH or sqlite:///file:PATH?mode=ro&uri=true (SQLite's URI form)."""
-    rest = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-    if rest.startswith("file:"):
-        rest = rest[len("file:"):].split("?", 1)[0]
-    return Path(rest) if rest and rest != ":memory:" else None
-
-
-def _check_sqlite(uri: str, write: bool = True) -> None:
-    path = _sqlite_path(uri)
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise TrackingError(f"tracking database folder '{folder}' of '{uri}' does not exist; create it, pass "
-                            "another --tracking-uri, or --no-track")
-    if path.is_dir():
-        raise TrackingError(f"tracking URI '{uri}' names a folder, not a database file; use e.g. "
-                            f"sqlite:///{path / 'mlflow.db'}")
-    if write and not os.access(folder, os.W_OK):
-        raise TrackingError(f"tracking database folder '{folder}' of '{uri}' is not writable (SQLite writes its "
-                            "journal beside the database); fix its permissions, pass another --tracking-uri, or "
-                            "--no-track")
-    if write and path.is_file() and not os.access(path, os.W_OK):
-        raise TrackingError(_read_only(uri))
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise TrackingError(f"'{path}' named by tracking URI '{uri}' is not an SQLite database; "
-                                    "pass another --tracking-uri")
 
 
 # ---------------------------------------------------------------- mlflow access
@@ -127,7 +52,7 @@ def _mlflow(uri: str):
 
 class _NoTracebacks(logging.Filter):
     """Drops log records that carry a traceback: MLflow logs a database error's whole SQLAlchemy traceback
-    (~90 lines) before raising it; the raised error reaches the user as one line (`_mlflow_error`)."""
+    (~90 lines) before raising it; the raised error reaches the user as one line (`mlflow_error`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.exc_info is None
@@ -137,49 +62,6 @@ def _quiet_db_errors() -> None:
     log = logging.getLogger("mlflow.store.db.utils")
     if not any(isinstance(f, _NoTracebacks) for f in log.filters):
         log.addFilter(_NoTracebacks())
-
-
-@contextmanager
-def _held_signals() -> Iterator[None]:
-    """SIGTERM / SIGINT arriving in the block are held, then delivered to the handler in place when it ends.
-    An interrupt inside an SQLite write would leave the transaction open and the database locked for the
-    cleanup that follows (ending the run KILLED): MLflow calls are never cut in half."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        handler = signal.getsignal(signum)
-        if handler not in (signal.SIG_IGN, None):
-            previous[signum] = signal.signal(signum, lambda n, frame: pending.append(n))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if pending:
-            signal.raise_signal(pending[0])
-
-
-class _Held:
-    """mlflow (or one of its modules), every call made with signals held (see `_held_signals`)."""
-
-    def __init__(self, target: Any):
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._target, name)
-        if isinstance(value, types.ModuleType):
-            return _Held(value)
-        if not callable(value) or isinstance(value, type):
-            return value
-
-        @functools.wraps(value)
-        def held(*args: Any, **kwargs: Any) -> Any:
-            with _held_signals():
-                return value(*args, **kwargs)
-        return held
 
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
@@ -226,48 +108,6 @@ def _experiment_id(mlflow, tcfg: TrackingConfig, name: str, create: bool = True)
         raise TrackingError(f"experiment '{name}' in '{uri}' is deleted; restore it in the MLflow UI or pass "
                             "another --experiment")
     return exp.experiment_id if exp is not None else None
-
-
-def _read_only(uri: str) -> str:
-    return (f"the tracking database '{uri}' is read-only; make the file and its folder writable, pass another "
-            "--tracking-uri, or --no-track")
-
-
-# (text in the error or its causes, what it means): SQLite's and the HTTP client's words, checked in order
-_CAUSES = (
-    (("readonly database", "read-only file system"), lambda uri: _read_only(uri)),
-    (("unable to open database file",), lambda uri: f"the tracking database '{uri}' can't be opened (its folder "
-     "is missing or not accessible); create the folder, pass another --tracking-uri, or --no-track"),
-    (("database is locked",), lambda uri: f"the tracking database '{uri}' stayed locked by another process; "
-     "retry when it is done, or use an `mlflow server` for concurrent runs"),
-    (("file is not a database", "database disk image is malformed"), lambda uri: f"'{uri}' is not a readable "
-     "SQLite database (damaged?); pass another --tracking-uri, or --no-track"),
-    (("connection refused", "failed to establish a new connection", "max retries exceeded", "name or service not "
-      "known", "timed out"), lambda uri: f"the MLflow tracking server at '{uri}' can't be reached; start it "
-     "(`mlflow server --host 127.0.0.1 --port 5000`), pass another --tracking-uri, or --no-track"),
-)
-
-
-def _error_text(e: BaseException) -> str:
-    """The error's message and its causes', lowercased: what `_CAUSES` is matched against."""
-    parts, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        parts.append(str(e))
-        e = e.__cause__ or e.__context__
-    return "\n".join(parts).lower()
-
-
-def _mlflow_error(e: BaseException, uri: str, what: str) -> TrackingError:
-    """One line naming the cause: a read-only or missing database, an unreachable server, ... (else MLflow's
-    own first line, without SQLAlchemy's advice about autoflush)."""
-    text = _error_text(e)
-    for needles, message in _CAUSES:
-        if any(n in text for n in needles):
-            return TrackingError(f"MLflow could not {what}: {message(uri)}")
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and not ln.startswith("(raised as a result")]
-    first = (lines or [e.__class__.__name__])[0][:300]
-    return TrackingError(f"MLflow could not {what} in '{uri}': {first}; check --tracking-uri (or --no-track)")
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -352,7 +192,7 @@ def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[st
     its `signal` tag and a note on the exception naming the run. Backend errors come out as TrackingError.
     """
     uri = resolve_uri(cfg.tracking)
-    mlflow = _Held(_mlflow(uri))
+    mlflow = Held(_mlflow(uri))
     backend = _backend_errors()
     name = experiment_name(cfg.tracking, dataset_name)
     try:
@@ -360,7 +200,7 @@ def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[st
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
                                tags={"kind": kind, "dataset": dataset_name, **(tags or {})})
     except backend as e:
-        raise _mlflow_error(e, uri, f"start a run in experiment '{name}'") from e
+        raise mlflow_error(e, uri, f"start a run in experiment '{name}'") from e
     except KeyboardInterrupt as e:  # the run may exist already: it must not stay RUNNING
         if mlflow.active_run() is not None:
             _end_failed(mlflow, e)
@@ -373,7 +213,7 @@ def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[st
     except BaseException as e:
         _end_failed(mlflow, e)
         if isinstance(e, backend):
-            raise _mlflow_error(e, uri, f"log run {handle.run_id}") from e
+            raise mlflow_error(e, uri, f"log run {handle.run_id}") from e
         raise
 
 
@@ -421,12 +261,12 @@ def fetch_head(spec: str, tcfg: TrackingConfig) -> str:
         return spec
     store = resolve_uri(tcfg)
     if store.startswith(("http://", "https://")):
-        _check_http(store, 5.0)  # seconds, not MLflow's minutes of retries
+        check_http(store, 5.0)  # seconds, not MLflow's minutes of retries
     mlflow = _mlflow(store)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
     except _backend_errors() as e:
-        raise _mlflow_error(e, store, f"find head '{spec}'") from e
+        raise mlflow_error(e, store, f"find head '{spec}'") from e
     except OSError as e:
         raise TrackingError(f"could not download head '{spec}' from '{store}' ({e}); check the URI") from None
     for folder in (local, local / "artifacts" / HEAD_PATH, local / HEAD_PATH):
@@ -454,7 +294,7 @@ def search_runs(tcfg: TrackingConfig, experiment: Optional[str] = None) -> tuple
                                 "drop --experiment")
         runs = mlflow.search_runs([exp_id], filter_string=flt, output_format="list", max_results=5000)
     except _backend_errors() as e:
-        raise _mlflow_error(e, uri, "search runs") from e
+        raise mlflow_error(e, uri, "search runs") from e
     return name, [_run_dict(r) for r in runs if r.data.tags.get("kind") in KINDS]
 
 
