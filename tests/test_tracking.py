@@ -153,7 +153,7 @@ def test_pyfunc_model_loads_and_predicts_from_paths_base64_and_bytes(populated, 
     raw = [Path(p).read_bytes() for p in paths]
     frame = pd.DataFrame({"image": [paths[0], base64.b64encode(raw[1]).decode(), raw[2]]})
     out = model.predict(frame)
-    assert list(out.columns) == ["label", "score", *CLASSES]
+    assert list(out.columns) == ["label", "score", "rejected", *CLASSES] and not out["rejected"].any()
     assert list(out["label"]) == _local_labels(populated, tiny_extractor, paths)
     assert np.allclose(out[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     # the small local checkpoint and model config travel with the model, so it loads offline

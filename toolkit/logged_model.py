@@ -64,8 +64,9 @@ class ClipkitHead(mlflow.pyfunc.PythonModel):
         images = [_image(v, i) for i, v in enumerate(column)]
         rows = self.predictor.predict_images(images)  # through Predictor.proba, as the CLI and the server
         classes = self.predictor.labels
-        return pd.DataFrame([{"label": r["label"], "score": r["score"], **{c: r["scores"][c] for c in classes}}
-                             for r in rows], columns=["label", "score", *classes])
+        return pd.DataFrame([{"label": r["label"], "score": r["score"], "rejected": bool(r["rejected"]),
+                              **{c: r["scores"][c] for c in classes}} for r in rows],
+                            columns=["label", "score", "rejected", *classes])
 
 
 mlflow.models.set_model(ClipkitHead())

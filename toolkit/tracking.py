@@ -159,14 +159,16 @@ class TrackedRun:
                      pip_requirements: list[str], registered_name: Optional[str] = None) -> dict[str, Any]:
         """Log an MLflow model from code (a file calling mlflow.models.set_model) under MODEL_NAME; register it.
 
-        Signature: an 'image' string column in (a path or base64; raw bytes pass too), label + score + one
+        Signature: an 'image' string column in (a path or base64; raw bytes pass too), label (null when the
+        head's "none of these" threshold rejects the image) + score + rejected + one
         probability column per class out.
         """
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
 
         signature = ModelSignature(Schema([ColSpec("string", "image")]), Schema(
-            [ColSpec("string", "label"), ColSpec("double", "score"), *[ColSpec("double", c) for c in classes]]))
+            [ColSpec("string", "label", required=False), ColSpec("double", "score"), ColSpec("boolean", "rejected"),
+             *[ColSpec("double", c) for c in classes]]))
         with warnings.catch_warnings():  # an input example would make MLflow load the model (slow) to check it
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             info = self.mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code_path), artifacts=artifacts,
