@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import LabelledDataset
 from .errors import DataError
-from .features import collate_images
+from .features import collate_images, quiet_worker
 from .store import LOCK, META, FeatureStore, StoreWriter, relabel
 
 
@@ -204,7 +204,7 @@ class StoreExtraction:
             torch.set_num_threads(max(1, cores // local))
         workers = self.num_workers if self.num_workers >= 0 else min(4, max(0, cores // local - 1))
         ds = _StoreBatches(self.extractor, self.paths, self.writer, self.writer.pending_batches(rank, world))
-        return DataLoader(ds, batch_size=None, num_workers=workers)
+        return DataLoader(ds, batch_size=None, num_workers=workers, worker_init_fn=quiet_worker)
 
     def start(self, device: torch.device) -> None:
         self.extractor.device = device

@@ -10,6 +10,8 @@ speed benchmarks); weights.py resolves all of these. Image and text embeddings a
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -64,6 +66,27 @@ class _PathDataset(Dataset):
             return i, None, e.message
         except Exception as e:  # a corrupt file can fail inside the transform too
             return i, None, f"'{self.paths[i]}' could not be preprocessed ({e.__class__.__name__}: {e})"
+
+
+def quiet_worker(_worker_id: int) -> None:
+    """DataLoader workers stay quiet when a run is interrupted. They leave Ctrl-C to the main process (a
+    terminal's Ctrl-C reaches the whole process group), and a worker stopped while multiprocessing's resource
+    sharer was handing a batch to the main process doesn't print that thread's connection-reset traceback
+    over the command's one-line answer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        tb, frames = args.exc_traceback, []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if issubclass(args.exc_type, (ConnectionError, EOFError)) and \
+                any(f.endswith(os.path.join("multiprocessing", "resource_sharer.py")) for f in frames):
+            return
+        previous(args)
+
+    threading.excepthook = hook
 
 
 class UInt8Preprocess:
@@ -232,7 +255,7 @@ class FeatureExtractor:
         workers = self.cfg.num_workers if num_workers is None else num_workers
         if workers < 0:  # auto: worker processes only pay off when there are many images to decode
             workers = 0 if len(paths) < 4 * bs else min(4, os.cpu_count() or 1)
-        loader = DataLoader(self.path_dataset(paths), batch_size=bs, num_workers=workers,
+        loader = DataLoader(self.path_dataset(paths), batch_size=bs, num_workers=workers, worker_init_fn=quiet_worker,
                             collate_fn=collate_images, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         for idx, batch, errors in loader:
