@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import ModelError
+from .weight_files import read_json
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
@@ -35,15 +36,7 @@ FIX = "see README 'Bring your own weights'"
 def read_config(folder: Path) -> Optional[dict]:
     """The folder's config.json as a dict, or None when there is none."""
     path = folder / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"'{path}' is not valid JSON ({e}); fix or re-download the file") from None
-    if not isinstance(cfg, dict):
-        raise ModelError(f"'{path}' is not a JSON object; fix or re-download the file")
-    return cfg
+    return read_json(path, "transformers config") if path.is_file() else None
 
 
 def _act(tower: dict, where: str) -> tuple[bool, Optional[dict]]:
