@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+import sys
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -74,19 +74,20 @@ def quiet_worker(_worker_id: int) -> None:
     sharer was handing a batch to the main process doesn't print that thread's connection-reset traceback
     over the command's one-line answer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    previous = threading.excepthook
+    # the resource sharer's thread reports its errors through sys.excepthook
+    previous = sys.excepthook
 
-    def hook(args) -> None:
-        tb, frames = args.exc_traceback, []
+    def hook(exc_type, exc, tb) -> None:
+        frames = []
         while tb is not None:
             frames.append(tb.tb_frame.f_code.co_filename)
             tb = tb.tb_next
-        if issubclass(args.exc_type, (ConnectionError, EOFError)) and \
+        if issubclass(exc_type, (ConnectionError, EOFError)) and \
                 any(f.endswith(os.path.join("multiprocessing", "resource_sharer.py")) for f in frames):
             return
-        previous(args)
+        previous(exc_type, exc, exc.__traceback__ if exc is not None else None)
 
-    threading.excepthook = hook
+    sys.excepthook = hook
 
 
 class UInt8Preprocess:
