@@ -126,7 +126,7 @@ def suite_features(config: str, suite: str, classes, n_per_class: int, seed: int
     from toolkit.config import load_config
     from toolkit.demo import LABELS
     from toolkit.demo.dataset import make_suite
-    from toolkit.features import FeatureExtractor
+    from toolkit.encoder.features import FeatureExtractor
 
     cfg = load_config(config, {"model.device": "cpu"})
     t0 = time.perf_counter()

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 import _bench
 from toolkit.config import ModelConfig
-from toolkit.features import FeatureExtractor, collate_images
-from toolkit.images import load_image
+from toolkit.encoder.features import FeatureExtractor, collate_images
+from toolkit.encoder.images import load_image
 
 DEMO = _bench.ROOT / "data" / "models"
 

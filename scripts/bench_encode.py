@@ -28,7 +28,7 @@ from PIL import Image
 
 import _bench
 from toolkit.config import ModelConfig
-from toolkit.features import FeatureExtractor
+from toolkit.encoder.features import FeatureExtractor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -162,7 +162,7 @@ def main(batch_sizes: str, n_images: int, rounds: int, precisions: str, compile_
     if onnx:
         import tempfile
 
-        from toolkit.onnx_export import OnnxImageEncoder, export_image_encoder, parity
+        from toolkit.encoder.onnx import OnnxImageEncoder, export_image_encoder, parity
 
         tmp = tempfile.mkdtemp()
         enc = OnnxImageEncoder(export_image_encoder(exs["fp32"], f"{tmp}/vit-b-32.onnx"), threads=threads)

@@ -24,10 +24,10 @@ from PIL import Image
 
 import _bench
 from toolkit.config import ModelConfig
-from toolkit.data import load_dataset
-from toolkit.features import FeatureExtractor
-from toolkit.store import PARTIAL, PROGRESS
-from toolkit.extraction import extract_store
+from toolkit.data.datasets import load_dataset
+from toolkit.encoder.features import FeatureExtractor
+from toolkit.data.store import PARTIAL, PROGRESS
+from toolkit.data.extraction import extract_store
 
 TINY = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}

@@ -4,7 +4,7 @@ Features are unit-norm: class means on the sphere plus isotropic noise, renormal
 separable). Splits: 70% train, 15% val, 15% test. Methods, all on the same arrays, in one run:
 
   sklearn-default   LogisticRegression() with its defaults (C=1, L-BFGS), fit on train+val: the reference
-  logreg            clipkit's fit_logreg (toolkit.logreg, torch L-BFGS): log-spaced C sweep on val, 3
+  logreg            clipkit's fit_logreg (toolkit.fitting.logreg, torch L-BFGS): log-spaced C sweep on val, 3
                     refinement rounds, refit on train+val; once per thread count in --threads
   sklearn-sweep     the same sweep with scikit-learn (warm-started LogisticRegression, cold refit): what
                     fit_logreg did before it moved to torch
@@ -30,7 +30,7 @@ import numpy as np
 
 import _bench  # puts the project root on sys.path
 from toolkit.config import ProbeConfig  # noqa: E402  (after _bench)
-from toolkit.logreg import CPU_THREADS, FINAL_TOL, TOL, fit_fixed_c, log_grid, sweep_c  # noqa: E402
+from toolkit.fitting.logreg import CPU_THREADS, FINAL_TOL, TOL, fit_fixed_c, log_grid, sweep_c  # noqa: E402
 
 SECTION = "### Fitting {n:,} x {dim} features, {classes} classes"
 
@@ -151,7 +151,7 @@ def once(args, cfg, grid, x, y, tr, va, te) -> list[dict]:
                      "test_accuracy": float((final.predict(x[te]) == y[te]).mean())})
     if "linear" in args.methods:
         t0 = time.perf_counter()
-        from toolkit.trainer import fit_linear
+        from toolkit.fitting.trainer import fit_linear
 
         import_s = time.perf_counter() - t0
         fit, wall = timed(lambda: fit_linear(x[tr], y[tr], x[va], y[va], args.classes, cfg))

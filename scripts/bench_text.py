@@ -17,9 +17,9 @@ import torch
 import _bench
 from toolkit.config import ModelConfig
 from toolkit.labels import DEFAULT_LABELS
-from toolkit.features import FeatureExtractor
-from toolkit.weights import openai_imagenet_templates
-from toolkit.zeroshot import ZeroShotHead
+from toolkit.encoder.features import FeatureExtractor
+from toolkit.models.weights import openai_imagenet_templates
+from toolkit.heads.zeroshot import ZeroShotHead
 
 
 def open_clip_weights(ex: FeatureExtractor, labels, templates) -> np.ndarray:

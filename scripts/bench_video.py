@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from toolkit.demo.video import write_video
-    from toolkit.video import iter_frames, predict_video
+    from toolkit.video.pipeline import iter_frames, predict_video
 
     width, height = (int(x) for x in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-video-"))

@@ -25,9 +25,9 @@ from toolkit.demo import EXERCISES, MAIN_CLASSES  # noqa: E402
 from toolkit.demo.dataset import parse_classes  # noqa: E402
 from toolkit.demo.figures import example_rng, render_example  # noqa: E402
 from toolkit import metrics  # noqa: E402
-from toolkit.features import FeatureExtractor  # noqa: E402
-from toolkit.prompts import load_templates  # noqa: E402
-from toolkit.zeroshot import ZeroShotHead  # noqa: E402
+from toolkit.encoder.features import FeatureExtractor  # noqa: E402
+from toolkit.heads.prompts import load_templates  # noqa: E402
+from toolkit.heads.zeroshot import ZeroShotHead  # noqa: E402
 
 
 def evaluate(extractor, keys, templates, seed, n, size=224, batch=64):

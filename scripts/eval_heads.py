@@ -37,12 +37,12 @@ SECTION = "## Few-shot heads on the novel suite (issue 15)"
 def build(args, workdir: Path):
     """(store, zero-shot head in the store's class order, probe config, timings) for the generated suite."""
     from toolkit.config import load_config
-    from toolkit.data import load_dataset
+    from toolkit.data.datasets import load_dataset
     from toolkit.demo.dataset import parse_classes, write_imagefolder
-    from toolkit.features import FeatureExtractor
-    from toolkit.prompts import resolve_templates
-    from toolkit.extraction import extract_store
-    from toolkit.zeroshot import ZeroShotHead
+    from toolkit.encoder.features import FeatureExtractor
+    from toolkit.heads.prompts import resolve_templates
+    from toolkit.data.extraction import extract_store
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     cfg = load_config(args.config, {"model.device": "cpu"})
     t0 = time.perf_counter()
@@ -69,8 +69,8 @@ def split_arrays(store):
 def one_draw(store, zs, pcfg, data, train_idx, y, k: int, draw: int) -> tuple[dict[str, tuple[float, float]], str]:
     """({method: (test accuracy, fit seconds)}, the candidate auto kept) for one K-shot draw; auto picks among
     the fitted candidates, as `fit_auto` does when val has enough images per class."""
-    from toolkit.fewshot import accuracy, choose, fit_candidates
-    from toolkit.probe import fewshot_indices
+    from toolkit.fitting.fewshot import accuracy, choose, fit_candidates
+    from toolkit.fitting.probe import fewshot_indices
 
     rows = fewshot_indices(train_idx, y, k, draw)
     X, yk = np.asarray(store.features[rows], np.float32), y[rows]
@@ -138,7 +138,7 @@ def losses(res: dict) -> list[str]:
 
 
 def plot(res: dict, path: Path) -> None:
-    from toolkit.plots import curve_png
+    from toolkit.evaluation.plots import curve_png
 
     ks = res["shots"]
     series = {"zero-shot": (ks, [100 * res["zeroshot"]] * len(ks))}

@@ -55,7 +55,7 @@ WHEN = ("before", "after")  # raw (T = 1), calibrated (T fitted on val)
 def fit_methods(methods: Sequence[str], classes: Sequence[str], train, val, zeroshot, cfg, identity=None) -> dict:
     """{method: (HeadFit, fit seconds)}: each method fitted on train, hyper-parameters on val, never refit on
     val; auto picks among the other methods listed (as `--method auto` does when val is large enough)."""
-    from toolkit.fewshot import choose, fit_head
+    from toolkit.fitting.fewshot import choose, fit_head
 
     fits = {}
     for name in (m for m in methods if m != "auto"):
@@ -73,7 +73,7 @@ def open_set(p: dict, y_val: np.ndarray, y_test: np.ndarray, unknown_keys: np.nd
     """Rejection on {val, test, unknown} probabilities (n, C): the threshold chosen on val for the target
     precision, then accepted-known accuracy, coverage, unknowns rejected (all and per unknown class), AUROC."""
     from sklearn.metrics import roc_auc_score
-    from toolkit.calibration import choose_threshold, selective
+    from toolkit.heads.calibration import choose_threshold, selective
 
     rule = choose_threshold(p["val"].max(axis=1), p["val"].argmax(axis=1) == y_val, target_precision=target_precision)
     conf_t, conf_u = p["test"].max(axis=1), p["unknown"].max(axis=1)
@@ -95,7 +95,7 @@ def score(head, known: dict, unknown: tuple[np.ndarray, np.ndarray], classes: Se
           target_precision: float) -> dict:
     """One head, raw and calibrated: {temperature, note, before: {...}, after: {...}}; each holds the known-test
     calibration_metrics (accuracy, ece, nll, brier) and the `open_set` figures."""
-    from toolkit.calibration import TemperatureScaler, calibration_metrics, log_softmax
+    from toolkit.heads.calibration import TemperatureScaler, calibration_metrics, log_softmax
 
     (X_val, y_val), (X_test, y_test) = known["val"], known["test"]
     logits = {s: np.asarray(head.decision_function(X), np.float64)
@@ -143,9 +143,9 @@ def split_known(data: dict, known: Sequence[str]):
 def run(args, data: dict, extractor, cfg) -> dict:
     """{setting: [one `evaluate` result per seed]} for every --shots setting and --seeds seed."""
     from toolkit.demo import LABELS
-    from toolkit.probe import fewshot_indices
-    from toolkit.prompts import resolve_templates
-    from toolkit.zeroshot import ZeroShotHead
+    from toolkit.fitting.probe import fewshot_indices
+    from toolkit.heads.prompts import resolve_templates
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     known, unknown = split_known(data, args.known)
     zs = ZeroShotHead.from_extractor(extractor, [LABELS[k] for k in args.known], resolve_templates(cfg.prompts))
@@ -237,7 +237,7 @@ def _cells(res: dict):
 def calibration_notes(res: dict) -> list[str]:
     """Where temperature scaling didn't lower test ECE / NLL, where T hit its search bound, where raw scores
     saturate (means over seeds)."""
-    from toolkit.calibration import T_BOUNDS
+    from toolkit.heads.calibration import T_BOUNDS
 
     cells, worse, bound, sat = _cells(res), [], [], []
     lowered = sum(stat(r, m, "after", "nll")[0] < stat(r, m, "before", "nll")[0] for _, r, m in cells)
@@ -305,7 +305,7 @@ def notes(res: dict) -> list[str]:
 
 INTRO = """Every head trained on the known classes of the demo generator's novel suite, then shown known test images
 and images of classes it never saw (unknown: held out of training, val and calibration). Raw = softmax at T = 1;
-calibrated = temperature fitted on known val by NLL (toolkit.calibration). The "none of these" threshold on the top
+calibrated = temperature fitted on known val by NLL (toolkit.heads.calibration). The "none of these" threshold on the top
 probability is chosen on known val for the target precision, separately for raw and calibrated scores (as
 `train-probe --target-precision` does), so it is tuned for the precision of accepted known images: val holds no
 unknowns. Accuracy on accepted known images and coverage are on the known test split; "unknowns rejected" is the

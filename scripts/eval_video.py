@@ -18,7 +18,7 @@ other-activity stretches. All videos 96 px; the default VideoConfig (10 fps samp
 "None of these" comes from a calibrated head, as a user would make one: the demo model's zero-shot head gets a
 temperature fitted on --calib-images generated images per class (the demo generator's main suite, a seed the
 model was not trained on) and the lowest threshold whose accepted images reach --target-precision there
-(toolkit.calibration.calibrate_head, what `clipkit eval-prompts --target-precision P --save-head` does).
+(toolkit.heads.calibration.calibrate_head, what `clipkit eval-prompts --target-precision P --save-head` does).
 --head HEAD uses a saved head and its own threshold instead; --reject-below T a fixed threshold. --sweep adds
 rows for other fixed thresholds on the same scores.
 """
@@ -49,7 +49,7 @@ def exercise_pairs(doc: dict, truth) -> list[tuple[int, int]]:
 def clean_part(predictor, cfg, args, tmp: Path) -> list[list]:
     """Part 1: one table row per source fps."""
     from toolkit.demo.video import write_video
-    from toolkit.video import predict_video
+    from toolkit.video.pipeline import predict_video
 
     rows = []
     vcfg = cfg.video.model_copy(update={"reject_below": 0.0})  # no rejection here, whatever the head says
@@ -78,7 +78,7 @@ def calibrated_predictor(predictor, args) -> tuple[object, dict]:
     """The predictor with a copy of its head calibrated on generated images: (predictor, calibration)."""
     import copy
 
-    from toolkit.calibration import calibrate_head
+    from toolkit.heads.calibration import calibrate_head
     from toolkit.demo.dataset import iter_suite
     from toolkit.predictor import Predictor
 
@@ -109,7 +109,7 @@ def other_part(predictor, cfg, args, tmp: Path, settings: dict[str, float]) -> l
     """Part 2: one table row per setting {name: threshold (0: no rejection)}, on one scoring per video."""
     from toolkit.demo import OTHER_ACTIVITIES, label_of
     from toolkit.demo.video import write_video
-    from toolkit.video import score_video, summarize
+    from toolkit.video.pipeline import score_video, summarize
 
     other_labels = {label_of(a): a for a in OTHER_ACTIVITIES}
     rng = np.random.default_rng([args.seed, 16])

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toolkit.config import load_config  # noqa: E402
-from toolkit.data import load_dataset  # noqa: E402
-from toolkit.probe import train_probe  # noqa: E402
+from toolkit.data.datasets import load_dataset  # noqa: E402
+from toolkit.fitting.probe import train_probe  # noqa: E402
 
 
 def ensure_demo_data(path: Path, n_per_class: int, seed: int, classes: str) -> None:
@@ -53,10 +53,10 @@ def keys_manifest(data: Path) -> Path:
 
 def build(args):
     """(store, zero-shot head, config) for the demo data."""
-    from toolkit.features import FeatureExtractor
-    from toolkit.prompts import resolve_templates
-    from toolkit.extraction import extract_store
-    from toolkit.zeroshot import ZeroShotHead
+    from toolkit.encoder.features import FeatureExtractor
+    from toolkit.heads.prompts import resolve_templates
+    from toolkit.data.extraction import extract_store
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     cfg = load_config(args.config, {"model.device": "cpu"})
     ensure_demo_data(args.data, args.n_per_class, args.data_seed, args.demo_classes)
@@ -110,7 +110,7 @@ def markdown(res: dict, shots, seeds: int) -> str:
 
 
 def plot(res: dict, shots, path: Path) -> None:
-    from toolkit.plots import curve_png
+    from toolkit.evaluation.plots import curve_png
 
     series = {"zero-shot": (list(shots), [100 * res["zeroshot"]] * len(shots))}
     for m, per_k in res["fewshot"].items():

@@ -39,8 +39,8 @@ def shots(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def check(extractor, args, seed: int) -> dict:
     from toolkit.demo.dataset import make_suite, parse_classes
-    from toolkit.prompts import builtin_templates
-    from toolkit.zeroshot import ZeroShotHead
+    from toolkit.heads.prompts import builtin_templates
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     data = make_suite(args.suite, args.n_per_class, seed, size=args.size, style=args.style,
                       classes=parse_classes(args.classes or "default", args.suite))
@@ -81,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from toolkit.config import load_config
-    from toolkit.features import FeatureExtractor
+    from toolkit.encoder.features import FeatureExtractor
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", {"model.device": "cpu"})
     extractor = FeatureExtractor.from_config(cfg.model)

@@ -44,7 +44,7 @@ def tiny_model(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_extractor(tiny_model):
     from toolkit.config import ModelConfig
-    from toolkit.features import FeatureExtractor
+    from toolkit.encoder.features import FeatureExtractor
 
     # fp32: the reference numerics that parity tests compare against open_clip (the default, auto, may pick bf16)
     return FeatureExtractor.from_config(ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"],

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from toolkit import calibration as cal
+from toolkit.heads import calibration as cal
 from toolkit.cli import main
-from toolkit.compare_runs import rank
+from toolkit.evaluation.compare import rank
 from toolkit.config import ProbeConfig
 from toolkit.errors import ConfigError
 from toolkit.predictor import Predictor, reject_mask, result_row
@@ -150,7 +150,7 @@ def test_rejected_rows_keep_their_scores_and_have_no_label():
 def reject_head(tiny_extractor, image_dir):
     """(a probe head over the tiny model whose threshold rejects about half of the `image_dir` images,
     {path: top score})."""
-    from toolkit.probe import LinearProbe
+    from toolkit.fitting.probe import LinearProbe
 
     rng = np.random.default_rng(0)
     head = LinearProbe(["squat", "plank", "rest"], 8 * rng.normal(size=(3, 32)).astype(np.float32),
@@ -219,7 +219,7 @@ def test_http_predict_rejects_like_the_cli_with_a_per_request_override(tiny_mode
     from fastapi.testclient import TestClient
 
     from test_serve_app import encoded, make_cfg, noise, wait_ready
-    from toolkit.heads import load_head
+    from toolkit.heads.base import load_head
     from toolkit.serve import create_app
 
     folder, _, threshold = saved_reject_head
@@ -306,7 +306,7 @@ def test_eval_prompts_calibrates_and_saves_a_head_that_predicts_and_serves(track
     from fastapi.testclient import TestClient
 
     from test_serve_app import make_cfg, wait_ready
-    from toolkit.heads import load_head
+    from toolkit.heads.base import load_head
     from toolkit.serve import create_app
 
     d = tracked["dir"]
@@ -370,8 +370,8 @@ def test_rank_puts_the_lowest_error_first_with_a_positive_gain_for_less_error():
 
 
 def test_reliability_diagram_is_written(tmp_path):
-    from toolkit import plots
-    from toolkit.metrics import reliability_panels
+    from toolkit.evaluation import plots
+    from toolkit.evaluation.metrics import reliability_panels
 
     logits, y = blobs(400, seed=7)
     report = cal.split_report(5 * logits, y, 4.0, reject_below=0.8)
@@ -392,7 +392,7 @@ def test_the_web_page_shows_none_of_these_for_a_rejected_image(tiny_model, tiny_
 
     from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
     from toolkit.serve.process import ServerProcess
-    from toolkit.zeroshot import ZeroShotHead
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     head = ZeroShotHead.from_extractor(tiny_extractor, ["a red square", "a blue circle", "a green triangle"], ["{}"])
     head.reject_below = 0.99  # the tiny random model is never that sure: every image is rejected

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.data import dataset_name, load_dataset
+from toolkit.data.datasets import dataset_name, load_dataset
 from toolkit.errors import DataError
 
 

@@ -29,9 +29,9 @@ def demo_cfg():
 
 @pytest.fixture(scope="module")
 def demo_head(demo_cfg):
-    from toolkit.features import FeatureExtractor
-    from toolkit.prompts import load_templates
-    from toolkit.zeroshot import ZeroShotHead
+    from toolkit.encoder.features import FeatureExtractor
+    from toolkit.heads.prompts import load_templates
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     extractor = FeatureExtractor.from_config(demo_cfg.model)
     return extractor, ZeroShotHead.from_extractor(extractor, LABELS, load_templates(demo_cfg.prompts.templates))
@@ -51,7 +51,7 @@ def test_checkpoint_is_small_fp16_and_loads_strictly_with_open_clip():
 
 
 def test_demo_config_points_at_the_shipped_model(demo_cfg):
-    from toolkit.prompts import resolve_labels
+    from toolkit.heads.prompts import resolve_labels
 
     assert Path(demo_cfg.model.name) == MODEL_JSON.resolve()
     assert Path(demo_cfg.model.pretrained) == CHECKPOINT.resolve()

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from toolkit.config import ModelConfig
-from toolkit.data import load_dataset
-from toolkit.features import FeatureExtractor
-from toolkit.store import FeatureStore
-from toolkit.extraction import extract_store
+from toolkit.data.datasets import load_dataset
+from toolkit.encoder.features import FeatureExtractor
+from toolkit.data.store import FeatureStore
+from toolkit.data.extraction import extract_store
 
 CLIPKIT = str(Path(sys.executable).parent / "clipkit")
 

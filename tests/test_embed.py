@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.predictor import Predictor, predict_store
-from toolkit.store import FeatureStore
-from toolkit.zeroshot import ZeroShotHead
+from toolkit.data.store import FeatureStore
+from toolkit.heads.zeroshot import ZeroShotHead
 
 
 def _args(tiny_model):

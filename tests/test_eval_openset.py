@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import eval_openset  # noqa: E402
 
 from toolkit.config import ProbeConfig  # noqa: E402
-from toolkit.zeroshot import ZeroShotHead  # noqa: E402
+from toolkit.heads.zeroshot import ZeroShotHead  # noqa: E402
 
 DIM, N_KNOWN = 16, 3
 METHODS = ["zeroshot", "logreg", "cache", "blend", "auto"]  # linear and cache-f train with torch loops: slower

@@ -8,8 +8,8 @@ from PIL import Image
 
 from toolkit.config import ModelConfig
 from toolkit.errors import ModelError
-from toolkit.features import FeatureExtractor
-from toolkit.images import load_image
+from toolkit.encoder.features import FeatureExtractor
+from toolkit.encoder.images import load_image
 
 
 def _load(name, pretrained, **kw):
@@ -94,7 +94,7 @@ def test_text_embeddings_are_cached(tiny_extractor):
 
 
 def test_text_cache_keeps_only_the_most_recently_used(tiny_model, monkeypatch):
-    import toolkit.features as features
+    import toolkit.encoder.features as features
 
     monkeypatch.setattr(features, "TEXT_CACHE_SIZE", 3)
     ex = _load(tiny_model["config"], tiny_model["checkpoint"], precision="fp32")

@@ -7,11 +7,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from toolkit.accel import CausalTextTower
+from toolkit.encoder.accel import CausalTextTower
 from toolkit.config import ModelConfig
 from toolkit.errors import InputError
-from toolkit.features import FeatureExtractor
-from toolkit.images import load_image
+from toolkit.encoder.features import FeatureExtractor
+from toolkit.encoder.images import load_image
 
 SMALL_VIT = {
     "embed_dim": 32,
@@ -60,7 +60,7 @@ def test_bf16_embeddings_match_fp32(which, tiny_model, tmp_path):
 
 
 def test_auto_precision_follows_the_hardware(tiny_model):
-    from toolkit.accel import cpu_has_native_bf16
+    from toolkit.encoder.accel import cpu_has_native_bf16
 
     ex = _extractor(tiny_model["config"], tiny_model["checkpoint"], precision="auto")
     assert ex.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
@@ -147,7 +147,7 @@ def test_eager_encoder_runs_each_batch_at_its_own_size(tiny_model):
 
 def test_sdpa_self_attention_matches_multihead_attention(tmp_path):
     """The attention that compile traces gives nn.MultiheadAttention's outputs, with and without the causal mask."""
-    from toolkit.accel import use_sdpa_self_attention
+    from toolkit.encoder.accel import use_sdpa_self_attention
 
     ex = _extractor(_model_json(tmp_path, "small-vit", SMALL_VIT), None)
     imgs = _images()
@@ -176,7 +176,7 @@ def test_compiled_encoder_matches_eager_and_pads_the_last_batch(which, tiny_mode
 # ---------------------------------------------------------------- ONNX
 
 def test_onnx_export_matches_eager(tmp_path, tiny_extractor):
-    from toolkit.onnx_export import OnnxImageEncoder, export_image_encoder, parity
+    from toolkit.encoder.onnx import OnnxImageEncoder, export_image_encoder, parity
 
     path = export_image_encoder(tiny_extractor, tmp_path / "tiny.onnx")
     enc = OnnxImageEncoder(path)
@@ -188,7 +188,7 @@ def test_onnx_export_matches_eager(tmp_path, tiny_extractor):
 
 
 def test_onnx_errors_name_the_file(tmp_path, tiny_extractor):
-    from toolkit.onnx_export import OnnxImageEncoder, export_image_encoder
+    from toolkit.encoder.onnx import OnnxImageEncoder, export_image_encoder
 
     with pytest.raises(InputError, match=r"'.*model.bin' should end in .onnx"):
         export_image_encoder(tiny_extractor, tmp_path / "model.bin")

@@ -10,8 +10,8 @@ import pytest
 
 from toolkit import fsio
 from toolkit.config import ProbeConfig
-from toolkit.probe import LinearProbe, train_probe
-from toolkit.store import write_store
+from toolkit.fitting.probe import LinearProbe, train_probe
+from toolkit.data.store import write_store
 
 IDENTITY = {"model": "synthetic", "pretrained": None, "weights_sha256": None, "embed_dim": 8, "image_size": [8, 8],
             "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "shortest", "extra": {}}

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from toolkit.cache_head import CacheHead, one_hot
+from toolkit.heads.cache import CacheHead, one_hot
 from toolkit.cli import main
 from toolkit.config import ProbeConfig
-from toolkit.fewshot import accuracy, blend_weights, fit_auto, fit_blend, fit_head
-from toolkit.heads import load_head
-from toolkit.probe import LinearProbe
-from toolkit.zeroshot import ZeroShotHead
+from toolkit.fitting.fewshot import accuracy, blend_weights, fit_auto, fit_blend, fit_head
+from toolkit.heads.base import load_head
+from toolkit.fitting.probe import LinearProbe
+from toolkit.heads.zeroshot import ZeroShotHead
 
 CLASSES = [f"class {i}" for i in range(5)]
 FAST = {"c_steps": 5, "cache_epochs": 30, "auto_candidates": ["logreg", "cache", "cache-f", "blend"]}
@@ -176,7 +176,7 @@ def config(tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("method", [["cache"], ["cache", "--finetune"], ["blend"], ["auto"]])
 def test_train_probe_method_then_predict_with_the_head(method, colors, config, store_dir, tmp_path):
-    from toolkit.store import FeatureStore
+    from toolkit.data.store import FeatureStore
 
     out, store = tmp_path / "head", store_dir
     r = CliRunner().invoke(main, ["train-probe", str(colors), "--out", str(out), "--store", str(store),

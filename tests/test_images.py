@@ -1,4 +1,4 @@
-"""toolkit.images: every common photo format and pixel mode ends as the 8-bit RGB a viewer shows; HEIC uploads."""
+"""toolkit.encoder.images: every common photo format and pixel mode ends as the 8-bit RGB a viewer shows; HEIC uploads."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from toolkit.errors import InputError
-from toolkit.images import load_image, register_plugins, to_rgb
+from toolkit.encoder.images import load_image, register_plugins, to_rgb
 from toolkit.serve import create_app
 
 from test_serve_app import make_cfg, wait_ready
@@ -68,7 +68,7 @@ def test_a_heic_without_pillow_heif_says_how_to_fix(tmp_path):
     p = tmp_path / "IMG_0002.heic"
     p.write_bytes(heic_bytes(two_tone()))
     code = ("import sys; sys.modules['pillow_heif'] = None\n"  # as if it were not installed
-            "from toolkit.images import load_image\n"
+            "from toolkit.encoder.images import load_image\n"
             f"load_image({str(p)!r})")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0

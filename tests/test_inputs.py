@@ -1,4 +1,4 @@
-"""toolkit.inputs and image folders in datasets: every image classified or an error entry, other files counted
+"""toolkit.encoder.inputs and image folders in datasets: every image classified or an error entry, other files counted
 once on stderr, symlinked folders followed once, dangling links reported."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from toolkit.cli import main
-from toolkit.data import load_dataset
+from toolkit.data.datasets import load_dataset
 from toolkit.errors import InputError
-from toolkit.images import register_plugins
-from toolkit.inputs import expand_inputs, scan_folder, skipped_note
+from toolkit.encoder.images import register_plugins
+from toolkit.encoder.inputs import expand_inputs, scan_folder, skipped_note
 
 
 def write_image(path: Path, seed: int, fmt: str | None = None) -> Path:
@@ -124,7 +124,7 @@ def test_dataset_follows_symlinked_class_folders_and_keeps_dangling_links_as_row
 
 
 def test_a_store_reads_heic_rows_and_keeps_a_dangling_link_as_a_skipped_row(tmp_path, tiny_extractor):
-    from toolkit.extraction import extract_store
+    from toolkit.data.extraction import extract_store
 
     root = tmp_path / "data"
     for i in range(5):

@@ -1,4 +1,4 @@
-"""toolkit.logreg: torch L-BFGS logistic regression against scikit-learn (the reference), and the C sweep."""
+"""toolkit.fitting.logreg: torch L-BFGS logistic regression against scikit-learn (the reference), and the C sweep."""
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from toolkit.errors import ConfigError
-from toolkit.heads import softmax
-from toolkit.logreg import FINAL_TOL, fit_fixed_c, log_grid, resolve_device, sweep_c
+from toolkit.heads.base import softmax
+from toolkit.fitting.logreg import FINAL_TOL, fit_fixed_c, log_grid, resolve_device, sweep_c
 
 
 def synthetic(n: int, d: int, n_classes: int, noise: float, seed: int = 0):
@@ -132,5 +132,5 @@ def test_gpu_sweep_matches_cpu(sweep_data):
 
 
 def test_importing_the_fitting_modules_does_not_import_torch():
-    code = "import sys, toolkit.probe, toolkit.logreg; sys.exit('torch' in sys.modules)"
+    code = "import sys, toolkit.fitting.probe, toolkit.fitting.logreg; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

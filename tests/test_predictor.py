@@ -12,8 +12,8 @@ import pytest
 from toolkit.config import load_config
 from toolkit.errors import ConfigError, HeadError
 from toolkit.predictor import Predictor, build_predictor, image_document, result_row, serving_head
-from toolkit.probe import LinearProbe
-from toolkit.zeroshot import ZeroShotHead
+from toolkit.fitting.probe import LinearProbe
+from toolkit.heads.zeroshot import ZeroShotHead
 
 LABELS = ["a red square", "a green square", "a blue square"]
 
@@ -116,8 +116,8 @@ def test_serving_head_conflicts():
         serving_head(load_config(None, {"serve.mode": "probe"}))
 
 
-PREDICTION_MODULES = ["toolkit.predictor", "toolkit.features", "toolkit.video", "toolkit.zeroshot",
-                      "toolkit.probe", "toolkit.heads", "toolkit.serve", "toolkit.serve.app",
+PREDICTION_MODULES = ["toolkit.predictor", "toolkit.encoder.features", "toolkit.video.pipeline", "toolkit.heads.zeroshot",
+                      "toolkit.fitting.probe", "toolkit.heads.base", "toolkit.serve", "toolkit.serve.app",
                       "toolkit.serve.routes_predict", "toolkit.serve.routes_video", "toolkit.serve.deps",
                       "toolkit.serve.batcher", "toolkit.serve.server", "toolkit.serve.middleware"]
 
@@ -138,7 +138,7 @@ def test_the_video_path_does_not_import_mlflow(tiny_model, tmp_path):
     code = ("import sys, json\n"
             "from toolkit.config import load_config\n"
             "from toolkit.predictor import build_predictor\n"
-            "from toolkit.video import predict_video\n"
+            "from toolkit.video.pipeline import predict_video\n"
             f"cfg = load_config(None, {{'model.name': {tiny_model['config']!r}, "
             f"'model.pretrained': {tiny_model['checkpoint']!r}, 'model.device': 'cpu'}})\n"
             f"doc = predict_video(build_predictor(cfg), {str(clip)!r}, cfg.video)\n"

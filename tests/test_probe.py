@@ -8,10 +8,10 @@ import pytest
 
 from toolkit.config import ProbeConfig
 from toolkit.errors import ConfigError, HeadError
-from toolkit.metrics import evaluate
-from toolkit.probe import LinearProbe, fewshot_indices, train_probe
-from toolkit.store import write_store
-from toolkit.zeroshot import ZeroShotHead
+from toolkit.evaluation.metrics import evaluate
+from toolkit.fitting.probe import LinearProbe, fewshot_indices, train_probe
+from toolkit.data.store import write_store
+from toolkit.heads.zeroshot import ZeroShotHead
 
 IDENTITY = {"model": "synthetic", "pretrained": None, "weights_sha256": None, "embed_dim": 16, "image_size": [8, 8],
             "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "shortest", "extra": {}}
@@ -133,7 +133,7 @@ def test_binary_head_matches_sklearn_probabilities(tmp_path):
     assert result.head.coef_.shape == (2, 16) and result.head.classes_ == ["no", "yes"]
     # the exact optimum as reference: at its default tol=1e-4 scikit-learn itself stops 2e-3 away from it
     clf = LogisticRegression(C=2.0, max_iter=1000, tol=1e-10).fit(x[:400], y[:400])
-    from toolkit.heads import softmax  # the fitted model itself: predict_proba also applies the val temperature
+    from toolkit.heads.base import softmax  # the fitted model itself: predict_proba also applies the val temperature
 
     np.testing.assert_allclose(softmax(result.head.decision_function(x[400:])), clf.predict_proba(x[400:]), atol=1e-4)
 

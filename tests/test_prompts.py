@@ -4,7 +4,7 @@ import pytest
 from toolkit.config import PromptConfig
 from toolkit.labels import DEFAULT_LABELS
 from toolkit.errors import ConfigError
-from toolkit.prompts import expand, load_labels, load_templates, resolve_labels, validate_labels
+from toolkit.heads.prompts import expand, load_labels, load_templates, resolve_labels, validate_labels
 
 
 def test_builtin_sets():

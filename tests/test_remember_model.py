@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.predictor import Predictor
-from toolkit.probe import LinearProbe
+from toolkit.fitting.probe import LinearProbe
 
 from tracking_fixtures import color_dataset
 
@@ -29,7 +29,7 @@ def moved_model(tiny_model, tmp_path):
 
 def _extractor(cfg_path, ckpt):
     from toolkit.config import ModelConfig
-    from toolkit.features import FeatureExtractor
+    from toolkit.encoder.features import FeatureExtractor
 
     return FeatureExtractor.from_config(ModelConfig(name=str(cfg_path), pretrained=str(ckpt), device="cpu",
                                                     precision="fp32", num_workers=0))

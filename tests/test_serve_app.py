@@ -199,7 +199,7 @@ def test_api_key_is_required_on_the_api_but_not_on_health(tiny_model):
 
 @pytest.fixture(scope="module")
 def probe_head(tiny_extractor, tmp_path_factory):
-    from toolkit.probe import LinearProbe
+    from toolkit.fitting.probe import LinearProbe
 
     rng = np.random.default_rng(0)
     head = LinearProbe(["squat", "plank", "rest"], rng.normal(size=(3, 32)).astype(np.float32),

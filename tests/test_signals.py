@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.store import LOCK, FeatureStore, write_store
+from toolkit.data.store import LOCK, FeatureStore, write_store
 
 from tracking_fixtures import color_dataset, empty_store, new_store, write_config
 
@@ -209,8 +209,8 @@ def test_lightning_sigterm_without_a_cli_handler_still_ends_the_process(tmp_path
     code = f"""
 import sys
 from toolkit.config import ProbeConfig
-from toolkit.store import FeatureStore
-from toolkit.trainer import fit_linear
+from toolkit.data.store import FeatureStore
+from toolkit.fitting.trainer import fit_linear
 s = FeatureStore.open({str(colors_store.path)!r})
 y = [s.classes.index(v) for v in s.labels]
 import numpy as np
@@ -279,7 +279,7 @@ def test_extraction_interrupted_leaves_a_resumable_store(tmp_path, tiny_model, m
 def test_compare_says_how_many_unfinished_runs_it_left_out(tmp_path, template_db):
     import mlflow
 
-    from toolkit import tracking
+    from toolkit.tracking import adapter as tracking
     from toolkit.config import load_config
 
     uri = new_store(template_db, tmp_path / "mlflow")
@@ -306,7 +306,7 @@ def test_a_signal_inside_an_mlflow_call_waits_for_it_to_finish(tmp_path, templat
     SQLite transaction completes and the run can still be ended KILLED with its reason."""
     import mlflow
 
-    from toolkit import tracking
+    from toolkit.tracking import adapter as tracking
     from toolkit.cli.common import Interrupted, signals_as_interrupts
     from toolkit.config import load_config
 
@@ -352,8 +352,8 @@ def test_library_report_folder_is_removed_at_exit(tmp_path, colors_store):
     while the process runs; it is gone once the process exits."""
     code = f"""
 from toolkit.config import ProbeConfig
-from toolkit.probe import train_probe
-from toolkit.store import FeatureStore
+from toolkit.fitting.probe import train_probe
+from toolkit.data.store import FeatureStore
 result = train_probe(FeatureStore.open({str(colors_store.path)!r}), ProbeConfig(c_steps=2))
 assert (result.report_dir / "report.json").is_file(), result.report_dir
 print(result.report_dir)

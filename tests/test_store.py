@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from test_data import make_folder
-from toolkit.data import load_dataset
+from toolkit.data.datasets import load_dataset
 from toolkit.errors import DataError
-from toolkit.store import FeatureStore, StoreWriter
-from toolkit.extraction import extract_store
+from toolkit.data.store import FeatureStore, StoreWriter
+from toolkit.data.extraction import extract_store
 
 
 class Interrupting:
@@ -94,7 +94,7 @@ def test_unreadable_images_are_skipped_and_listed(tiny_extractor, dataset, tmp_p
 
 def test_two_writers_fill_disjoint_shards_of_one_store(tiny_extractor, dataset, tmp_path):
     """The layout issue 8 builds on: processes write their own batches into one fixed-size file."""
-    from toolkit.extraction import fingerprint
+    from toolkit.data.extraction import fingerprint
 
     out = tmp_path / "st"
     StoreWriter.create_or_resume(out, dataset, tiny_extractor.identity, fingerprint(dataset, tiny_extractor.identity), 4)

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from test_data import make_folder
 from toolkit.cli import main
-from toolkit.data import load_dataset
+from toolkit.data.datasets import load_dataset
 from toolkit.errors import DataError
-from toolkit.extraction import extract_store, writing
-from toolkit.store import LOCK, FeatureStore, features_sha256, write_store
+from toolkit.data.extraction import extract_store, writing
+from toolkit.data.store import LOCK, FeatureStore, features_sha256, write_store
 
 CLIPKIT = str(Path(sys.executable).with_name("clipkit"))
 IDENTITY = {"model": "synthetic", "pretrained": None, "embed_dim": 8, "image_size": [32, 32]}

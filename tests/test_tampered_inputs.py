@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.heads import load_head
+from toolkit.heads.base import load_head
 from toolkit.errors import HeadError
-from toolkit.probe import LinearProbe
+from toolkit.fitting.probe import LinearProbe
 
 from conftest import TINY_CFG
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.compare_runs import rank
+from toolkit.evaluation.compare import rank
 from toolkit.config import load_config
 from toolkit.errors import DataError, TrackingError
 
@@ -59,8 +59,8 @@ def _invoke(args, env=None):
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory, template_db, tiny_model, colors):
     """Two prompt runs (eval-prompts) and one probe run (train-probe) on the colour dataset, in one SQLite store."""
-    from toolkit.probe import LinearProbe
-    from toolkit.store import FeatureStore
+    from toolkit.fitting.probe import LinearProbe
+    from toolkit.data.store import FeatureStore
 
     d = tmp_path_factory.mktemp("populated")
     uri = new_store(template_db, d)
@@ -257,10 +257,10 @@ def test_compare_unknown_metric_names_the_known_ones(populated):
 # ---------------------------------------------------------------- failures and reachability
 
 def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, tiny_model, tiny_extractor, colors):
-    from toolkit import run_records
-    from toolkit.data import LabelledDataset
-    from toolkit.probe import train_probe
-    from toolkit.extraction import extract_store
+    from toolkit.tracking import records as run_records
+    from toolkit.data.datasets import LabelledDataset
+    from toolkit.fitting.probe import train_probe
+    from toolkit.data.extraction import extract_store
 
     uri = new_store(template_db, tmp_path)
     cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
@@ -279,8 +279,9 @@ def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, t
 
 
 def test_a_failing_prompt_run_ends_failed_and_compare_ignores_it(tmp_path, template_db, tiny_model):
-    from toolkit import run_records, tracking
-    from toolkit.prompt_eval import PromptSet
+    from toolkit.tracking import records as run_records
+    from toolkit.tracking import adapter as tracking
+    from toolkit.fitting.prompt_eval import PromptSet
 
     uri = new_store(template_db, tmp_path)
     cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
@@ -321,7 +322,7 @@ def test_tracking_uri_comes_from_the_environment(colors, tmp_path):
                                            ("sqlite:////no/such/folder/mlflow.db", "does not exist")])
 def test_check_tracking_refuses_unusable_stores(uri, fragment):
     from toolkit.config import TrackingConfig
-    from toolkit.tracking import check_tracking
+    from toolkit.tracking.adapter import check_tracking
 
     with pytest.raises(TrackingError, match=fragment):
         check_tracking(TrackingConfig(uri=uri))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from toolkit import tracking
+from toolkit.tracking import adapter as tracking
 from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.errors import TrackingError

@@ -17,9 +17,9 @@ from toolkit.cli import main
 from toolkit.cli.video import render_csv
 from toolkit.config import VideoConfig, load_config
 from toolkit.errors import ConfigError, InputError
-from toolkit.overlay import FONT_FLOOR, draw_overlay, font, overlay_layout
-from toolkit.reps import analyze, confidence, drop_short, hysteresis_events, join_rest_gaps, moving_average
-from toolkit.video import VideoLimitError, VideoLimits, iter_frames
+from toolkit.video.overlay import FONT_FLOOR, draw_overlay, font, overlay_layout
+from toolkit.video.reps import analyze, confidence, drop_short, hysteresis_events, join_rest_gaps, moving_average
+from toolkit.video.pipeline import VideoLimitError, VideoLimits, iter_frames
 
 STAND, SQUAT, JACK = "a person standing", "a person repeating a squat", "a person repeating a jumping jack"
 

@@ -55,7 +55,7 @@ def videos(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def results(setup, videos) -> dict:
-    from toolkit.video import predict_video
+    from toolkit.video.pipeline import predict_video
 
     cfg, predictor = setup
     return {name: predict_video(predictor, path, cfg.video) for name, (path, _) in videos.items()}
@@ -117,7 +117,7 @@ def sitting_clips(tmp_path_factory) -> dict:
 
 
 def test_an_other_activity_stretch_counts_no_reps_when_rejected(setup, sitting_clips):
-    from toolkit.video import predict_video
+    from toolkit.video.pipeline import predict_video
 
     cfg, predictor = setup
     (path, truth), (clean_path, _) = sitting_clips["other"], sitting_clips["clean"]
@@ -148,7 +148,7 @@ def test_a_head_with_a_threshold_rejects_by_itself(setup, sitting_clips):
     import copy
 
     from toolkit.predictor import Predictor
-    from toolkit.video import predict_video
+    from toolkit.video.pipeline import predict_video
 
     cfg, predictor = setup
     head = copy.copy(predictor.head)

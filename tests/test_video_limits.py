@@ -14,7 +14,7 @@ import pytest
 
 from toolkit.errors import ConfigError
 from toolkit.serve.process import ServerProcess
-from toolkit.video import MAX_FPS, VideoCancelled, VideoLimits, VideoTooLargeError, iter_frames
+from toolkit.video.pipeline import MAX_FPS, VideoCancelled, VideoLimits, VideoTooLargeError, iter_frames
 
 from test_serve_http import write_config
 from test_video import write_plain_video

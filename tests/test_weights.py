@@ -20,10 +20,10 @@ from PIL import Image
 import open_clip
 from toolkit.config import ModelConfig, load_config
 from toolkit.errors import ModelError
-from toolkit.features import FeatureExtractor
+from toolkit.encoder.features import FeatureExtractor
 from toolkit.identity import ExtractorIdentity, file_sha256, model_overrides
-from toolkit.model_size import check_fits, estimate
-from toolkit.weights import official_openai
+from toolkit.models.model_size import check_fits, estimate
+from toolkit.models.weights import official_openai
 
 TINY_VIT = {
     "embed_dim": 16,

@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 from toolkit.config import ModelConfig, load_config  # noqa: E402
 from toolkit.errors import ModelError  # noqa: E402
-from toolkit.features import FeatureExtractor  # noqa: E402
+from toolkit.encoder.features import FeatureExtractor  # noqa: E402
 from toolkit.identity import file_sha256, model_overrides  # noqa: E402
 
 CONTEXT = 24

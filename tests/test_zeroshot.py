@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from toolkit.errors import ConfigError
-from toolkit.prompts import load_templates
-from toolkit.zeroshot import ZeroShotHead
+from toolkit.heads.prompts import load_templates
+from toolkit.heads.zeroshot import ZeroShotHead
 
 LABELS = ["a person standing", "a person repeating a squat", "a person repeating a jumping jack"]
 

@@ -12,13 +12,13 @@ _EXPORTS = {
     "Config": "config", "load_config": "config",
     "ToolkitError": "errors", "ConfigError": "errors", "ModelError": "errors", "InputError": "errors",
     "HeadError": "errors", "DataError": "errors", "TrackingError": "errors",
-    "FeatureExtractor": "features", "ExtractorIdentity": "identity", "load_extractor": "features",
-    "ZeroShotHead": "zeroshot",
-    "LinearProbe": "probe", "train_probe": "probe",
+    "FeatureExtractor": "encoder.features", "ExtractorIdentity": "identity", "load_extractor": "encoder.features",
+    "ZeroShotHead": "heads.zeroshot",
+    "LinearProbe": "heads.linear", "train_probe": "fitting.probe",
     "Predictor": "predictor", "build_predictor": "predictor", "load_head": "predictor",
-    "LabelledDataset": "data", "load_dataset": "data",
-    "FeatureStore": "store", "extract_store": "extraction",
-    "predict_video": "video",
+    "LabelledDataset": "data.datasets", "load_dataset": "data.datasets",
+    "FeatureStore": "data.store", "extract_store": "data.extraction",
+    "predict_video": "video.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

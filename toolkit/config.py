@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ConfigError
-from .labels import REPETITIVE, REST_FOR, REST_LABEL
+from toolkit.errors import ConfigError
+from toolkit.labels import REPETITIVE, REST_FOR, REST_LABEL
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -310,7 +310,7 @@ def adopt_model(cfg: Config, identity, owner: str) -> Config:
     and the head or store is then checked against it (and refused if it differs)."""
     if identity is None or model_was_given(cfg):
         return cfg
-    from .identity import model_overrides
+    from toolkit.identity import model_overrides
 
     for key, value in model_overrides(identity, owner=owner).items():
         setattr(cfg.model, key.split(".", 1)[1], value)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ModelError
+from toolkit.errors import ModelError
 
 # Where model_overrides writes a recorded model-config JSON whose file is gone or changed.
 DEFAULT_CONFIG_DIR = Path.home() / ".cache" / "clipkit" / "model-configs"
@@ -143,7 +143,7 @@ def _config_file(identity: ExtractorIdentity, config_dir: Optional[str | Path]) 
     text = json.dumps(content, indent=2, sort_keys=True)
     path = Path(config_dir or DEFAULT_CONFIG_DIR) / hashlib.sha256(text.encode()).hexdigest()[:16] / f"{identity.model}.json"
     if not path.is_file():
-        from .fsio import write_text
+        from toolkit.fsio import write_text
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, text)

@@ -2,7 +2,7 @@
 through `Predictor.proba`, and every image result document is built by `image_document`.
 
 Heads come from local folders only (`heads.load_head`); the edges (CLI commands, `create_app`) turn
-runs:/ and models:/ URIs into folders with toolkit.tracking before they get here. Nothing here imports
+runs:/ and models:/ URIs into folders with toolkit.tracking.adapter before they get here. Nothing here imports
 MLflow, Lightning or FastAPI.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .config import Config, adopt_model
-from .errors import ConfigError, DataError, HeadError
-from .heads import Head, load_head
-from .prompts import resolve_labels, resolve_templates, validate_labels
+from toolkit.config import Config, adopt_model
+from toolkit.errors import ConfigError, DataError, HeadError
+from toolkit.heads.base import Head, load_head
+from toolkit.heads.prompts import resolve_labels, resolve_templates, validate_labels
 
 
 def check_head_matches(head, identity) -> None:
@@ -68,7 +68,7 @@ class Predictor:
         if key in self._heads:
             self._heads.move_to_end(key)
             return self._heads[key]
-        from .zeroshot import ZeroShotHead
+        from toolkit.heads.zeroshot import ZeroShotHead
 
         head = ZeroShotHead.from_extractor(self.extractor, key, self.head.templates)
         self._heads[key] = head
@@ -207,11 +207,11 @@ def build_predictor(cfg: Config, head=None, extractor=None) -> Predictor:
     if head is None:
         labels, templates = resolve_labels(cfg.prompts), resolve_templates(cfg.prompts)
     if extractor is None:
-        from .features import FeatureExtractor
+        from toolkit.encoder.features import FeatureExtractor
 
         extractor = FeatureExtractor.from_config(cfg.model)
     if head is not None:
         return Predictor(extractor, head)
-    from .zeroshot import ZeroShotHead
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     return Predictor(extractor, ZeroShotHead.from_extractor(extractor, labels, templates))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ToolkitError
-from .common import interrupted_line, signals_as_interrupts
+from toolkit.errors import ToolkitError
+from toolkit.cli.common import interrupted_line, signals_as_interrupts
 
 OWN_SIGNALS = {"serve"}  # commands that handle SIGTERM / SIGINT themselves (uvicorn drains, then exits 0)
 
@@ -46,7 +46,7 @@ def main() -> None:
         ctx.with_resource(signals_as_interrupts())
 
 
-from . import demo, embed, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)
+from toolkit.cli import demo, embed, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)
 
 for _command in (
     predict.predict, predict.models,                  # zero-shot or probe prediction on images

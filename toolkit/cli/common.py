@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import click
 
-from ..config import Config, load_config
+from toolkit.config import Config, load_config
 
 
 def model_options(f: Callable) -> Callable:
@@ -78,11 +78,11 @@ def head_options(f: Callable) -> Callable:
 def local_head(spec: Optional[str], cfg: Config) -> Optional[str]:
     """The head as a local folder: runs:/ and models:/ URIs are downloaded from the config's tracking store
     (MLflow is imported only then)."""
-    from ..heads import is_mlflow_uri
+    from toolkit.heads.base import is_mlflow_uri
 
     if not spec or not is_mlflow_uri(spec):
         return spec
-    from .. import tracking
+    from toolkit.tracking import adapter as tracking
 
     return tracking.fetch_head(spec, cfg.tracking)
 

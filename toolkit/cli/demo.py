@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
+from toolkit.errors import ConfigError
 
 _SCHEDULE = "standing:1,squat:5x1.2,standing:1,jumping_jack:3x0.8,standing:1"
 
@@ -39,7 +39,7 @@ def demo_data(out, n_per_class, seed, suite, classes, style, split, size, overwr
     """
     from tqdm import tqdm
 
-    from ..demo.dataset import parse_classes, parse_split, write_imagefolder
+    from toolkit.demo.dataset import parse_classes, parse_split, write_imagefolder
 
     try:
         keys, fractions = parse_classes(classes or "default", suite), parse_split(split)
@@ -74,7 +74,7 @@ def demo_video(out, schedule, with_other, other_seconds, seed, size, fps, tempo_
 
     Frames of other activities are labelled with the activity ("a person walking") and have no reps.
     """
-    from ..demo.video import parse_schedule, with_other_activities, write_video
+    from toolkit.demo.video import parse_schedule, with_other_activities, write_video
 
     try:
         segments = with_other_activities(schedule, other_seconds) if with_other else parse_schedule(schedule)

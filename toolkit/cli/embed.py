@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from .common import build_config, extraction_options, model_options, show_progress
+from toolkit.cli.common import build_config, extraction_options, model_options, show_progress
 
 
 @click.command()
@@ -30,10 +30,10 @@ def embed(paths: tuple[str, ...], out: str, config_path: Optional[str], progress
       clipkit embed 'shots/**/*.jpg' --model ViT-B-32 --pretrained openai --out emb/shots --devices 2
       python -c "import numpy as np; print(np.load('out/photos-emb/features.npy', mmap_mode='r').shape)"
     """
-    from ..data import unlabelled_dataset
-    from ..features import FeatureExtractor
-    from ..inputs import expand_inputs, skipped_note
-    from ..extraction import extract_store
+    from toolkit.data.datasets import unlabelled_dataset
+    from toolkit.encoder.features import FeatureExtractor
+    from toolkit.encoder.inputs import expand_inputs, skipped_note
+    from toolkit.data.extraction import extract_store
 
     cfg = build_config(config_path, **flags)
     found = expand_inputs(paths)
@@ -44,7 +44,7 @@ def embed(paths: tuple[str, ...], out: str, config_path: Optional[str], progress
     extractor = FeatureExtractor.from_config(cfg.model)
     show = show_progress(progress)
     if devices > 1 or num_nodes > 1:
-        from ..extraction import extract_distributed
+        from toolkit.data.extraction import extract_distributed
 
         store = extract_distributed(extractor, dataset, out, devices, num_nodes, strategy, progress=show)
         if store is None:  # not global rank 0: that one reports

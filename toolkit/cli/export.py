@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from .common import build_config, model_options
+from toolkit.cli.common import build_config, model_options
 
 
 @click.command("export-onnx")
@@ -29,9 +29,9 @@ def export_onnx(config_path: Optional[str], out: str, opset: int, check: bool, t
       clipkit export-onnx --config configs/demo.yaml --out out/demo-image.onnx
       clipkit export-onnx --model ViT-B-32 --pretrained none --out out/vit-b-32.onnx
     """
-    from ..errors import ModelError
-    from ..features import FeatureExtractor
-    from ..onnx_export import OnnxImageEncoder, export_image_encoder, parity
+    from toolkit.errors import ModelError
+    from toolkit.encoder.features import FeatureExtractor
+    from toolkit.encoder.onnx import OnnxImageEncoder, export_image_encoder, parity
 
     flags["precision"] = "fp32"
     cfg = build_config(config_path, **flags)

@@ -9,8 +9,8 @@ from typing import Any, Iterable, Iterator, Optional
 
 import click
 
-from ..errors import ConfigError
-from .common import build_config, head_options, local_head, model_options, prompt_options, show_progress
+from toolkit.errors import ConfigError
+from toolkit.cli.common import build_config, head_options, local_head, model_options, prompt_options, show_progress
 
 
 UNKNOWN_LABEL = "none of these"
@@ -122,8 +122,8 @@ def predict(paths: tuple[str, ...], store_path: Optional[str], config_path: Opti
     images whose best calibrated probability is below it: JSON label null and rejected true (scores kept),
     the table shows --unknown-label, CSV an empty label. --reject-below overrides it for this run.
     """
-    from ..inputs import expand_inputs, skipped_note
-    from ..predictor import build_predictor, image_document
+    from toolkit.encoder.inputs import expand_inputs, skipped_note
+    from toolkit.predictor import build_predictor, image_document
 
     cfg = build_config(config_path, **flags)
     if bool(paths) == bool(store_path):
@@ -156,7 +156,7 @@ def models(pretrained_only: bool, pattern: Optional[str]) -> None:
     Pass one as `--model ARCH --pretrained TAG`. Any architecture also works from a model-config
     JSON (`--model my_model.json`) and `hf-hub:org/repo` names load from the Hugging Face hub.
     """
-    from ..weights import list_models, list_pretrained
+    from toolkit.models.weights import list_models, list_pretrained
 
     tags: dict[str, list[str]] = {}
     for arch, tag in list_pretrained():
@@ -172,10 +172,10 @@ def models(pretrained_only: bool, pattern: Optional[str]) -> None:
 def _predict_store(store_path: str, cfg, head: Optional[str], top_k: int, fmt: str, reject_below: Optional[float],
                    unknown_label: str) -> None:
     """`clipkit predict --store`: the store's rows classified chunk by chunk and printed as they come."""
-    from ..config import adopt_model
-    from ..heads import load_head
-    from ..predictor import build_predictor, image_document, predict_store
-    from ..store import FeatureStore
+    from toolkit.config import adopt_model
+    from toolkit.heads.base import load_head
+    from toolkit.predictor import build_predictor, image_document, predict_store
+    from toolkit.data.store import FeatureStore
 
     store = FeatureStore.open(store_path)
     store.check_rows()  # finite, unit-norm rows: a damaged store fails here, in one line

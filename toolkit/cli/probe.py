@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 import click
 
-from ..config import adopt_model
-from ..errors import ConfigError, DataError
-from .common import build_config, extraction_options, model_options, prompt_options, show_progress
+from toolkit.config import adopt_model
+from toolkit.errors import ConfigError, DataError
+from toolkit.cli.common import build_config, extraction_options, model_options, prompt_options, show_progress
 
 
 def _split_options(f):
@@ -58,7 +58,7 @@ def _probe_overrides(flags: dict[str, Any], **more: Any) -> dict[str, Any]:
 
 
 def _load_extractor(cfg):
-    from ..features import FeatureExtractor
+    from toolkit.encoder.features import FeatureExtractor
 
     return FeatureExtractor.from_config(cfg.model)
 
@@ -98,13 +98,13 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
       clipkit extract labels.csv --model ViT-B-32 --pretrained openai --out features/mine
       clipkit extract out/demo --config configs/demo.yaml --out out/f --devices 2   # 2 processes (DDP)
     """
-    from ..data import load_dataset
-    from ..extraction import extract_store
+    from toolkit.data.datasets import load_dataset
+    from toolkit.data.extraction import extract_store
 
     cfg = build_config(config_path, **_probe_overrides(flags), **flags)
     dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
     if devices > 1 or num_nodes > 1:  # one process per device, each writing its batches' rows of the store
-        from ..extraction import extract_distributed
+        from toolkit.data.extraction import extract_distributed
 
         store = extract_distributed(_load_extractor(cfg), dataset, out, devices, num_nodes, strategy,
                                     progress=show_progress(progress))
@@ -119,7 +119,7 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
 
 def default_store_dir(data: str, identity) -> Path:
     """Where train-probe caches a dataset's features: one folder per (dataset path, extractor)."""
-    from ..data import dataset_name
+    from toolkit.data.datasets import dataset_name
 
     key = json.dumps([str(Path(data).resolve()), identity.features_key()], sort_keys=True)
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipkit" / "stores"
@@ -134,8 +134,8 @@ def _check_store_model(store, extractor) -> None:
 
 
 def _zeroshot_head(cfg, extractor, classes: list[str], labels_given: bool):
-    from ..prompts import resolve_labels, resolve_templates
-    from ..zeroshot import ZeroShotHead
+    from toolkit.heads.prompts import resolve_labels, resolve_templates
+    from toolkit.heads.zeroshot import ZeroShotHead
 
     if labels_given and sorted(resolve_labels(cfg.prompts)) != sorted(classes):
         raise ConfigError(f"--label/--labels {resolve_labels(cfg.prompts)} differ from the dataset's classes "
@@ -165,7 +165,7 @@ def _summary(result, store, out: Path) -> str:
                          f"{_fmt(part['macro_f1']):>9}")
     if m.get("gain_over_zeroshot") is not None:
         lines.append(f"gain            {m['gain_over_zeroshot']:+.1f} accuracy points over zero-shot")
-    from ..calibration import summary_lines
+    from toolkit.heads.calibration import summary_lines
 
     cal = m.get("calibration") or {}
     lines += summary_lines({"zero-shot": cal.get("zeroshot"), "probe": cal.get("probe")})
@@ -192,9 +192,9 @@ def _chosen(p: dict[str, Any]) -> str:
 
 def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
     """(store, extractor, dataset name): open DATA as a store, or load it as a dataset and extract it."""
-    from ..data import dataset_name, load_dataset
-    from ..store import FeatureStore
-    from ..extraction import extract_store
+    from toolkit.data.datasets import dataset_name, load_dataset
+    from toolkit.data.store import FeatureStore
+    from toolkit.data.extraction import extract_store
 
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)
@@ -290,8 +290,9 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
       clipkit train-probe out/demo --config configs/demo.yaml --out out/head-auto --method auto --fewshot 4
       clipkit train-probe labels.csv --model ViT-B-32 --pretrained openai --out heads/mine --no-track
     """
-    from .. import run_records, tracking
-    from ..probe import train_probe as fit
+    from toolkit.tracking import records as run_records
+    from toolkit.tracking import adapter as tracking
+    from toolkit.fitting.probe import train_probe as fit
 
     labels_given = bool(flags.get("labels") or flags.get("labels_file"))
     overrides = _probe_overrides(flags, method=method, finetune=finetune, init=init, fewshot=fewshot,

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from .common import build_config, head_options, model_options, prompt_options
+from toolkit.cli.common import build_config, head_options, model_options, prompt_options
 
 
 def is_loopback(host: str) -> bool:
@@ -23,7 +23,7 @@ def resolve_api_key(api_key: Optional[str], api_key_file: Optional[str]) -> Opti
     line, where `ps` shows it to every user of the machine)."""
     from click.core import ParameterSource
 
-    from ..errors import ConfigError
+    from toolkit.errors import ConfigError
 
     on_command_line = click.get_current_context().get_parameter_source("api_key") is ParameterSource.COMMANDLINE
     if api_key_file is None:
@@ -91,9 +91,9 @@ def serve(config_path: Optional[str], mode: Optional[str], head: Optional[str], 
     API docs at /docs. Limits (upload bytes, pixels, files, labels) live in the config's serve: section.
     SIGTERM: /readyz turns 503, requests in flight finish, then the process exits 0.
     """
-    from ..serve.server import run_server
+    from toolkit.serve.server import run_server
 
-    from ..predictor import serving_head
+    from toolkit.predictor import serving_head
 
     cfg = build_config(config_path, **flags, **{ "serve.host": host, "serve.port": port,
         "serve.api_key": resolve_api_key(api_key, api_key_file),
@@ -103,7 +103,7 @@ def serve(config_path: Optional[str], mode: Optional[str], head: Optional[str], 
     served = serving_head(cfg, head, mode)
     cfg.serve.mode, cfg.serve.head = ("probe", served) if served else ("zeroshot", None)
     if served is None:  # fail in milliseconds on bad labels or templates, not after the model load
-        from ..prompts import resolve_labels, resolve_templates
+        from toolkit.heads.prompts import resolve_labels, resolve_templates
 
         resolve_labels(cfg.prompts)
         resolve_templates(cfg.prompts)

@@ -8,10 +8,10 @@ from typing import Any, Callable, Optional
 
 import click
 
-from ..prompt_eval import SPLIT_CHOICES
-from .common import build_config, model_options, show_progress
-from .probe import _probe_overrides as probe_overrides, _split_options as split_options  # same split flags
-from .probe import apply_rejection, rejection_options
+from toolkit.fitting.prompt_eval import SPLIT_CHOICES
+from toolkit.cli.common import build_config, model_options, show_progress
+from toolkit.cli.probe import _probe_overrides as probe_overrides, _split_options as split_options  # same split flags
+from toolkit.cli.probe import apply_rejection, rejection_options
 
 def tracking_options(f: Callable) -> Callable:
     """--experiment, --tracking-uri, --no-track (fill cfg.tracking through `tracking_overrides`)."""
@@ -31,8 +31,8 @@ def tracking_overrides(experiment: Optional[str], tracking_uri: Optional[str], n
 
 def _open_data(data: str, cfg):
     """(dataset or None, store or None, classes, dataset name): DATA is an image folder, a CSV or a store."""
-    from ..data import dataset_name, load_dataset
-    from ..store import FeatureStore
+    from toolkit.data.datasets import dataset_name, load_dataset
+    from toolkit.data.store import FeatureStore
 
     if FeatureStore.is_store(data):
         store = FeatureStore.open(data)
@@ -118,9 +118,10 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
       clipkit eval-prompts out/demo --config configs/demo.yaml --target-precision 0.9 --save-head out/zs-head
       clipkit compare          # then rank them against trained probes
     """
-    from .. import run_records, tracking
-    from ..metrics import headline
-    from ..prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
+    from toolkit.tracking import records as run_records
+    from toolkit.tracking import adapter as tracking
+    from toolkit.evaluation.metrics import headline
+    from toolkit.fitting.prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
 
     overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track)}
     cfg = build_config(config_path, **overrides, **flags)
@@ -164,10 +165,10 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
 
 def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress: Optional[bool]):
     """Load the extractor and the dataset's feature store (extracting what is missing)."""
-    from ..config import adopt_model
-    from ..errors import DataError
-    from ..features import FeatureExtractor
-    from ..extraction import extract_store
+    from toolkit.config import adopt_model
+    from toolkit.errors import DataError
+    from toolkit.encoder.features import FeatureExtractor
+    from toolkit.data.extraction import extract_store
 
     if store is not None:  # a store remembers its model: built when none was given
         cfg = adopt_model(cfg, store.identity, f"store '{store.path}'")
@@ -178,7 +179,7 @@ def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress
             raise DataError(f"feature store '{store.path}' holds features of {store.identity.label}, not of "
                             f"{extractor.identity.label} ({reason}); pass the store's --model/--pretrained")
         return extractor, store
-    from .probe import default_store_dir  # the same cache train-probe uses, so images are encoded once
+    from toolkit.cli.probe import default_store_dir  # the same cache train-probe uses, so images are encoded once
 
     out = Path(store_path) if store_path else default_store_dir(data, extractor.identity)
     store = extract_store(extractor, dataset, out, progress=show_progress(progress))
@@ -215,8 +216,8 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
       clipkit compare --experiment clipkit-demo --metric macro_f1 --format json
       clipkit compare --tracking-uri http://127.0.0.1:5000 --plot compare.png
     """
-    from .. import tracking
-    from ..compare_runs import finished_runs, rank, render_json, render_table, write_charts
+    from toolkit.tracking import adapter as tracking
+    from toolkit.evaluation.compare import finished_runs, rank, render_json, render_table, write_charts
 
     cfg = build_config(config_path, **{"tracking.uri": tracking_uri, "tracking.enabled": True})
     tracking.check_tracking(cfg.tracking, write=False)  # ranking only reads: a read-only database will do

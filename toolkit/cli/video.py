@@ -8,9 +8,9 @@ from typing import Any, Optional
 
 import click
 
-from ..errors import ConfigError
-from ..video import MAX_FPS
-from .common import build_config, head_options, local_head, model_options, prompt_options, show_progress
+from toolkit.errors import ConfigError
+from toolkit.video.pipeline import MAX_FPS
+from toolkit.cli.common import build_config, head_options, local_head, model_options, prompt_options, show_progress
 
 
 def parse_repetitive(items: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -63,7 +63,7 @@ def render_csv(doc: dict[str, Any]) -> str:
     """One row per sampled frame: index, time_s, label (empty when rejected, as in `clipkit predict`), score,
     rejected (true/false), confidence, raw_label, segment (its number in the JSON 'segments'), reps (count of the current
     label's reps so far), then raw and smoothed score columns."""
-    from ..overlay import running_reps
+    from toolkit.video.overlay import running_reps
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -80,7 +80,7 @@ def render_csv(doc: dict[str, Any]) -> str:
 
 
 def write_plot(doc: dict[str, Any], path: str) -> None:
-    from ..plots import timeseries_png
+    from toolkit.evaluation.plots import timeseries_png
 
     times = [f["time_s"] for f in doc["frames"]]
     series = {lb: [f["smoothed"][lb] for f in doc["frames"]] for lb in doc["labels"]}
@@ -163,9 +163,9 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     over --window: a frame between two poses, or one confused frame, in a set stays accepted.
     JSON has every frame (raw and smoothed scores), the segments and the reps; CSV has the frames.
     """
-    from ..predictor import build_predictor
-    from ..overlay import annotate_video
-    from ..video import predict_video as run, probe_video
+    from toolkit.predictor import build_predictor
+    from toolkit.video.overlay import annotate_video
+    from toolkit.video.pipeline import predict_video as run, probe_video
 
     if flags.get("fps") is not None and flags.get("stride") is not None:
         raise ConfigError("give --fps or --stride, not both")

@@ -152,7 +152,7 @@ class GroundTruth:
 
     def reps_by_label(self) -> dict[str, int]:
         """True rep count per label text for every label in the video (0 for holds and other
-        activities), keyed like the ``reps`` of ``toolkit.video.predict_video``."""
+        activities), keyed like the ``reps`` of ``toolkit.video.pipeline.predict_video``."""
         counts: dict[str, int] = {}
         for seg in self.segments:
             counts[seg["label"]] = counts.get(seg["label"], 0) + seg["reps"]

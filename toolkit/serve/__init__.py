@@ -1,4 +1,4 @@
 """The HTTP service: `create_app(cfg, head=None)`. The only package that imports fastapi/starlette/uvicorn."""
-from .app import create_app
+from toolkit.serve.app import create_app
 
 __all__ = ["create_app"]

@@ -17,15 +17,15 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..config import Config
-from ..errors import ModelError, ToolkitError
-from .batcher import MicroBatcher
-from .deps import require_api_key
-from .errors import ApiError, error_body, status_code_name, toolkit_error_parts
-from .metrics import Metrics
-from .middleware import RequestGuard
-from .routes_page import STATIC_DIR
-from .state import ServiceState
+from toolkit.config import Config
+from toolkit.errors import ModelError, ToolkitError
+from toolkit.serve.batcher import MicroBatcher
+from toolkit.serve.deps import require_api_key
+from toolkit.serve.errors import ApiError, error_body, status_code_name, toolkit_error_parts
+from toolkit.serve.metrics import Metrics
+from toolkit.serve.middleware import RequestGuard
+from toolkit.serve.routes_page import STATIC_DIR
+from toolkit.serve.state import ServiceState
 
 log = logging.getLogger("clipkit.serve")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("clipkit.serve")
 def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
     """The service for a config. `head` (a folder, runs:/ or models:/ URI, the latter read from the config's
     tracking store) serves a probe; else serve.mode/serve.head decide (see predictor.serving_head)."""
-    from ..predictor import serving_head
+    from toolkit.predictor import serving_head
 
     head = serving_head(cfg, head)
     state, metrics = ServiceState(settings=cfg.serve.model_copy()), Metrics()
@@ -60,7 +60,7 @@ def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, state=state, metrics=metrics)
 
-    from . import routes_health, routes_page, routes_predict, routes_video
+    from toolkit.serve import routes_health, routes_page, routes_predict, routes_video
 
     api_key = [Depends(require_api_key)]
     app.include_router(routes_health.router)
@@ -100,11 +100,11 @@ def _build(cfg: Config, head: Optional[str]):
     """Worker thread: the predictor, plus one warm-up forward pass so the first request is not the slow one."""
     from PIL import Image
 
-    from ..heads import is_mlflow_uri
-    from ..predictor import build_predictor
+    from toolkit.heads.base import is_mlflow_uri
+    from toolkit.predictor import build_predictor
 
     if head and is_mlflow_uri(head):  # the edge: MLflow is imported only for these URIs
-        from ..tracking import fetch_head
+        from toolkit.tracking.adapter import fetch_head
 
         head = fetch_head(head, cfg.tracking)
     predictor = build_predictor(cfg, head=head)

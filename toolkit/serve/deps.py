@@ -23,11 +23,11 @@ from typing import Annotated, Awaitable, Iterator, Optional, Sequence, TypeVar
 from fastapi import Depends, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 
-from ..config import ServeConfig
-from .batcher import Cancelled, QueueFull
-from .errors import ApiError, overloaded
-from .images import check_size, display_name
-from .state import ServiceState
+from toolkit.config import ServeConfig
+from toolkit.serve.batcher import Cancelled, QueueFull
+from toolkit.serve.errors import ApiError, overloaded
+from toolkit.serve.images import check_size, display_name
+from toolkit.serve.state import ServiceState
 
 T = TypeVar("T")
 

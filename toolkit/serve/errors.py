@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from starlette.exceptions import HTTPException
 
-from ..errors import ConfigError, HeadError, InputError, ModelError, ToolkitError, TrackingError
+from toolkit.errors import ConfigError, HeadError, InputError, ModelError, ToolkitError, TrackingError
 
 # ToolkitError subclasses -> the `code` field (the status comes from the class's `http_status`).
 _TOOLKIT_CODES = {ConfigError: "invalid_request", InputError: "invalid_input", ModelError: "model_error",

@@ -12,8 +12,8 @@ from typing import Optional
 
 from PIL import Image
 
-from ..images import container_format, decode_opened, register_plugins
-from .errors import ApiError
+from toolkit.encoder.images import container_format, decode_opened, register_plugins
+from toolkit.serve.errors import ApiError
 
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, GIF, HEIC/HEIF or AVIF"
 _DECODER_HINT = {"HEIF": "pillow-heif is not installed on the server",

@@ -21,11 +21,11 @@ from typing import Callable, Optional
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..config import ServeConfig
-from .deps import api_key_error, request_cancel_bound
-from .errors import ApiError, error_body
-from .metrics import Metrics
-from .state import ServiceState
+from toolkit.config import ServeConfig
+from toolkit.serve.deps import api_key_error, request_cancel_bound
+from toolkit.serve.errors import ApiError, error_body
+from toolkit.serve.metrics import Metrics
+from toolkit.serve.state import ServiceState
 
 
 async def send_error(send: Send, err: ApiError) -> None:

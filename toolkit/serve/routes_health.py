@@ -5,9 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from .deps import get_state
-from .schemas import ERROR_RESPONSES, Health
-from .state import ServiceState
+from toolkit.serve.deps import get_state
+from toolkit.serve.schemas import ERROR_RESPONSES, Health
+from toolkit.serve.state import ServiceState
 
 router = APIRouter(tags=["operations"])
 

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Callable, Optional
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 
-from ..predictor import image_document
-from .batcher import Cancelled
-from .deps import SettingsDep, StateDep, parse_labels, read_uploads, request_cancel, with_deadline
-from .images import decode_image
-from .schemas import ERROR_RESPONSES, EmbedResponse, InfoResponse, PredictResponse
-from .state import ServiceState
+from toolkit.predictor import image_document
+from toolkit.serve.batcher import Cancelled
+from toolkit.serve.deps import SettingsDep, StateDep, parse_labels, read_uploads, request_cancel, with_deadline
+from toolkit.serve.images import decode_image
+from toolkit.serve.schemas import ERROR_RESPONSES, EmbedResponse, InfoResponse, PredictResponse
+from toolkit.serve.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 

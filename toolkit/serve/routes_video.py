@@ -19,13 +19,13 @@ from typing import Annotated, Any, Optional
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from ..config import ServeConfig, VideoConfig
-from ..errors import ConfigError, InputError
-from ..video import MAX_FPS, VideoLimits
-from .deps import SettingsDep, StateDep, parse_labels, with_deadline
-from .errors import ApiError
-from .images import display_name
-from .schemas import ERROR_RESPONSES
+from toolkit.config import ServeConfig, VideoConfig
+from toolkit.errors import ConfigError, InputError
+from toolkit.video.pipeline import MAX_FPS, VideoLimits
+from toolkit.serve.deps import SettingsDep, StateDep, parse_labels, with_deadline
+from toolkit.serve.errors import ApiError
+from toolkit.serve.images import display_name
+from toolkit.serve.schemas import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["video"])
 
@@ -72,7 +72,7 @@ def video_config(request: Request, **given: Any) -> VideoConfig:
         data["fps"] = None  # stride replaces the default fps sampling
     try:
         vcfg = VideoConfig.model_validate(data)
-        from ..video import check_video_config
+        from toolkit.video.pipeline import check_video_config
 
         check_video_config(vcfg)
     except ConfigError as e:
@@ -100,7 +100,7 @@ async def run_pipeline(path: Path, vcfg: VideoConfig, labels: Optional[list[str]
     """video.predict_video (the CLI's pipeline) in a worker thread, encoding through the micro-batcher so a
     long video shares the model with image requests. Leaving early (deadline, client gone) sets `cancel`,
     which stops the decoding loop at its next frame."""
-    from ..video import predict_video as pipeline
+    from toolkit.video.pipeline import predict_video as pipeline
 
     loop, cancel = asyncio.get_running_loop(), threading.Event()
 
@@ -147,7 +147,7 @@ async def predict_video(
     scores and label, the segments, and the repetition counts; frames rejected as "none of these" (the head's
     threshold or `reject_below`) have label null and rejected true. 413 past serve.max_video_bytes, 422 past
     serve.max_video_seconds or serve.max_video_frames, 400 for a file that isn't a decodable video."""
-    from ..video import VideoLimitError, VideoTooLargeError
+    from toolkit.video.pipeline import VideoLimitError, VideoTooLargeError
 
     vcfg = video_config(request, fps=fps, stride=stride, window=window,
                         reject_below=_alias(reject_below, min_confidence, "reject_below", "min_confidence"),

@@ -28,10 +28,10 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..config import Config
-from .app import create_app
-from .errors import error_body
-from .state import ServiceState
+from toolkit.config import Config
+from toolkit.serve.app import create_app
+from toolkit.serve.errors import error_body
+from toolkit.serve.state import ServiceState
 
 log = logging.getLogger("clipkit.serve")
 

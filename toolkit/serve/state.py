@@ -5,9 +5,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import ServeConfig
-from ..errors import ToolkitError
-from .errors import ApiError
+from toolkit.config import ServeConfig
+from toolkit.errors import ToolkitError
+from toolkit.serve.errors import ApiError
 
 
 @dataclass(eq=False)

@@ -1,0 +1,244 @@
+"""Extraction into feature stores (store.py is the format): one writer at a time (OUT/.lock), reuse of a complete
+store of the same files by the same model (`fingerprint`), resume of an interrupted one, `extract_store` in one
+process, and `extract_distributed` for `clipkit extract|embed --devices N --num-nodes M`.
+
+The store's batches are sharded over processes (trainer.run_sharded: Lightning DDP, gloo on CPU, NCCL on
+GPUs); each rank writes its own rows of the one feature store (StoreWriter with a per-rank progress file) and
+rank 0 finalizes it. Batch b goes to rank b % world_size, so every rank encodes exactly the batches a single
+process would: the store comes out the same. Lightning itself is imported only by trainer.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from toolkit.data.datasets import LabelledDataset
+from toolkit.errors import DataError
+from toolkit.encoder.features import collate_images, quiet_worker
+from toolkit.data.store import LOCK, META, FeatureStore, StoreWriter, relabel
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+def _lock_holder(lock: Path) -> Optional[str]:
+    """Who holds `lock` ("PID" or "PID on HOST"), or None when it is stale: its process is gone (or it is
+    this process's own pid, left by an earlier process with the same pid, as in a restarted container)."""
+    try:
+        text = lock.read_text(encoding="utf-8").split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return None
+    if len(text) < 2 or not text[0].isdigit():  # torn: its writer died at once, or is writing it right now
+        return "unknown" if age < 10 else None
+    pid, host = int(text[0]), text[1]
+    if host != socket.gethostname():  # another machine's process (shared disk): can't be checked from here
+        return f"{pid} on {host}"
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(pid)
+
+
+@contextlib.contextmanager
+def writing(out: str | Path) -> Iterator[None]:
+    """Hold OUT/.lock while the block writes the store at `out`. A lock of a live process raises DataError;
+    a stale one (its process is gone, e.g. killed with -9) is taken over."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise DataError(f"store '{out}' is being written by process {holder}; wait for it or remove "
+                                f"{lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        break
+    else:
+        raise DataError(f"store '{out}' is being written by another process; wait for it or remove {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def fingerprint(dataset: LabelledDataset, identity) -> str:
+    """sha256 over the files' (path, size, mtime) in dataset order and the extractor's identity."""
+    h = hashlib.sha256(json.dumps(identity.features_key(), sort_keys=True).encode())
+    for p in dataset.paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # a dangling link or a file gone since listing: its row becomes an error entry
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- reuse, plan, fill
+
+def _reusable(out: Path, fp: str, dataset: LabelledDataset) -> tuple[Optional[FeatureStore], Optional[str]]:
+    """(the complete store at `out` if it holds these files by this extractor, undamaged; else why not, when
+    there is one that can't be reused)."""
+    if not (out / META).is_file():
+        return None, None
+    try:
+        store = FeatureStore.open(out)
+    except DataError as e:
+        return None, f"the store there was damaged ({e.message.split(': ', 1)[-1][:120]})"
+    if store.meta.get("fingerprint") != fp:
+        return None, None
+    mismatch = store.checksum_mismatch()
+    if mismatch:
+        return None, f"the store there was damaged ({mismatch})"
+    return relabel(store, dataset), None
+
+
+def reuse_or_plan(extractor, dataset: LabelledDataset, out: str | Path,
+                  batch_size: Optional[int] = None) -> "FeatureStore | StoreWriter":
+    """The complete store of the same files by the same extractor at `out` (marked `reused`), or else a
+    StoreWriter for it: created, or resumed from an interrupted extraction with the same plan. A store whose
+    features.npy no longer matches its checksum is extracted again (the writer's `note` says so)."""
+    out = Path(out)
+    fp = fingerprint(dataset, extractor.identity)
+    store, why_not = _reusable(out, fp, dataset)
+    if store is not None:
+        store.reused = True
+        return store
+    writer = StoreWriter.create_or_resume(out, dataset, extractor.identity, fp,
+                                          batch_size or extractor.cfg.batch_size)
+    writer.note = f"extracted again: {why_not}" if why_not else None
+    return writer
+
+
+def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_size: Optional[int] = None,
+                  progress: bool = False, num_workers: Optional[int] = None) -> FeatureStore:
+    """Encode every image of `dataset` into a store at `out`; reuse or resume an existing one when possible.
+
+    Memory stays flat: each batch goes straight into a memory-mapped file. Unreadable images are skipped
+    and listed in meta.json. A complete store of the same files by the same extractor is returned as is.
+    """
+    with writing(out):
+        writer = reuse_or_plan(extractor, dataset, out, batch_size)
+        if isinstance(writer, FeatureStore):
+            return writer
+        try:
+            _fill(writer, extractor, dataset, progress, num_workers)
+            store = writer.finalize(dataset)
+        except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the finished batches stay, meta.json is not written
+            e.__notes__ = [*getattr(e, "__notes__", ()), f"store '{out}' is unfinished: run the same command "
+                           "again to resume it"]
+            raise
+    store.note = writer.note
+    return store
+
+
+def _fill(writer: StoreWriter, extractor, dataset: LabelledDataset, progress: bool,
+          num_workers: Optional[int]) -> None:
+    """Encode the writer's pending batches of `dataset` into its store, one batch at a time."""
+    from tqdm import tqdm
+
+    pending = writer.pending_batches()
+    rows = np.concatenate([writer.batch_rows(b) for b in pending]) if pending else np.zeros(0, np.int64)
+    paths = [dataset.paths[i] for i in rows]
+    with tqdm(total=len(dataset), initial=len(dataset) - len(rows), unit="img", desc="extracting",
+              disable=not progress, leave=False) as bar:
+        # pending batches are full except possibly the dataset's last, so the loader's batches line up with them
+        batches = extractor.iter_path_batches(paths, writer.batch_size, num_workers)
+        for batch, (idx, feats, errors) in zip(pending, batches):
+            if len(idx) + len(errors) != len(writer.batch_rows(batch)):
+                raise RuntimeError(f"extractor batch of {len(idx) + len(errors)} rows for store batch {batch}")
+            writer.write(batch, rows[np.asarray(idx, dtype=np.int64)], feats,
+                         {int(rows[i]): e for i, e in errors.items()})
+            bar.update(len(idx) + len(errors))
+
+
+# ---------------------------------------------------------------- over several processes
+
+class _StoreBatches(Dataset):
+    """Item k: store batch `batches[k]` decoded and preprocessed: (batch, [rows ok], tensor or None, {row: error})."""
+
+    def __init__(self, extractor: Any, paths: list[str], writer: StoreWriter, batches: list[int]):
+        self.images, self.writer, self.batches = extractor.path_dataset(paths), writer, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        b = self.batches[k]
+        rows, tensor, errors = collate_images([self.images[int(r)] for r in self.writer.batch_rows(b)])
+        return b, rows, tensor, errors
+
+
+class StoreExtraction:
+    """A job for trainer.run_sharded: each rank encodes its share of the store's pending batches."""
+
+    def __init__(self, extractor: Any, paths: list[str], store_dir: str, num_workers: int = -1):
+        self.extractor, self.model = extractor, extractor.model
+        self.paths, self.store_dir, self.num_workers = paths, store_dir, num_workers
+        self.writer: Optional[StoreWriter] = None
+
+    def loader(self, rank: int, world: int, local: int, device: torch.device) -> DataLoader:
+        self.writer = StoreWriter(self.store_dir, writer=f"rank{rank}")
+        cores = os.cpu_count() or 1
+        if device.type == "cpu":  # processes share the cores: one rank must not take them all
+            torch.set_num_threads(max(1, cores // local))
+        workers = self.num_workers if self.num_workers >= 0 else min(4, max(0, cores // local - 1))
+        ds = _StoreBatches(self.extractor, self.paths, self.writer, self.writer.pending_batches(rank, world))
+        return DataLoader(ds, batch_size=None, num_workers=workers, worker_init_fn=quiet_worker)
+
+    def start(self, device: torch.device) -> None:
+        self.extractor.device = device
+
+    def step(self, batch) -> None:
+        b, rows, tensor, errors = batch
+        feats = self.extractor.encode_batch(tensor) if tensor is not None else \
+            np.zeros((0, self.extractor.embed_dim), np.float32)
+        self.writer.write(b, np.asarray(rows, dtype=np.int64), feats, errors)
+
+
+def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1, num_nodes: int = 1,
+                        strategy: str = "ddp", progress: bool = False, num_workers: Optional[int] = None):
+    """Extract `dataset` into the store `out` over devices x num_nodes processes.
+
+    Returns the complete FeatureStore on global rank 0 and None on the other ranks. With the "ddp" strategy
+    each extra local process re-runs the calling command and arrives here too: the store's plan (created or
+    resumed by the first process) is what they share, so nodes need one shared filesystem path for `out`.
+    A complete store of the same files by the same extractor is reused as is.
+    """
+    from toolkit.fitting.trainer import run_sharded
+
+    # the launching process (no LOCAL_RANK / NODE_RANK yet) holds the store's lock for the whole job; the ranks
+    # it starts share its plan and write disjoint batches
+    launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    with writing(out) if launcher else contextlib.nullcontext():
+        writer = reuse_or_plan(extractor, dataset, out)
+        if isinstance(writer, FeatureStore):
+            return writer
+        workers = extractor.cfg.num_workers if num_workers is None else num_workers
+        job = StoreExtraction(extractor, list(dataset.paths), str(out), workers)
+        accelerator = "gpu" if extractor.device.type == "cuda" else "cpu"
+        rank, world = run_sharded(job, accelerator, devices, num_nodes, strategy, progress)
+        if rank != 0:
+            return None
+        return writer.finalize(dataset, {"extraction": {"devices": devices, "num_nodes": num_nodes,
+                                                        "strategy": strategy, "world_size": world}})

@@ -1,0 +1,4 @@
+"""Metrics, reports and plots (the only matplotlib user).
+
+Imports: config, errors, fsio.
+"""
