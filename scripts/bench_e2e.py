@@ -74,7 +74,64 @@ def demo_extractor():
     return FeatureExtractor.from_config(ModelConfig(name=str(cfg), pretrained=str(ckpt), device="cpu"))
 
 
+NAIVE = """
+import sys, numpy as np, torch, open_clip
+from PIL import Image
+weights, listing, out = sys.argv[1:4]
+model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=weights)
+model.eval()
+feats = []
+with torch.no_grad():
+    for path in open(listing).read().split("\\n"):
+        f = model.encode_image(preprocess(Image.open(path).convert("RGB")).unsqueeze(0))
+        feats.append(torch.nn.functional.normalize(f, dim=-1)[0].numpy())
+np.save(out, np.stack(feats))
+"""
+
+
+def run_whole_process(n_images: int, rounds: int, out) -> None:
+    """`clipkit extract` on n JPEGs as a user runs it (a fresh process, ViT-B-32 from a real-layout HF cache,
+    default settings) against a fresh process running the naive loop (open_clip, one image at a time, fp32):
+    wall time of each whole process, alternating, `rounds` each."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from bench_startup import make_vit_cache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for label in ("a", "b"):
+            (tmp / "data" / label).mkdir(parents=True)
+        paths = make_jpegs(tmp / "data" / "a", n_images // 2) + make_jpegs(tmp / "data" / "b", n_images - n_images // 2, 1)
+        config = make_vit_cache(tmp)
+        weights = next((tmp / "hf-cache").rglob("open_clip_model.safetensors"))
+        (tmp / "paths.txt").write_text("\n".join(paths))
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg"), "HF_HUB_OFFLINE": "1"}
+        clipkit = str(Path(sys.executable).parent / "clipkit")
+        sides = {"naive": lambda i: [sys.executable, "-c", NAIVE, str(weights), str(tmp / "paths.txt"), str(tmp / f"n{i}.npy")],
+                 "clipkit extract": lambda i: [clipkit, "extract", str(tmp / "data"), "--config", str(config),
+                                               "--out", str(tmp / f"store{i}"), "--no-progress"]}
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        for i in range(rounds):
+            for name, cmd in sides.items():
+                t = time.perf_counter()
+                subprocess.run(cmd(i), check=True, env=env, cwd=_bench.ROOT, capture_output=True)
+                times[name].append(time.perf_counter() - t)
+                print(f"{name}: {times[name][-1]:.1f} s", flush=True)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    rows = [[k, f"{min(v):.1f}", f"{med[k]:.1f}", f"{n_images / med[k]:.2f}", f"{med['naive'] / med[k]:.2f}"]
+            for k, v in times.items()]
+    print(_bench.table(["whole process", "min s", "median s", "images/s", "x naive"], rows))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average after: {load}")
+    _bench.write_json(out, {"times": times, "images": n_images, "load_average_after": load})
+
+
 @click.command()
+@click.option("--whole-process", is_flag=True, help="Instead: `clipkit extract` vs the naive loop, each a whole "
+              "process (imports, model load, every image), ViT-B-32 random weights from an HF cache.")
 @click.option("--images", "n_images", default=256)
 @click.option("--batch-size", default=64)
 @click.option("--workers", default=2, help="DataLoader worker processes.")
@@ -82,7 +139,10 @@ def demo_extractor():
 @click.option("--rounds", default=3)
 @click.option("--threads", default=None, type=int, help="torch threads in the main process; default: torch's.")
 @click.option("--out", default=None)
-def main(n_images: int, batch_size: int, workers: int, precision: str, rounds: int, threads, out) -> None:
+def main(whole_process: bool, n_images: int, batch_size: int, workers: int, precision: str, rounds: int, threads,
+         out) -> None:
+    if whole_process:
+        return run_whole_process(n_images, rounds, out)
     if threads:
         torch.set_num_threads(threads)
     note = _bench.machine_note()

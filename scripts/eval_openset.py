@@ -42,6 +42,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from _bench import ROOT, machine_note, suite_features, write_section
+from _detectors import detector_notes, detectors_table, picks_table, unknowns_by_detector
 
 METHODS = ("zeroshot", "logreg", "linear", "cache", "cache-f", "blend", "auto")
 SECTION = "## Calibration and open-set rejection (issue 16)"
@@ -53,7 +54,7 @@ WHEN = ("before", "after")  # raw (T = 1), calibrated (T fitted on val)
 # ---------------------------------------------------------------- the core: fit, score
 
 def fit_methods(methods: Sequence[str], classes: Sequence[str], train, val, zeroshot, cfg, identity=None) -> dict:
-    """{method: (HeadFit, fit seconds)}: each method fitted on train, hyper-parameters on val, never refit on
+    """{method: (FitResult, fit seconds)}: each method fitted on train, hyper-parameters on val, never refit on
     val; auto picks among the other methods listed (as `--method auto` does when val is large enough)."""
     from toolkit.fitting.fewshot import choose, fit_head
 
@@ -110,8 +111,12 @@ def score(head, known: dict, unknown: tuple[np.ndarray, np.ndarray], classes: Se
 
 
 def evaluate(methods: Sequence[str], known: dict, unknown: tuple[np.ndarray, np.ndarray], zeroshot, cfg,
-             target_precision: float = 0.9, identity=None) -> dict:
-    """The core: {method: score(...) + fit_s (+ chosen for auto)} for one training set.
+             target_precision: float = 0.9, identity=None, detectors: bool = False,
+             negatives: Optional[np.ndarray] = None) -> dict:
+    """The core: {method: score(...) + fit_s (+ chosen for auto) (+ detectors)} for one training set.
+
+    detectors: also every out-of-set detector of toolkit.fitting.openset per head (_detectors.detector_eval),
+    with MCM / NegLabel on the zero-shot class embeddings and `negatives` (negative-word embeddings).
 
     known: {train, val, test: ((n, D) L2-normalized features, (n,) class indices into zeroshot.classes_)};
     unknown: ((m, D) features of classes outside zeroshot.classes_, (m,) their class names)."""
@@ -122,6 +127,11 @@ def evaluate(methods: Sequence[str], known: dict, unknown: tuple[np.ndarray, np.
         out[name] = {**score(fit.head, known, unknown, classes, target_precision), "fit_s": seconds}
         if fit.selection:
             out[name]["chosen"] = fit.selection["chosen"]
+        if detectors:
+            from _detectors import detector_eval
+
+            out[name]["detectors"] = detector_eval(fit.head, known, unknown, zeroshot.coef_, negatives,
+                                                   seed=cfg.seed)
     return out
 
 
@@ -149,6 +159,11 @@ def run(args, data: dict, extractor, cfg) -> dict:
 
     known, unknown = split_known(data, args.known)
     zs = ZeroShotHead.from_extractor(extractor, [LABELS[k] for k in args.known], resolve_templates(cfg.prompts))
+    negatives = None
+    if args.detectors:
+        from toolkit.heads.openset import negative_embeddings
+
+        negatives = negative_embeddings(extractor)
     X_tr, y_tr = known["train"]
     out: dict[str, list] = {}
     for shots in args.shots:
@@ -158,7 +173,7 @@ def run(args, data: dict, extractor, cfg) -> dict:
                                                                                int(shots), seed)
             pcfg = cfg.probe.model_copy(update={"fewshot": None if shots == "all" else int(shots), "seed": seed})
             res = evaluate(args.methods, {**known, "train": (X_tr[rows], y_tr[rows])}, unknown, zs, pcfg,
-                           args.target_precision, extractor.identity)
+                           args.target_precision, extractor.identity, args.detectors, negatives)
             out.setdefault(shots, []).append(res)
             print(f"K={shots} seed {seed}: {time.perf_counter() - t0:.1f} s  " + "  ".join(
                 f"{m} AUROC {r['after']['auroc']:.2f}" for m, r in res.items()), file=sys.stderr, flush=True)
@@ -315,6 +330,18 @@ unknowns. ECE has 15 equal-width bins. Methods as in scripts/eval_heads.py (auto
 no method refits on val, which stays held out for the temperature and the threshold."""
 
 
+DETECTORS_INTRO = """**Out-of-set detectors** (issue 22, toolkit.heads.openset): each scores how familiar an image is
+from the features (kNN: cosine to the k-th nearest training feature; Mahalanobis: class means, one shared
+covariance), from the head's logits (energy, max logit, top softmax probability: msp), or from the text side (MCM:
+top softmax of cosine to the class texts at temperature T; NegLabel: the class texts' softmax mass among class
+texts + the mined negative words of toolkit/heads/negative_words.txt). The pick is chosen without unknowns by
+holding each known class out in turn (toolkit.fitting.openset: built on the other classes' train features, scored
+on their val images against the held-out class's images) and thresholded to keep 95% of known val
+(`--keep-known 0.95`). AUROC: known test vs unknown images (0.5 = chance); FPR at 95% known kept: the share of
+unknowns accepted at the test threshold that keeps 95% of known test images (lower is better); "unknowns rejected
+at 90% known kept" likewise at 90%."""
+
+
 def subsection(known: Sequence[str]) -> str:
     return f"### {len(known)} known classes: {', '.join(known)}"
 
@@ -338,6 +365,17 @@ def markdown(res: dict, args, timings: dict) -> str:
              f"**Which unknowns get through** ({setting_name(first)}, calibrated, share rejected in %):", "",
              unknowns_table(res, first), "", "Read from the means above (computed by the script):", ""]
     lines += [f"- {line}" for line in notes(res)]
+    if any(r.get("detectors") for runs in res["runs"].values() for r in runs[0].values()):
+        lines += ["", DETECTORS_INTRO, "", "**The held-out-class pick per head** (test figures; the threshold is the "
+                  "one saved with the head):", "", picks_table(res, setting_name), "",
+                  "**Every detector** (picked, bold: how many seeds' held-out-class selection picked it among the "
+                  "kNN settings, the default; best held out: how often it had the best held-out-class AUROC of all "
+                  "detectors, the pick if every kind were allowed):", "",
+                  detectors_table(res, setting_name), "",
+                  f"**Which unknowns the pick still passes** ({setting_name(first)}, share rejected at the saved "
+                  "threshold, %):", "", unknowns_by_detector(res, first, list(res["runs"][first][0])), "",
+                  "Read from the means above (computed by the script):", ""]
+        lines += [f"- {line}" for line in detector_notes(res, setting_name)]
     return "\n".join(lines) + "\n"
 
 
@@ -370,6 +408,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--target-precision", type=float, default=0.9)
+    ap.add_argument("--no-detectors", dest="detectors", action="store_false",
+                    help="skip the out-of-set detectors (issue 22): top-probability figures only")
     ap.add_argument("--json", type=Path, default=None, help="write every seed's figures here")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -399,6 +439,9 @@ def main() -> None:
            "machine": machine_note(), "command": sys.argv}
     print(calibration_table(res), openset_table(res), unknowns_table(res, args.shots[0]), sep="\n\n")
     print("\n".join(notes(res)))
+    if args.detectors:
+
+        print(picks_table(res, setting_name), "\n".join(detector_notes(res, setting_name)), sep="\n\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))

@@ -75,18 +75,16 @@ def clean_part(predictor, cfg, args, tmp: Path) -> list[list]:
 
 
 def calibrated_predictor(predictor, args) -> tuple[object, dict]:
-    """The predictor with a copy of its head calibrated on generated images: (predictor, calibration)."""
-    import copy
-
+    """The predictor with its head calibrated on generated images (a new head): (predictor, calibration)."""
     from toolkit.heads.calibration import calibrate_head
     from toolkit.demo.dataset import iter_suite
     from toolkit.predictor import Predictor
 
     images = list(iter_suite("main", args.calib_images, seed=args.seed + 9, split=(0.0, 1.0, 0.0)))
-    head = copy.copy(predictor.head)
+    head = predictor.head
     y = np.array([head.classes_.index(ex.label) for ex in images])
     logits = head.decision_function(predictor.extractor.encode_images([ex.image for ex in images]))
-    cal = calibrate_head(head, logits, y, target_precision=args.target_precision)
+    head, cal = calibrate_head(head, logits, y, target_precision=args.target_precision)
     return Predictor(predictor.extractor, head), cal
 
 

@@ -75,7 +75,7 @@ def curve(store, zs, cfg, methods, shots, seeds) -> dict:
     for method in methods:
         init = "zeroshot" if method == "linear" else "random"
         pcfg = cfg.probe.model_copy(update={"method": method, "init": init, "fewshot": None})
-        r = train_probe(store, pcfg, zs, report=False)
+        r = train_probe(store, pcfg, zs)
         out["full"][method] = {"test_accuracy": r.metrics["test"]["accuracy"], "n_train": r.params["n_train"],
                                "fit_s": r.timings["fit_s"]}
         out["zeroshot"] = r.metrics["zeroshot_test"]["accuracy"]
@@ -84,7 +84,7 @@ def curve(store, zs, cfg, methods, shots, seeds) -> dict:
             accs = []
             for s in range(seeds):
                 fcfg = pcfg.model_copy(update={"fewshot": k, "seed": s})
-                accs.append(train_probe(store, fcfg, zs, report=False).metrics["test"]["accuracy"])
+                accs.append(train_probe(store, fcfg, zs).metrics["test"]["accuracy"])
             out["fewshot"].setdefault(method, {})[k] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)),
                                                          "runs": accs}
             print(f"{method} {k}-shot: {100 * np.mean(accs):.1f}% +- {100 * np.std(accs):.1f}", file=sys.stderr)

@@ -8,6 +8,12 @@ size (from the server's /metrics), and writes the table into BENCHMARKS.md under
 
     .venv/bin/python scripts/loadtest.py                       # demo model when present, else a tiny one
     .venv/bin/python scripts/loadtest.py --requests 400 --max-seconds 60 --concurrency 1 8 32 64
+
+Hostile scenarios (issues 24 and 25), each against two servers in one run, written under "## Hostile load
+(issues 24, 25)"; they measure how long a plain request (one PNG, default labels) sent into the flood takes:
+
+    .venv/bin/python scripts/loadtest.py --scenario flood      # N requests of 100 new labels of ~100 characters
+    .venv/bin/python scripts/loadtest.py --scenario bombs      # 8 progressive JPEGs of 8000 scans in flight
 """
 from __future__ import annotations
 
@@ -152,6 +158,154 @@ def render(rows: list[dict], model: str, args, command: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- hostile scenarios (issues 24, 25)
+
+HOSTILE_SECTION = "## Hostile load (issues 24, 25)"
+HEADINGS = {"flood": "### Label-set flood (issue 24)", "bombs": "### Progressive-JPEG scan bombs (issue 25)"}
+# The other side of each comparison: text passes unbounded (every label set straight into the model thread's
+# queue, as before issue 24), or the JPEG decode bounded by its time cap alone (no scan count, no work budget).
+SIDES = {"flood": {"admitted (defaults)": {}, "unbounded": {"text_concurrency": 100_000,
+                                                            "text_queue_labels": 10 ** 9,
+                                                            "text_queue_s": 1e9}},
+         "bombs": {"guarded (defaults)": {}, "time cap only": {"max_jpeg_scans": 10 ** 9, "max_decode_work": 1e18,
+                                                               "decode_timeout_s": 3.0}}}
+
+
+def side_config(tmp: Path, margs: list[str], name: str, serve: dict) -> list[str]:
+    """serve args for one side: the model of `margs` with these serve settings, in a config file."""
+    import yaml
+
+    opts = dict(zip(margs[::2], margs[1::2]))
+    if "--config" in opts:
+        from toolkit.config import load_config
+
+        cfg = load_config(opts["--config"])
+        model = {"name": cfg.model.name, "pretrained": cfg.model.pretrained}
+        prompts = {"templates": cfg.prompts.templates}
+    else:
+        model, prompts = {"name": opts["--model"], "pretrained": opts["--pretrained"]}, {}
+    path = tmp / f"{name.split()[0]}.yaml"
+    path.write_text(yaml.safe_dump({"model": {**model, "device": "cpu"}, "prompts": prompts, "serve": serve}))
+    return ["--config", str(path)]
+
+
+_WORDS = "person squat jump plank lunge stretch crouch reach kick twist bend lift press raise hold step".split()
+
+
+def flood_labels(request: int, n: int = 100, words: int = 16) -> str:
+    """n labels of `words` words (~100 characters: with a template they still fit the demo model's 32-token
+    context; longer ones are refused as too long before any text pass), distinct from every other request's."""
+    rng = np.random.default_rng(request)
+    return "\n".join(f"r{request} l{i} " + " ".join(rng.choice(_WORDS, words - 2)) for i in range(n))
+
+
+async def hostile_run(url: str, hostile: list[dict], plain_png: bytes, delay_s: float = 0.3) -> dict:
+    """Send the hostile requests at once, then after delay_s one plain request; -> statuses and latencies."""
+    async with httpx.AsyncClient(base_url=url, timeout=180,
+                                 limits=httpx.Limits(max_connections=len(hostile) + 2)) as client:
+        async def one(kw: dict) -> tuple[int, float]:
+            t0 = time.perf_counter()
+            r = await client.post("/v1/predict", **kw)
+            return r.status_code, time.perf_counter() - t0
+
+        async def plain() -> tuple[int, float]:
+            await asyncio.sleep(delay_s)
+            return await one({"files": {"files": ("plain.png", plain_png)}})
+
+        t0 = time.perf_counter()
+        *flood, (p_status, p_s) = await asyncio.gather(*(one(kw) for kw in hostile), plain())
+        wall = time.perf_counter() - t0
+    statuses: dict[int, int] = {}
+    for status, _ in flood:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"plain_status": p_status, "plain_s": p_s, "statuses": statuses, "wall_s": wall,
+            "hostile_max_s": max(s for _, s in flood), "n": len(hostile)}
+
+
+def hostile_requests(scenario: str, n: int, png: bytes) -> list[dict]:
+    if scenario == "flood":
+        return [{"files": {"files": (f"{i}.png", png)}, "data": {"labels": flood_labels(i)}} for i in range(n)]
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_serve_hardening2 import scan_bomb  # the test's byte-level bomb writer
+
+    bomb = scan_bomb(4096, 8000)
+    return [{"files": {"files": (f"bomb{i}.jpg", bomb)}} for i in range(n)]
+
+
+def measure_hostile(scenario: str, servers: dict[str, ServerProcess], counts: dict[str, list[int]],
+                    png: bytes) -> list[dict]:
+    rows = []
+    for n in sorted({c for cs in counts.values() for c in cs}):
+        for side, srv in servers.items():  # alternate: both sides see the same machine state
+            if n not in counts[side]:
+                continue
+            reqs = hostile_requests(scenario, n, png)
+            res = asyncio.run(hostile_run(srv.url, reqs, png))
+            res.update(side=side)
+            rows.append(res)
+            print(f"{scenario} n={n:<3} {side:<20} plain {res['plain_status']} in {res['plain_s']:6.2f}s  "
+                  f"hostile {res['statuses']} (slowest {res['hostile_max_s']:.2f}s)", file=sys.stderr)
+            time.sleep(2)  # let leftovers finish before the other side runs
+    return rows
+
+
+def render_hostile(scenario: str, rows: list[dict], model: str, command: str) -> str:
+    what = {"flood": "requests of 100 new labels of 16 words (~100 characters; distinct label sets) and one PNG "
+                     "each",
+            "bombs": "progressive greyscale JPEGs of 4096x4096 and 8000 scans (242 KB; ~40 s of decoding each "
+                     "without a guard)"}[scenario]
+    sides = "; ".join(f"{k}" + (f" (serve: {json.dumps(v)})" if v else "") for k, v in SIDES[scenario].items())
+    lines = [HEADINGS[scenario], "", f"`{command}`", "",
+             f"{model}. N {what} sent at once to POST /v1/predict, then after 0.3 s one plain request (one PNG, "
+             f"default labels). Sides: {sides}. "
+             f"Clients and both servers on the same loaded machine ({_bench.machine_note()}); the sides alternate "
+             f"in one run. {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             "| N | side | plain request | plain status | hostile answers | slowest hostile | wall |",
+             "|---:|:---|---:|---:|:---|---:|---:|"]
+    for r in rows:
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+        lines.append(f"| {r['n']} | {r['side']} | {r['plain_s']:.2f} s | {r['plain_status']} | {statuses} | "
+                     f"{r['hostile_max_s']:.2f} s | {r['wall_s']:.1f} s |")
+    return "\n".join(lines + [""])
+
+
+def main_hostile(args) -> None:
+    command = "python scripts/loadtest.py " + " ".join(sys.argv[1:])
+    counts = {"flood": {"admitted (defaults)": [24, 48], "unbounded": [24]},
+              "bombs": {"guarded (defaults)": [8], "time cap only": [8]}}[args.scenario]
+    with tempfile.TemporaryDirectory() as tmp:
+        margs, model = model_args(Path(tmp))
+        servers = {side: ServerProcess([*side_config(Path(tmp), margs, side, serve), "--no-access-log",
+                                        "--log-level", "warning"])
+                   for side, serve in SIDES[args.scenario].items()}
+        try:
+            for s in servers.values():
+                s.start()
+            for s in servers.values():
+                s.wait_ready()
+            rows = measure_hostile(args.scenario, servers, counts, sample_images(1)[0])
+        finally:
+            for s in servers.values():
+                s.terminate()
+    section = render_hostile(args.scenario, rows, model, command.strip())
+    print(section)
+    if not args.no_write:
+        out, heading = Path(args.out), HEADINGS[args.scenario]
+        doc = out.read_text() if out.is_file() else "# Benchmarks\n"
+        if heading not in doc:  # a placeholder at the end of the hostile section, which write_section fills
+            if HOSTILE_SECTION not in doc:
+                doc = doc.rstrip("\n") + f"\n\n{HOSTILE_SECTION}\n"
+            start = doc.index(HOSTILE_SECTION)
+            end = doc.find("\n## ", start + len(HOSTILE_SECTION))
+            end = len(doc) if end < 0 else end + 1
+            doc = doc[:end].rstrip("\n") + f"\n\n{heading}\n\n" + doc[end:]
+            tmp = out.with_name(f".{out.name}.tmp")
+            tmp.write_text(doc)
+            tmp.replace(out)
+        _bench.write_section(out, heading, section)
+        print(f"wrote {heading!r} into {args.out}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -159,7 +313,12 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=30.0, help="per run (upper bound)")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--scenario", choices=["batching", "flood", "bombs"], default="batching",
+                    help="batching: micro-batching on vs off; flood, bombs: hostile load (issues 24, 25)")
     args = ap.parse_args()
+    if args.scenario != "batching":
+        main_hostile(args)
+        return
     command = "python scripts/loadtest.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         margs, model = model_args(Path(tmp))

@@ -1,8 +1,11 @@
 """Shared fixtures: a tiny real open_clip model (config JSON + safetensors checkpoint) and sample images."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,10 @@ from PIL import Image
 
 # No test may reach the network: the hub is "offline" for huggingface_hub and for our fail-fast check.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# clipkit's cache (the fast path's ONNX graphs, train-probe's stores) goes to a folder of this test session, never
+# the user's ~/.cache; subprocesses started by tests inherit it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="clipkit-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"

@@ -47,10 +47,14 @@ def test_csv_output(run, image_dir, tmp_path):
     r = run("predict", str(image_dir), "--labels", str(labels), "--format", "csv")
     assert r.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "score", "rejected", "error", "a red thing",
-                                                "a blue thing", "a green thing"}
-    assert all(row["rejected"] == "false" for row in rows)  # zero-shot on labels: no threshold
-    assert all(row["label"] in {"a red thing", "a blue thing", "a green thing"} for row in rows)
+    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "score", "rejected", "error", "reason",
+                                                "a red thing", "a blue thing", "a green thing"}
+    # zero-shot on labels: no probability threshold, only the default out-of-set one (MCM), so a rejection is
+    # always "unfamiliar" and an accepted row carries its label
+    for row in rows:
+        assert (row["rejected"], row["reason"]) in {("false", ""), ("true", "unfamiliar")}, row
+        assert row["label"] in ({"a red thing", "a blue thing", "a green thing"} if row["rejected"] == "false"
+                                else {""})
 
 
 def test_table_output(run, image_dir):

@@ -91,3 +91,17 @@ def test_write_keeps_one_subsection_per_known_set_under_the_section(tmp_path):
     assert "first ab" not in text and "## Other\n\ntext" in text
     # the new known set lands after the first one, inside our section, before the later one
     assert text.index(eval_openset.SECTION) < text.index("second ab") < text.index("cd") < text.index("## Later")
+
+
+def test_detectors_are_scored_per_head_with_the_heldout_pick(problem):
+    """Issue 22: every out-of-set detector on known test vs unknown, and the held-out-class pick (a kNN setting)."""
+    known, separable, _, zs, cfg = problem
+    res = eval_openset.evaluate(["zeroshot", "logreg"], known, separable, zs, cfg, detectors=True)
+    for name, r in res.items():
+        d = r["detectors"]
+        assert d["pick"].startswith("knn(") and d["pick"] in d["test"] and d["pick_any"] in d["heldout"]
+        assert set(d["test"]) == set(d["heldout"])  # the same candidates, held out and on test
+        assert {n.split("(")[0] for n in d["test"]} >= {"knn", "mahalanobis", "energy", "mcm"}
+        assert d["test"][d["pick"]]["auroc"] > 0.8, (name, d["test"][d["pick"]])  # unknowns on axes of their own
+        op = d["operating"]
+        assert 0.8 <= op["known_kept"] <= 1 and set(op["unknown_rejected_by_class"]) == {"five", "six"}

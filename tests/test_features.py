@@ -158,3 +158,17 @@ def test_model_config_json_must_be_a_clip_config(tmp_path):
     p.write_text(json.dumps({"embed_dim": 8}))
     with pytest.raises(ModelError, match="lacks vision_cfg/text_cfg"):
         _load(str(p), None)
+
+
+def test_worker_batches_cross_to_the_main_process_as_numpy():
+    """A DataLoader worker's batch is a numpy array, pickled through the worker's queue: a tensor would be shared
+    through multiprocessing's resource sharer, whose thread printed a connection-reset traceback when the main
+    process stopped during the handover. The main process turns it back into a tensor without a copy."""
+    import pickle
+
+    from toolkit.encoder.features import collate_images
+
+    idx, batch, errors = collate_images([(0, torch.full((3, 4, 4), 7, dtype=torch.uint8), None), (1, None, "bad"),
+                                         (2, torch.zeros((3, 4, 4), dtype=torch.uint8), None)])
+    assert idx == [0, 2] and errors == {1: "bad"} and isinstance(batch, np.ndarray) and batch.shape == (2, 3, 4, 4)
+    assert pickle.loads(pickle.dumps(batch))[0, 0, 0, 0] == 7

@@ -10,7 +10,8 @@ import pytest
 
 from toolkit import fsio
 from toolkit.config import ProbeConfig
-from toolkit.fitting.probe import LinearProbe, train_probe
+from toolkit.fitting.probe import train_probe
+from toolkit.heads.linear import LinearProbe
 from toolkit.data.store import write_store
 
 IDENTITY = {"model": "synthetic", "pretrained": None, "weights_sha256": None, "embed_dim": 8, "image_size": [8, 8],

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from toolkit.heads.cache import CacheHead, one_hot
 from toolkit.cli import main
 from toolkit.config import ProbeConfig
-from toolkit.fitting.fewshot import accuracy, blend_weights, fit_auto, fit_blend, fit_head
+from toolkit.fitting.fewshot import AutoEstimator, BlendEstimator, accuracy, blend_weights, fit_head
 from toolkit.heads.base import load_head
-from toolkit.fitting.probe import LinearProbe
+from toolkit.heads.linear import LinearProbe
 from toolkit.heads.zeroshot import ZeroShotHead
 
 CLASSES = [f"class {i}" for i in range(5)]
@@ -44,7 +44,7 @@ def test_cache_head_with_alpha_zero_is_the_zero_shot_head():
     np.testing.assert_allclose(head.decision_function(X_test), zs.decision_function(X_test), rtol=1e-6)
     np.testing.assert_allclose(head.predict_proba(X_test), zs.predict_proba(X_test), rtol=1e-5)
     # alpha > 0 adds alpha * (scale / 100) * exp(-beta (1 - cos)) @ values: checked against the formula
-    head.alpha = 2.0
+    head = CacheHead(CLASSES, zs.coef_, zs.logit_scale, X, one_hot(y, 5), alpha=2.0, beta=5.5)
     cache = 2.0 * zs.logit_scale / 100 * np.exp(-5.5 * (1 - X_test @ X.T)) @ one_hot(y, 5)
     np.testing.assert_allclose(head.decision_function(X_test), zs.decision_function(X_test) + cache, rtol=1e-5)
 
@@ -71,10 +71,13 @@ def test_blend_endpoints_are_zero_shot_and_the_probe():
     coef, b = blend_weights(zs, probe.head.coef_, probe.head.intercept_, 1.0)
     np.testing.assert_allclose(X_test @ coef.T + b, probe.head.decision_function(X_test), rtol=1e-5, atol=1e-5)
     for alpha, twin in ((0.0, zs), (1.0, probe.head)):
-        fit = fit_blend(train, val, zs, ProbeConfig(fewshot=4, c_steps=5, blend_alphas=[alpha]))
+        fit = fit_head("blend", CLASSES, train, val, zs, ProbeConfig(fewshot=4, c_steps=5, blend_alphas=[alpha]))
         assert isinstance(fit.head, LinearProbe) and fit.head.method == "blend" and fit.params["alpha"] == alpha
         np.testing.assert_allclose(fit.head.predict_proba(X_test), twin.predict_proba(X_test), atol=1e-5)
-    chosen = fit_blend(train, val, zs, ProbeConfig(fewshot=4, c_steps=5))
+    est = BlendEstimator(ProbeConfig(fewshot=4, c_steps=5))
+    head = est.fit(*train, *val, classes=CLASSES, zeroshot=zs)
+    chosen = est.result_
+    assert chosen.head is head and est.cfg.blend_alphas == ProbeConfig().blend_alphas  # fit leaves __init__'s as is
     assert 0 <= chosen.params["alpha"] <= 1 and chosen.params["base"] == "logreg"
     assert [r["value"] for r in chosen.sweep] == sorted(ProbeConfig().blend_alphas)
 
@@ -83,7 +86,7 @@ def test_blend_endpoints_are_zero_shot_and_the_probe():
 @pytest.mark.parametrize("zs_noise", [0.0, 0.35])
 def test_auto_is_never_worse_than_zero_shot_on_val(seed, zs_noise):
     zs, train, val, _ = problem(seed, zs_noise)
-    fit = fit_auto(CLASSES, train, val, zs, ProbeConfig(fewshot=4, **FAST))
+    fit = fit_head("auto", CLASSES, train, val, zs, ProbeConfig(fewshot=4, **FAST))
     sel = fit.selection
     assert sel["mode"] == "val" and list(sel["candidates"])[0] == "zeroshot"
     assert accuracy(fit.val_proba, val[1]) >= accuracy(zs.predict_proba(val[0]), val[1])
@@ -94,14 +97,16 @@ def test_auto_is_never_worse_than_zero_shot_on_val(seed, zs_noise):
 def test_auto_returns_the_zero_shot_head_when_nothing_beats_it():
     zs, (X, y), val, (X_test, _) = problem(0, zs_noise=0.0)
     shuffled = np.random.default_rng(0).permutation(y)  # labels that teach nothing
-    fit = fit_auto(CLASSES, (X, shuffled), val, zs, ProbeConfig(fewshot=4, **FAST))
-    assert fit.selection["chosen"] == "zeroshot" and isinstance(fit.head, ZeroShotHead)
+    est = AutoEstimator(ProbeConfig(fewshot=4, **FAST))
+    head = est.fit(X, shuffled, *val, classes=CLASSES, zeroshot=zs)
+    fit = est.result_
+    assert fit.selection["chosen"] == "zeroshot" and isinstance(head, ZeroShotHead) and fit.head is head
     np.testing.assert_allclose(fit.head.predict_proba(X_test), zs.predict_proba(X_test), rtol=1e-6)
 
 
 def test_auto_uses_k_fold_over_train_and_val_when_val_is_small():
     zs, train, val, _ = problem(3, n_val=2)
-    fit = fit_auto(CLASSES, train, val, zs, ProbeConfig(fewshot=4, auto_folds=3, **FAST))
+    fit = fit_head("auto", CLASSES, train, val, zs, ProbeConfig(fewshot=4, auto_folds=3, **FAST))
     sel = fit.selection
     assert sel["mode"] == "3-fold" and sel["folds"] == 3 and sel["min_val_per_class"] == 2
     assert all(len(c["fold_accuracies"]) == 3 for c in sel["candidates"].values())
@@ -117,7 +122,7 @@ def _heads(tmp_path):
     return {"cache": fit_head("cache", CLASSES, train, val, zs, cfg).head,
             "cache-f": fit_head("cache-f", CLASSES, train, val, zs, cfg).head,
             "blend": fit_head("blend", CLASSES, train, val, zs, cfg).head,
-            "auto-zeroshot": fit_auto(CLASSES, shuffled, val, perfect, cfg).head}
+            "auto-zeroshot": fit_head("auto", CLASSES, shuffled, val, perfect, cfg).head}
 
 
 def test_every_head_type_saves_and_loads_with_the_same_scores(tmp_path):
@@ -131,7 +136,7 @@ def test_every_head_type_saves_and_loads_with_the_same_scores(tmp_path):
         assert back.params == json.loads(json.dumps(head.params)), name
         np.testing.assert_allclose(back.predict_proba(X), head.predict_proba(X), rtol=1e-5, atol=1e-7)
         if doc["type"] == "cache":
-            assert doc["alpha"] == head.alpha and doc["n_keys"] == 20 and back.keys_.shape == (20, 32)
+            assert doc["alpha"] == head.alpha_ and doc["n_keys"] == 20 and back.keys_.shape == (20, 32)
 
 
 def test_a_cache_head_with_keys_of_another_width_is_refused(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from toolkit.config import load_config
 from toolkit.errors import ConfigError, HeadError
 from toolkit.predictor import Predictor, build_predictor, image_document, result_row, serving_head
-from toolkit.fitting.probe import LinearProbe
+from toolkit.heads.linear import LinearProbe
 from toolkit.heads.zeroshot import ZeroShotHead
 
 LABELS = ["a red square", "a green square", "a blue square"]

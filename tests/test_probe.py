@@ -9,7 +9,8 @@ import pytest
 from toolkit.config import ProbeConfig
 from toolkit.errors import ConfigError, HeadError
 from toolkit.evaluation.metrics import evaluate
-from toolkit.fitting.probe import LinearProbe, fewshot_indices, train_probe
+from toolkit.fitting.probe import fewshot_indices, train_probe
+from toolkit.heads.linear import LinearProbe
 from toolkit.data.store import write_store
 from toolkit.heads.zeroshot import ZeroShotHead
 
@@ -61,10 +62,12 @@ def test_c_sweep_refines_around_the_best_and_matches_sklearn(feats, store):
     result = train_probe(store, ProbeConfig(c_min=1e-4, c_max=1e4, c_steps=9))
     values = [r["value"] for r in result.sweep]
     decades = {round(float(np.log10(v)), 6) for v in values}
-    assert len(values) == 9 + 6 and any(d != round(d) for d in decades)  # 3 rounds x 2 refined candidates
+    # the coarse grid (maybe stopped past the peak) + up to 3 rounds x 2 refined candidates
+    assert len(values) <= 9 + 6 and any(d != round(d) for d in decades)
     best = max(result.sweep, key=lambda r: r["val_accuracy"])["val_accuracy"]
     chosen = next(r for r in result.sweep if r["value"] == result.params["C"])
-    assert chosen["val_accuracy"] == best and result.params["refit"] == "train+val"
+    n_val = int((splits == "val").sum())  # the tie rule: within one val image of the best, the lowest val loss
+    assert chosen["val_accuracy"] >= best - 1 / n_val - 1e-12 and result.params["refit"] == "train+val"
     plain = _plain_sklearn_accuracy(x, y, splits, result.params["C"])
     assert abs(result.metrics["test"]["accuracy"] - plain) <= 0.005
     assert result.metrics["test"]["accuracy"] > 0.8  # learnable: far above chance (1/6)
@@ -82,10 +85,10 @@ def _zeroshot(means, n_classes):
     return ZeroShotHead([f"class{i}" for i in range(n_classes)][::-1], ["{}"], means[::-1], logit_scale=50.0)
 
 
-def test_zeroshot_baseline_is_scored_on_the_same_test_split(feats, store):
+def test_zeroshot_baseline_is_scored_on_the_same_test_split(feats, store, tmp_path):
     x, y, splits, means = feats
     zs = _zeroshot(means, 6)  # its classes in another order: columns must be realigned
-    result = train_probe(store, ProbeConfig(c_grid=[1.0]), zeroshot_head=zs)
+    result = train_probe(store, ProbeConfig(c_grid=[1.0]), zeroshot_head=zs, report_dir=tmp_path / "report")
     test = splits == "test"
     expected = float((np.argmax(x[test] @ means.T, axis=1) == y[test]).mean())
     assert result.metrics["zeroshot_test"]["accuracy"] == pytest.approx(expected)
@@ -93,6 +96,7 @@ def test_zeroshot_baseline_is_scored_on_the_same_test_split(feats, store):
     assert result.metrics["gain_over_zeroshot"] == pytest.approx(gain)
     assert result.head.metrics["gain_over_zeroshot"] == pytest.approx(gain)
     report = result.report_dir
+    assert report == tmp_path / "report"
     for name in ("report.json", "confusion_matrix.csv", "confusion_matrix.png", "zeroshot_confusion_matrix.png",
                  "sweep.png", "predictions.csv", "per_class.csv"):
         assert (report / name).is_file(), name
@@ -110,8 +114,9 @@ def test_zeroshot_init_starts_from_the_zeroshot_classifier(feats, store):
     np.testing.assert_allclose(result.head.coef_, means * 50.0, atol=1e-4)
     assert result.params["n_train"] == 12  # 2 shots x 6 classes
     assert result.metrics["test"]["accuracy"] == pytest.approx(result.metrics["zeroshot_test"]["accuracy"])
-    with pytest.raises(ConfigError, match="--method linear"):
+    with pytest.raises(ConfigError, match="init zeroshot .* use it with method linear") as e:
         train_probe(store, ProbeConfig(method="logreg", init="zeroshot"), zeroshot_head=zs)
+    assert e.value.field == "init"  # the CLI writes it --init (and --method), the server init
 
 
 def test_fewshot_indices_take_k_per_class_seeded():
@@ -131,11 +136,12 @@ def test_binary_head_matches_sklearn_probabilities(tmp_path):
     st = write_store(tmp_path / "bin", x, [["no", "yes"][i] for i in y], splits, IDENTITY)
     result = train_probe(st, ProbeConfig(c_grid=[2.0]))
     assert result.head.coef_.shape == (2, 16) and result.head.classes_ == ["no", "yes"]
-    # the exact optimum as reference: at its default tol=1e-4 scikit-learn itself stops 2e-3 away from it
+    # the exact optimum as reference: the probe's final fit stops at scikit-learn's default tolerance (1e-4 on the
+    # largest gradient entry), where scikit-learn itself stops up to 2e-3 (in probability) away from it
     clf = LogisticRegression(C=2.0, max_iter=1000, tol=1e-10).fit(x[:400], y[:400])
     from toolkit.heads.base import softmax  # the fitted model itself: predict_proba also applies the val temperature
 
-    np.testing.assert_allclose(softmax(result.head.decision_function(x[400:])), clf.predict_proba(x[400:]), atol=1e-4)
+    np.testing.assert_allclose(softmax(result.head.decision_function(x[400:])), clf.predict_proba(x[400:]), atol=2e-3)
 
 
 def test_save_load_roundtrip_without_pickle(feats, store, tmp_path):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.predictor import Predictor
-from toolkit.fitting.probe import LinearProbe
+from toolkit.heads.linear import LinearProbe
 
 from tracking_fixtures import color_dataset
 

@@ -21,7 +21,7 @@ def make_cfg(tiny_model, precision="fp32", **serve) -> Config:
     """fp32 by default: responses are compared with the fp32 `tiny_extractor` fixture."""
     return Config(model=ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"], device="cpu",
                                     precision=precision, batch_size=8, num_workers=0),
-                  serve=ServeConfig(max_wait_ms=1, **serve))
+                  serve=ServeConfig(max_wait_ms=1, **{"allowed_hosts": ["testserver"], **serve}))  # TestClient's Host
 
 
 def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
@@ -199,7 +199,7 @@ def test_api_key_is_required_on_the_api_but_not_on_health(tiny_model):
 
 @pytest.fixture(scope="module")
 def probe_head(tiny_extractor, tmp_path_factory):
-    from toolkit.fitting.probe import LinearProbe
+    from toolkit.heads.linear import LinearProbe
 
     rng = np.random.default_rng(0)
     head = LinearProbe(["squat", "plank", "rest"], rng.normal(size=(3, 32)).astype(np.float32),

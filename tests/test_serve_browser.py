@@ -79,3 +79,36 @@ def test_upload_edit_labels_and_see_the_bars(server, browser, tmp_path):
     expect(page.locator("#error")).to_contain_text("at least two labels")
     assert errors == []
     page.close()
+
+
+def test_several_images_and_a_video_from_the_file_picker(server, browser, tmp_path):
+    """The picker takes several images (one line each, bars of the first) and a video (its segments and reps)."""
+    from click.testing import CliRunner
+    from playwright.sync_api import expect
+
+    from toolkit.cli import main
+
+    expect.set_options(timeout=60_000)
+    imgs = []
+    for name, colour in (("red.png", (220, 20, 20)), ("blue.png", (20, 20, 220)), ("green.png", (20, 200, 20))):
+        imgs.append(tmp_path / name)
+        Image.new("RGB", (48, 48), colour).save(imgs[-1])
+    video = tmp_path / "clip.mp4"
+    made = CliRunner().invoke(main, ["demo-video", str(video), "--schedule", "standing:0.6,squat:1x0.8",
+                                     "--size", "64", "--fps", "8"])
+    assert made.exit_code == 0, made.output
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    expect(page.locator("#labels")).to_have_value(re.compile("a person standing"))
+    page.set_input_files("#file", [str(p) for p in imgs])
+    expect(page.locator("#results .result-row")).to_have_count(3)
+    rows = page.locator("#results .result-row").all_inner_texts()
+    assert [r.split(":")[0] for r in rows] == ["red.png", "blue.png", "green.png"]
+    assert all("a person" in r for r in rows) and page.locator("#bars .bar-row").count() == 4
+    page.set_input_files("#file", str(video))
+    expect(page.locator("#status")).to_contain_text("clip.mp4:")
+    assert "segments" in page.locator("#status").inner_text() and page.locator("#results .result-row").count() >= 1
+    assert page.locator("#bars .bar-row").count() == 0 and errors == []
+    page.close()

@@ -54,8 +54,9 @@ torch.nn.modules.module.register_module_forward_pre_hook(_clipkit_test_delay)
 
 def write_config(path, tiny_model, **serve) -> str:
     path.write_text(yaml.safe_dump({
+        # engine torch: the slow model is a torch forward hook (ONNX Runtime would never call it)
         "model": {"name": tiny_model["config"], "pretrained": tiny_model["checkpoint"], "device": "cpu",
-                  "batch_size": 8, "num_workers": 0},
+                  "batch_size": 8, "num_workers": 0, "engine": "torch"},
         "serve": {**TIMEOUTS, "max_batch_size": 2, "max_wait_ms": 0, "max_files": 64, **serve}}))
     return str(path)
 

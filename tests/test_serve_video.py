@@ -71,7 +71,6 @@ def test_custom_labels_and_bad_params(client, clip):
     for params, fragment in [({"fps": 2, "stride": 2}, "not both"), ({"window": 0}, "window"),
                              ({"rep_high": 0.3, "rep_low": 0.5}, "must be below rep_high"),
                              ({"reject_below": 1.5}, "reject_below"),
-                             ({"reject_below": 0.5, "min_confidence": 0.6}, "min_confidence is the old name"),
                              ({"unknown_label": "a person standing"}, "is one of the labels")]:
         r = post(client, clip, **params)
         assert r.status_code == 422 and fragment in r.json()["error"]["message"], (params, r.text)
@@ -137,8 +136,7 @@ def test_cli_and_server_give_the_same_document_for_the_same_file(tiny_model, cli
 
 
 def test_rejection_over_http(client, clip):
-    """reject_below: rejected frames have label null, rejected true, scores kept; their own segments, no reps.
-    The old names (min_confidence, fallback) still work."""
+    """reject_below: rejected frames have label null, rejected true, scores kept; their own segments, no reps."""
     r = post(client, clip, fps=4, reject_below=1.0, unknown_label="no idea")
     assert r.status_code == 200, r.text
     doc = r.json()
@@ -146,8 +144,6 @@ def test_rejection_over_http(client, clip):
     assert all(f["label"] is None and f["rejected"] and len(f["scores"]) == 4 for f in doc["frames"])
     assert [(s["label"], s["rejected"], s["frames"]) for s in doc["segments"]] == [(None, True, 20)]
     assert set(doc["reps"].values()) == {0}
-    old = post(client, clip, fps=4, min_confidence=1.0, fallback="no idea").json()
-    assert old["frames"] == doc["frames"] and old["settings"] == doc["settings"]
     off = post(client, clip, fps=4, reject_below=0).json()
     assert off["reject_below"] is None and not any(f["rejected"] for f in off["frames"])
 

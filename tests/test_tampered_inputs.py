@@ -12,7 +12,7 @@ import pytest
 
 from toolkit.heads.base import load_head
 from toolkit.errors import HeadError
-from toolkit.fitting.probe import LinearProbe
+from toolkit.heads.linear import LinearProbe
 
 from conftest import TINY_CFG
 

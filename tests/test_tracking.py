@@ -59,7 +59,7 @@ def _invoke(args, env=None):
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory, template_db, tiny_model, colors):
     """Two prompt runs (eval-prompts) and one probe run (train-probe) on the colour dataset, in one SQLite store."""
-    from toolkit.fitting.probe import LinearProbe
+    from toolkit.heads.linear import LinearProbe
     from toolkit.data.store import FeatureStore
 
     d = tmp_path_factory.mktemp("populated")
@@ -153,7 +153,8 @@ def test_pyfunc_model_loads_and_predicts_from_paths_base64_and_bytes(populated, 
     raw = [Path(p).read_bytes() for p in paths]
     frame = pd.DataFrame({"image": [paths[0], base64.b64encode(raw[1]).decode(), raw[2]]})
     out = model.predict(frame)
-    assert list(out.columns) == ["label", "score", "rejected", *CLASSES] and not out["rejected"].any()
+    assert list(out.columns) == ["label", "score", "rejected", "reason", *CLASSES] and not out["rejected"].any()
+    assert out["reason"].isna().all()  # nothing rejected: no reason
     assert list(out["label"]) == _local_labels(populated, tiny_extractor, paths)
     assert np.allclose(out[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     # the small local checkpoint and model config travel with the model, so it loads offline
@@ -218,6 +219,7 @@ def test_predict_with_an_unknown_run_fails_cleanly(populated, colors):
                              env={"MLFLOW_TRACKING_URI": populated["uri"]})
     assert res.exit_code == 4
     assert "runs:/0123456789abcdef/head" in res.output and "Traceback" not in res.output
+    assert "--no-track" not in res.output and "check the run id" in res.output  # reading: --no-track can't help
 
 
 def test_compare_ranks_prompt_and_probe_runs_with_gain(populated):

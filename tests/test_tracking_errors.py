@@ -46,8 +46,16 @@ def _closed_port() -> int:
 
 
 def _ro_uri(db: Path) -> str:
-    """SQLite's own read-only mode: every write fails with 'attempt to write a readonly database', even as root."""
+    """SQLite's own read-only mode: every write fails with 'attempt to write a readonly database', even as root.
+    MLflow creates the "parent folder" of this URI's path taken literally, relative to the working folder
+    (./file:/tmp/...): tests using it run in tmp_path (`in_tmp`), never in the checkout."""
     return f"sqlite:///file:{db}?mode=ro&uri=true"
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -56,7 +64,7 @@ def _error_lines(stderr: str) -> list[str]:
 
 # ---------------------------------------------------------------- the cause, from real backend errors
 
-def test_read_only_database_in_process(template_db, tmp_path, capfd):
+def test_read_only_database_in_process(template_db, tmp_path, in_tmp, capfd):
     """tracked_run against a real read-only database: one TrackingError naming the cause; MLflow's own
     SQLAlchemy traceback (which it logs before raising) is not printed."""
     shutil.copy(template_db, tmp_path / "mlflow.db")
@@ -104,7 +112,21 @@ def test_compare_names_the_cause_in_one_line(tmp_path, make_uri, fragment):
     assert not (tmp_path / "missing").exists()  # nothing created on the way
 
 
-def test_compare_reads_a_read_only_database(template_db, tmp_path):
+def test_a_database_deleted_mid_run_is_named_not_called_read_only(template_db, tmp_path):
+    """The SQLite file removed while a run logs: SQLite says "readonly database" (the file it has open is gone)
+    or a new connection finds a new, empty file ("no such table"); either way the user is told it was deleted."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(template_db, db)
+    cfg = load_config(None, {"tracking.uri": f"sqlite:///{db}", "tracking.artifact_location": str(tmp_path / "a")})
+    with pytest.raises(TrackingError) as e:
+        with tracking.tracked_run(cfg, "colors", "probe") as run:
+            db.unlink()
+            run.metrics({"accuracy": 1.0})
+    assert "was deleted or moved while clipkit was using it" in e.value.message, e.value.message
+    assert "read-only" not in e.value.message and "\n" not in e.value.message
+
+
+def test_compare_reads_a_read_only_database(template_db, tmp_path, in_tmp):
     """Ranking only reads: a read-only store is not refused for being read-only."""
     shutil.copy(template_db, tmp_path / "mlflow.db")
     res = CliRunner().invoke(main, ["compare", "--tracking-uri", _ro_uri(tmp_path / "mlflow.db"), "--no-plot"])

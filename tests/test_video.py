@@ -388,7 +388,7 @@ def test_cli_bad_video_exits_2_with_one_line(tiny_model, tmp_path, case):
     (["--rest-label", "a person sitting"], "--rest-label 'a person sitting' is not one of the labels"),
     (["--repetitive", "=x"], "malformed"),
     (["--unknown-label", STAND], f"unknown_label '{STAND}' is one of the labels"),
-    (["--reject-below", "1.5"], "1.5 is not in the range"),
+    (["--reject-below", "1.5"], "'1.5' should be a number between 0 and 1"),
     (["--rep-high", "0.3", "--rep-low", "0.5"], "must be below rep_high"),
 ])
 def test_cli_bad_flags_exit_2(tiny_model, demo_clip, flags, fragment):
@@ -419,7 +419,7 @@ def test_cli_rejection_in_every_format(tiny_model, demo_clip, tiny_doc):
         assert {f["rejected"] for f in doc["frames"][k:k + seg["frames"]]} == {seg["rejected"]}
         k += seg["frames"]
     assert not [f for f in doc["frames"] if "rep" in f and f["rejected"]]
-    table = CliRunner().invoke(main, [*args, "--min-confidence", str(t), "--fallback", "no idea"])
+    table = CliRunner().invoke(main, [*args, "--reject-below", str(t), "--unknown-label", "no idea"])
     assert table.exit_code == 0, table.output
     assert "no idea" in table.stdout and f"'no idea': {sum(rejected)} of {len(rejected)} frames" in table.stdout
     rows = list(csv.DictReader(io.StringIO(render_csv(doc))))  # what --format csv prints
@@ -427,14 +427,14 @@ def test_cli_rejection_in_every_format(tiny_model, demo_clip, tiny_doc):
     assert all((row["label"] == "") == (row["rejected"] == "true") for row in rows)
 
 
-def test_video_config_keeps_the_old_keys_as_aliases(tmp_path):
+def test_video_config_refuses_the_removed_old_keys(tmp_path):
+    """min_confidence / fallback were renamed reject_below / unknown_label before 0.1: an unknown key now,
+    with the new name suggested."""
     yaml_file = tmp_path / "old.yaml"
-    yaml_file.write_text("video:\n  min_confidence: 0.4\n  fallback: uncertain\n")
-    vcfg = load_config(yaml_file).video
-    assert (vcfg.reject_below, vcfg.unknown_label) == (0.4, "uncertain")
-    assert VideoConfig(fallback=None).unknown_label == "none of these" and VideoConfig().reject_below is None
-    with pytest.raises(ConfigError, match="min_confidence is the old name of reject_below"):
-        load_config(yaml_file, {"video.reject_below": 0.6})
+    yaml_file.write_text("video:\n  min_confidence: 0.4\n")
+    with pytest.raises(ConfigError, match="unknown config key 'video.min_confidence'"):
+        load_config(yaml_file)
+    assert VideoConfig().unknown_label == "none of these" and VideoConfig().reject_below is None
 
 
 # ---------------------------------------------------------------- the overlay of --annotate

@@ -145,14 +145,11 @@ def test_an_other_activity_stretch_counts_no_reps_when_rejected(setup, sitting_c
 
 def test_a_head_with_a_threshold_rejects_by_itself(setup, sitting_clips):
     """A head saved with reject_below (calibration) is used as is; reject_below 0 turns it off."""
-    import copy
-
     from toolkit.predictor import Predictor
     from toolkit.video.pipeline import predict_video
 
     cfg, predictor = setup
-    head = copy.copy(predictor.head)
-    head.reject_below = THRESHOLD
+    head = predictor.head.calibrated(predictor.head.temperature_, THRESHOLD)  # a new head; the fixture's is kept
     calibrated = Predictor(predictor.extractor, head)
     path, _ = sitting_clips["other"]
     doc = predict_video(calibrated, path, cfg.video)

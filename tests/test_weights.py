@@ -333,7 +333,7 @@ def test_model_overrides_for_tags_and_old_identities(tiny, tiny_tag, no_network)
     legacy_tag = ExtractorIdentity.from_dict({**base, "model": "ViT-B-32", "pretrained": "openai"})
     assert model_overrides(legacy_tag) == {"model.name": "ViT-B-32", "model.pretrained": "openai"}
     legacy_file = ExtractorIdentity.from_dict({**base, "pretrained": "w.safetensors", "weights_sha256": "ab" * 8})
-    with pytest.raises(ModelError, match="did not record where the files were; pass --model and --pretrained"):
+    with pytest.raises(ModelError, match="did not record where the files were; pass model and pretrained"):
         model_overrides(legacy_file)
 
 

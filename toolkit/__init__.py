@@ -15,6 +15,7 @@ _EXPORTS = {
     "FeatureExtractor": "encoder.features", "ExtractorIdentity": "identity", "load_extractor": "encoder.features",
     "ZeroShotHead": "heads.zeroshot",
     "LinearProbe": "heads.linear", "train_probe": "fitting.probe",
+    "estimator_for": "fitting.fewshot", "FitResult": "fitting.result", "write_report": "evaluation.report",
     "Predictor": "predictor", "build_predictor": "predictor", "load_head": "predictor",
     "LabelledDataset": "data.datasets", "load_dataset": "data.datasets",
     "FeatureStore": "data.store", "extract_store": "data.extraction",

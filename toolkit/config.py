@@ -45,6 +45,10 @@ class ModelConfig(_Section):
     num_workers: int = Field(-1, ge=-1, le=64)
     # Where open_clip/HF caches downloaded weights; null uses their defaults.
     cache_dir: Optional[str] = None
+    # What runs `clipkit predict` on image files. auto: ONNX Runtime on CPU in fp32 (the image and text towers
+    # exported once per model into clipkit's cache, prompt embeddings cached there too; no torch import), else
+    # torch. onnx: the same, and an error when the model can't take it. torch: always PyTorch (encoder/fast.py).
+    engine: Literal["auto", "onnx", "torch"] = "auto"
 
 
 class PromptConfig(_Section):
@@ -53,6 +57,10 @@ class PromptConfig(_Section):
     labels: Optional[list[str]] = None  # wins over labels_file when given; neither: the exercise labels (labels.py)
     labels_file: Optional[str] = None  # one label per line; '#' starts a comment
     templates: str = "people"  # none | people | openai_imagenet | path to a file with one '{}' template per line
+    # A zero-shot head built from labels (no images to choose a detector on) rejects "unfamiliar" images by MCM
+    # (max softmax of cosines, T = 1) under a threshold from the model's text-to-text scores of the negative
+    # words (toolkit/heads/openset.py); off: no out-of-set rejection.
+    unfamiliar: Literal["mcm", "off"] = "mcm"
 
 
 class ProbeConfig(_Section):
@@ -65,6 +73,11 @@ class ProbeConfig(_Section):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     fewshot: Optional[int] = Field(None, ge=1)
+    # multi-label (data/multilabel.py): None = recognised from the file (JSON Lines, or a CSV `labels` column);
+    # the heads get per-class calibration (none | temperature | platt) and per-class thresholds chosen on val
+    multi_label: Optional[bool] = None
+    class_calibration: Literal["none", "temperature", "platt"] = "platt"
+    per_class_c: bool = True
     init: Literal["random", "zeroshot"] = "random"
     # logreg: log-spaced C sweep on val, then refined around the best, as in the CLIP paper.
     c_min: float = 1e-6
@@ -106,6 +119,9 @@ class ProbeConfig(_Section):
     target_precision: Optional[float] = Field(None, gt=0, le=1)
     target_coverage: Optional[float] = Field(None, gt=0, le=1)
     reject_below: Optional[float] = Field(None, ge=0, le=1)
+    # "Unfamiliar" (out-of-set) rejection: a detector (kNN, Mahalanobis, energy, MCM, NegLabel; fitting/openset.py)
+    # chosen by holding each known class out in turn, its threshold keeping this share of known val. None: none.
+    keep_known: Optional[float] = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one_rejection_rule(self) -> "ProbeConfig":
@@ -164,6 +180,25 @@ class ServeConfig(_Section):
     body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     body_total_timeout_s: float = Field(300.0, gt=0, allow_inf_nan=False)
     keep_alive_s: float = Field(5.0, gt=0, allow_inf_nan=False)
+    # Text encoding of request label sets not encoded yet (cached per label set, LRU): this many encoded at
+    # once, and at most text_queue_labels labels, or text_queue_s seconds at the measured rate (null: half of
+    # request_timeout_s), of such sets waiting or being encoded; beyond, 503 + Retry-After. Label sets already
+    # encoded (and the default one) never wait for them.
+    text_concurrency: int = Field(1, ge=1)
+    text_queue_labels: int = Field(1000, ge=1)
+    text_queue_s: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    # Image decoding, per request: JPEG scans per image (a normal progressive JPEG has ~10), decode work
+    # (pixels x scans, summed over the request's images) and decode seconds (stopped at the next chunk read).
+    max_jpeg_scans: int = Field(100, ge=1)
+    max_decode_work: float = Field(2e9, gt=0, allow_inf_nan=False)
+    decode_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    # longer side / shorter side; with the model's input size it bounds the image after resizing
+    max_aspect_ratio: float = Field(100.0, ge=1, allow_inf_nan=False)
+    # Host header names accepted (DNS rebinding); empty: loopback names, the bound host, and IP literals
+    # when bound to all interfaces; "*" accepts any. Browser requests from other origins are refused (403)
+    # unless listed in cors_origins ("http://app.example:8080"; "*" allows any).
+    allowed_hosts: list[str] = []
+    cors_origins: list[str] = []
 
 
 class VideoConfig(_Section):
@@ -179,7 +214,6 @@ class VideoConfig(_Section):
     # "None of these": frames whose confidence (each frame's top calibrated probability, averaged over `window`)
     # is below this are rejected (label null, their own segments, no reps). null: the head's own threshold
     # (heads saved with --target-precision ...); 0: reject nothing.
-    # Old keys, kept as aliases: min_confidence (= reject_below), fallback (= unknown_label).
     reject_below: Optional[float] = Field(None, ge=0, le=1)
     unknown_label: str = Field("none of these", min_length=1, max_length=200)  # shown for rejected frames
     min_segment_s: float = Field(0.0, ge=0)
@@ -199,23 +233,6 @@ class VideoConfig(_Section):
     # dropped to rep_low since the last rep (0.4/0.6 is the middle of the range that counted exactly)
     rep_high: float = Field(0.6, gt=0, le=1)
     rep_low: float = Field(0.4, ge=0, lt=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _aliases(cls, data: Any) -> Any:
-        """The keys of the fixed-threshold fallback that rejection replaced: min_confidence -> reject_below,
-        fallback -> unknown_label (a null fallback keeps the default)."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for old, new in (("min_confidence", "reject_below"), ("fallback", "unknown_label")):
-            value = data.pop(old, None)
-            if value is None:
-                continue
-            if data.get(new) is not None and data[new] != value:
-                raise ValueError(f"{old} is the old name of {new}; give only {new}")
-            data[new] = value
-        return data
 
 
 class Config(_Section):
@@ -297,21 +314,3 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[dict[str,
 def config_to_yaml(cfg: Config) -> str:
     """The full config as YAML, for logging next to a run."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def model_was_given(cfg: Config) -> bool:
-    """Whether the model was named by a flag or the config file (not left at the defaults)."""
-    return bool({"name", "pretrained"} & cfg.model.model_fields_set)
-
-
-def adopt_model(cfg: Config, identity, owner: str) -> Config:
-    """Heads and stores remember their model: when none was given (flags or config), build the one
-    `identity` records (identity.model_overrides; one line if its checkpoint moved). A given model is kept,
-    and the head or store is then checked against it (and refused if it differs)."""
-    if identity is None or model_was_given(cfg):
-        return cfg
-    from toolkit.identity import model_overrides
-
-    for key, value in model_overrides(identity, owner=owner).items():
-        setattr(cfg.model, key.split(".", 1)[1], value)
-    return cfg

@@ -9,6 +9,10 @@ place. A crash leaves the old target (or none) and at most a hidden `.NAME.*.tmp
     write_text(path, text)          write_bytes(path, data)
     save(path, lambda tmp: fig.savefig(tmp))      any writer that takes a path (keeps the suffix)
     with atomic_dir(folder) as tmp: ...           fill a folder, then swap it in whole
+
+And what every file clipkit writes shares: CSV cells a spreadsheet won't run (`csv_safe`, `csv_writer`), file
+names that are not UTF-8 written as valid UTF-8 (`printable`), one writer per output (`held_lock`), and a full
+disk reported in one line (`reserve`, `space_errors` -> DiskFullError, exit code 5).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 
 def current_umask() -> int:
@@ -125,3 +129,204 @@ def swap_in(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- text that leaves clipkit: CSV cells, file names
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: what a spreadsheet may run as a formula
+
+
+def csv_safe(cell: object) -> object:
+    """A CSV cell that a spreadsheet shows as text: a string starting with = + - @ (or a tab or CR) gets a
+    leading ' (OWASP's advice against CSV injection), unless it is a plain number (-0.5); other values pass
+    unchanged. Every CSV clipkit writes
+    for people (predictions, reports, audit and label files) goes through this; data files that clipkit
+    reads back itself (a store's index.csv) stay lossless instead."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START) and not _is_number(cell):
+        return "'" + cell
+    return cell
+
+
+def _is_number(text: str) -> bool:
+    """A plain number like -0.5 or +3 (a spreadsheet reads it as a number, not a formula)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text
+
+
+class csv_writer:
+    """csv.writer with "\\n" line ends and fields quoted where needed, a carriage return included (csv.writer
+    leaves a lone CR unquoted when the line end is "\\n", and a reader then splits the row there). For files
+    people open (`safe`, the default), every text cell also goes through `printable` (file names that are not
+    UTF-8 come out as valid UTF-8 with \\xNN escapes) and `csv_safe` (no formulas); `safe=False` writes cells
+    as they are, for data clipkit reads back (a store's index.csv). `csv_writer(f).writerow([...])`."""
+
+    def __init__(self, f, safe: bool = True):
+        import csv
+
+        self._w = csv.writer(f, lineterminator="\n")
+        self._quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        self.safe = safe
+
+    def writerow(self, row: "Sequence[object]"):
+        if self.safe:
+            row = [csv_safe(printable(c)) if isinstance(c, str) else c for c in row]
+        cr = any(isinstance(c, str) and "\r" in c for c in row)
+        return (self._quoted if cr else self._w).writerow(row)
+
+    def writerows(self, rows: "Iterable[Sequence[object]]") -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_text(rows: "Iterable[Sequence[object]]") -> str:
+    """Rows as CSV text through `csv_writer`."""
+    import io
+
+    buf = io.StringIO()
+    csv_writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+def printable(name: str) -> str:
+    """`name` as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python holds as lone
+    surrogates, U+DC80..U+DCFF) are written as \\xNN, as Python's backslashreplace does; anything else is
+    unchanged. For output only: clipkit keeps the original name (os.fsencode(name) gives its bytes back)."""
+    if not isinstance(name, str):
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return "".join(_escape_surrogate(ch) for ch in name)
+
+
+def _escape_surrogate(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode holds it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if 0xD800 <= code <= 0xDFFF else ch
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+def lock_holder(lock: Path) -> "str | None":
+    """Who holds `lock` ("PID" or "PID on HOST"), or None when it is stale: its process is gone (or it is
+    this process's own pid, left by an earlier process with the same pid, as in a restarted container)."""
+    import socket
+    import time
+
+    try:
+        text = lock.read_text(encoding="utf-8").split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return None
+    if len(text) < 2 or not text[0].isdigit():  # torn: its writer died at once, or is writing it right now
+        return "unknown" if age < 10 else None
+    pid, host = int(text[0]), text[1]
+    if host != socket.gethostname():  # another machine's process (shared disk): can't be checked from here
+        return f"{pid} on {host}"
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(pid)
+
+
+@contextlib.contextmanager
+def held_lock(lock: str | Path, what: str) -> Iterator[None]:
+    """Hold the lock file `lock` ("PID HOST") while the block runs; `what` names the thing it guards in the
+    error ("store 'out'"). A lock of a live process raises DataError; a stale one (its process is gone, e.g.
+    killed with -9) is taken over. The lock file is removed when the block ends, however it ends."""
+    import socket
+
+    from toolkit.errors import DataError
+
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(lock)
+            if holder is not None:
+                raise DataError(f"{what} is being written by process {holder}; wait for it or remove "
+                                f"{lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        break
+    else:
+        raise DataError(f"{what} is being written by another process; wait for it or remove {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def sibling_lock(folder: str | Path) -> Path:
+    """The lock file for a folder that is replaced whole (atomic_dir): beside it, `.NAME.lock`."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+# ---------------------------------------------------------------- full disks
+
+NO_SPACE_ERRNOS = {28, 27, 122}  # ENOSPC, EFBIG (a file size limit), EDQUOT
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def reserve(path: str | Path, size: int, what: str) -> None:
+    """Give file `path` `size` bytes of real disk blocks now (posix_fallocate), so that writing it later,
+    through a memory map too, can't run out of space halfway (a memory-mapped write past the free space
+    kills the process with SIGBUS). DiskFullError naming the folder and the space needed otherwise."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, int(size))
+            except OSError as e:
+                if e.errno in NO_SPACE_ERRNOS:
+                    raise no_space(Path(path).parent, size, what) from None
+                if e.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: a filesystem without fallocate
+                    raise
+    finally:
+        os.close(fd)
+
+
+def no_space(folder: str | Path, needed: "int | None", what: str):
+    """The DiskFullError for `folder`: how much `what` needs and how much is free there."""
+    from toolkit.errors import DiskFullError
+
+    try:
+        free = f"{human_bytes(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    need = f"needs {human_bytes(needed)}" if needed else "needs more space"
+    return DiskFullError(f"not enough disk space in '{printable(str(folder))}': {what} {need} ({free}, or a "
+                         "file size limit); free some space and run the same command again")
+
+
+@contextlib.contextmanager
+def space_errors(folder: str | Path, what: str, needed: "int | None" = None) -> Iterator[None]:
+    """Turn an OSError of a full disk (ENOSPC, EFBIG, EDQUOT) raised in the block into one DiskFullError line."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:
+            raise no_space(folder, needed, what) from None
+        raise

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toolkit.errors import ModelError
+from toolkit.runtime import cache_root
 
 # Where model_overrides writes a recorded model-config JSON whose file is gone or changed.
-DEFAULT_CONFIG_DIR = Path.home() / ".cache" / "clipkit" / "model-configs"
 FOLDER_FORMATS = ("hf-hub", "open_clip-dir", "transformers-dir")  # these bring their own weights
 
 
@@ -116,13 +116,14 @@ def check_checkpoint(identity: ExtractorIdentity, owner: str = "the head or stor
     path, want = identity.checkpoint, identity.checkpoint_sha256
     if not path or not want:
         return
-    fix = f"put that file back or pass --model/--pretrained of {owner}'s model"
+    fix = f"put that file back or pass {{field}}/{{field:pretrained}} of {owner}'s model"
     if not Path(path).is_file():
-        raise ModelError(f"{owner} was made with checkpoint '{path}' (sha256 {want}), which is no longer there; {fix}")
+        raise ModelError(f"{owner} was made with checkpoint '{path}' (sha256 {want}), which is no longer there; {fix}",
+                         field="model")
     got = file_sha256(path)
     if got != want:
         raise ModelError(f"{owner} was made with checkpoint '{path}' (sha256 {want}), but that file now has sha256 "
-                         f"{got}; {fix}")
+                         f"{got}; {fix}", field="model")
 
 
 # ---------------------------------------------------------------- rebuilding the extractor
@@ -139,9 +140,9 @@ def _config_file(identity: ExtractorIdentity, config_dir: Optional[str | Path]) 
             pass
     if content is None:
         raise ModelError(f"model config '{identity.source}' of {identity.label} is gone and its content was not "
-                         "recorded; pass --model with that config's path")
+                         "recorded; pass {field} with that config's path", field="model")
     text = json.dumps(content, indent=2, sort_keys=True)
-    path = Path(config_dir or DEFAULT_CONFIG_DIR) / hashlib.sha256(text.encode()).hexdigest()[:16] / f"{identity.model}.json"
+    path = Path(config_dir or cache_root() / "model-configs") / hashlib.sha256(text.encode()).hexdigest()[:16] / f"{identity.model}.json"
     if not path.is_file():
         from toolkit.fsio import write_text
 
@@ -154,7 +155,8 @@ def _legacy_overrides(identity: ExtractorIdentity, owner: str) -> dict[str, Any]
     """Identities from before the spec: an architecture with a tag (or random init) rebuilds; local files don't."""
     if identity.weights_sha256 or (identity.pretrained or "").endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise ModelError(f"{owner} was made with {identity.label} (checkpoint sha256 {identity.weights_sha256}...) by "
-                         "a clipkit that did not record where the files were; pass --model and --pretrained")
+                         "a clipkit that did not record where the files were; pass {field} and {field:pretrained}",
+                         field="model")
     return {"model.name": identity.model, "model.pretrained": identity.pretrained or "none"}
 
 
@@ -165,7 +167,7 @@ def model_overrides(identity: ExtractorIdentity, config_dir: Optional[str | Path
     beyond what the model itself brings (random init for an architecture; folders and hub models carry theirs).
 
     A model-config JSON that is gone or changed is rebuilt from the recorded content (written under `config_dir`,
-    default ~/.cache/clipkit/model-configs). Raises ModelError (one line; `owner` names who recorded it) when a
+    default <cache root>/model-configs, see toolkit.runtime.cache_root). Raises ModelError (one line; `owner` names who recorded it) when a
     recorded checkpoint moved or changed, or an identity from before the spec names a local file.
     Identities from before the spec don't record quick_gelu: the key is left out (the config's "auto" applies).
     """
@@ -184,3 +186,14 @@ def model_overrides(identity: ExtractorIdentity, config_dir: Optional[str | Path
     if identity.quick_gelu is not None:
         out["model.quick_gelu"] = identity.quick_gelu
     return out
+
+
+def adopt_model(cfg, identity: Optional[ExtractorIdentity], owner: str):
+    """Heads and stores remember their model: when none was given (flags or config file), a new config that
+    builds the one `identity` records (`model_overrides`; one line if its checkpoint moved). A given model is
+    kept (the same config is returned), and the head or store is then checked against it (and refused if it
+    differs). `cfg` is a toolkit.config.Config; it is never changed."""
+    if identity is None or {"name", "pretrained"} & cfg.model.model_fields_set:
+        return cfg
+    changes = {key.split(".", 1)[1]: value for key, value in model_overrides(identity, owner=owner).items()}
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=changes)})

@@ -7,15 +7,18 @@ MLflow, Lightning or FastAPI.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from toolkit.config import Config, adopt_model
+from toolkit.config import Config
+from toolkit.identity import adopt_model
 from toolkit.errors import ConfigError, DataError, HeadError
 from toolkit.heads.base import Head, load_head
+from toolkit.heads.openset import unfamiliar_mask, with_zeroshot_default
 from toolkit.heads.prompts import resolve_labels, resolve_templates, validate_labels
 
 
@@ -27,18 +30,21 @@ def check_head_matches(head, identity) -> None:
     reason = identity.mismatch(ident)
     if reason:
         raise HeadError(f"head was trained on features of {ident.label}, but the loaded model is "
-                        f"{identity.label}: {reason}; load it with --model/--pretrained of its own model")
+                        f"{identity.label}: {reason}; load it with {{field}}/{{field:pretrained}} of its own model",
+                        field="model")
 
 
 class Predictor:
     """Features (or images) in, (classes, probabilities) out. One extractor, one default head, and for a
     zero-shot head a bounded cache of heads for other label sets."""
 
-    def __init__(self, extractor, head: Head, max_label_sets: int = 64):
+    def __init__(self, extractor, head: Head, max_label_sets: int = 64, unfamiliar: str = "mcm"):
         check_head_matches(head, extractor.identity)
+        self.unfamiliar = unfamiliar  # zero-shot heads for request labels: "mcm" default detector, or "off"
         self.extractor, self.head = extractor, head
         self._heads: OrderedDict[tuple[str, ...], Head] = OrderedDict([(tuple(head.classes_), head)])
         self._max_label_sets = max_label_sets
+        self._heads_lock = threading.Lock()  # the server looks heads up on its event loop, encodes in a thread
 
     @property
     def identity(self):
@@ -64,16 +70,34 @@ class Predictor:
         if self.mode != "zeroshot":
             raise ConfigError("custom labels only work in zero-shot mode; a probe head has fixed classes "
                               f"{self.head.classes_}")
-        key = tuple(validate_labels(labels, "the request's labels"))
-        if key in self._heads:
-            self._heads.move_to_end(key)
-            return self._heads[key]
+        cached = self.cached_head(labels)
+        if cached is not None:
+            return cached
         from toolkit.heads.zeroshot import ZeroShotHead
 
+        key = tuple(validate_labels(labels, "the request's labels"))
         head = ZeroShotHead.from_extractor(self.extractor, key, self.head.templates)
-        self._heads[key] = head
-        while len(self._heads) > self._max_label_sets:
-            self._heads.popitem(last=False)
+        if self.unfamiliar == "mcm":  # request-time labels: MCM with a text-derived threshold (heads.openset)
+            head = with_zeroshot_default(head, self.extractor)
+        with self._heads_lock:
+            self._heads[key] = head
+            while len(self._heads) > self._max_label_sets:
+                self._heads.popitem(last=False)
+        return head
+
+    def cached_head(self, labels: Optional[Sequence[str]] = None) -> Optional[Head]:
+        """head_for(labels) when it needs no text encoding (the default head, or a label set in the cache), else
+        None; never runs the model. Bad labels, or labels for a probe head, raise as in head_for."""
+        if not labels:
+            return self.head
+        if self.mode != "zeroshot":
+            raise ConfigError("custom labels only work in zero-shot mode; a probe head has fixed classes "
+                              f"{self.head.classes_}")
+        key = tuple(validate_labels(labels, "the request's labels"))
+        with self._heads_lock:
+            head = self._heads.get(key)
+            if head is not None:
+                self._heads.move_to_end(key)
         return head
 
     # -- scoring
@@ -95,20 +119,28 @@ class Predictor:
         which was chosen on the head's own classes, so it does not apply to another label set (`labels`)."""
         if override is not None:
             if not (isinstance(override, (int, float)) and 0.0 <= float(override) <= 1.0):
-                raise ConfigError(f"reject_below {override!r} must be in [0, 1] (0 rejects nothing)")
+                raise ConfigError(f"{{field}} {override!r} should be a number between 0 and 1 (0 rejects nothing)",
+                                  field="reject_below")
             return float(override) or None
         if labels and self.head_for(labels) is not self.head:
             return None
-        return getattr(self.head, "reject_below", None)
+        return self.head.reject_below_
 
     def predict_features(self, features: np.ndarray, top_k: Optional[int] = None,
-                         labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None
-                         ) -> list[dict[str, Any]]:
+                         labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None,
+                         head: Optional[Head] = None) -> list[dict[str, Any]]:
         """(n, D) features -> n dicts {label, score, scores, top_k, rejected}; scores ordered as the head's
-        classes. `reject_below` overrides the head's threshold for this call (0: reject nothing)."""
+        classes. `reject_below` overrides the head's threshold for this call (0: reject nothing). `head`: the
+        head for `labels` when the caller already holds it (the server's text lane), so nothing is encoded here."""
         threshold = self.threshold(reject_below, labels)
-        classes, probs = self.proba(features, labels)
-        return [result_row(classes, p, top_k, threshold) for p in probs]
+        head = head if head is not None else self.head_for(labels)
+        classes = list(head.classes_)
+        probs = (head.predict_proba(np.asarray(features, np.float32)) if len(features)
+                 else np.zeros((0, len(classes))))
+        if getattr(self.head, "multi_label", False):  # every class on its own, with its own threshold
+            return multilabel_rows(self.head, probs, top_k, reject_below)
+        unfamiliar = unfamiliar_mask(head, features)  # the head's out-of-set detector, if any
+        return [result_row(classes, p, top_k, threshold, bool(u)) for p, u in zip(probs, unfamiliar)]
 
     def predict_images(self, images: Sequence, top_k: Optional[int] = None,
                        labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None
@@ -128,6 +160,21 @@ class Predictor:
         return [{"path": str(p), **rows[i]} if i in rows else {"path": str(p), "error": errors[i]}
                 for i, p in enumerate(paths)]
 
+    def iter_paths(self, paths: Sequence[str], top_k: Optional[int] = None, progress: bool = False,
+                   labels: Optional[Sequence[str]] = None, reject_below: Optional[float] = None
+                   ) -> Iterator[dict[str, Any]]:
+        """`predict_paths` one batch at a time: each image's dict as soon as its batch is done, in order."""
+        self.threshold(reject_below, labels)
+        from tqdm import tqdm
+
+        with tqdm(total=len(paths), unit="img", desc="encoding", disable=not progress, leave=False) as bar:
+            for idx, feats, errors in self.extractor.iter_path_batches(paths):
+                rows = dict(zip(idx, self.predict_features(feats, top_k, labels, reject_below)))
+                for i in sorted([*idx, *errors]):
+                    yield {"path": str(paths[i]), **rows[i]} if i in rows else \
+                        {"path": str(paths[i]), "error": errors[i]}
+                bar.update(len(idx) + len(errors))
+
 
 def reject_mask(probs: np.ndarray, threshold: Optional[float]) -> np.ndarray:
     """(n, C) probabilities -> (n,) bools, True where the top probability is below `threshold` ("none of
@@ -143,10 +190,9 @@ def predict_store(predictor: Predictor, store, top_k: Optional[int] = None, chun
     """The rows of a feature store classified without encoding them again: {path, label, score, ...} in the
     store's order, `chunk` rows at a time, so memory stays flat however large the store. `options` go to
     `predict_features`. DataError when the store holds features of another model."""
-    reason = predictor.identity.mismatch(store.identity)
-    if reason:
-        raise DataError(f"store '{store.path}' holds features of {store.identity.label}, but the loaded model is "
-                        f"{predictor.identity.label} ({reason}); drop --model/--pretrained to use the store's own")
+    from toolkit.data.sources import check_store_model
+
+    check_store_model(store, predictor.identity)
     for start in range(0, len(store), chunk):
         feats = np.asarray(store.features[start:start + chunk], np.float32)
         rows = predictor.predict_features(feats, top_k, **options)
@@ -155,24 +201,49 @@ def predict_store(predictor: Predictor, store, top_k: Optional[int] = None, chun
 
 
 def result_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int],
-               reject_below: Optional[float] = None) -> dict[str, Any]:
+               reject_below: Optional[float] = None, unfamiliar: bool = False) -> dict[str, Any]:
     """One image's result: best label and score, every label's score, the `top_k` best, and whether it was
-    rejected (top score below `reject_below`): then `label` is None, the scores are still there."""
+    rejected and why (`reason`): "unfamiliar" (the head's out-of-set detector: far from everything it knows)
+    or "low_confidence" (top score below `reject_below`: between known classes); then `label` is None, the
+    scores are still there. `reason` is None for an accepted image."""
     order = np.argsort(-probs, kind="stable")
     k = len(classes) if not top_k else min(top_k, len(classes))
-    rejected = bool(reject_mask(probs, reject_below))
+    low = bool(reject_mask(probs, reject_below))
+    rejected = unfamiliar or low
     return {"label": None if rejected else classes[order[0]], "score": float(probs[order[0]]),
-            "rejected": rejected, "scores": {classes[i]: float(probs[i]) for i in range(len(classes))},
+            "rejected": rejected, "reason": "unfamiliar" if unfamiliar else "low_confidence" if low else None,
+            "scores": {classes[i]: float(probs[i]) for i in range(len(classes))},
             "top_k": [{"label": classes[i], "score": float(probs[i])} for i in order[:k]]}
 
 
+def multilabel_rows(head, probs: np.ndarray, top_k: Optional[int], reject_below: Optional[float] = None
+                    ) -> list[dict[str, Any]]:
+    """The result rows of a multi-label head's (n, C) probabilities (see `multilabel_row`); ConfigError when a
+    single-label "none of these" threshold is asked of it (`reject_below` given and not 0)."""
+    if reject_below:
+        raise ConfigError("{field} rejects a single-label prediction, but this head is multi-label: each class has "
+                          "its own threshold (saved with the head); drop {field}", field="reject_below")
+    return [multilabel_row(head.classes_, p, top_k, head.thresholds_) for p in probs]
+
+
+def multilabel_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[int],
+                   thresholds: np.ndarray) -> dict[str, Any]:
+    """One image's multi-label result: `labels`, every class whose probability reaches its threshold (in class
+    order, possibly none), with result_row's fields (`label` the best class when it is on, else None)."""
+    row = result_row(classes, probs, top_k)
+    on = [c for c, p, t in zip(classes, probs, thresholds) if p >= t]
+    return {**row, "labels": on, "label": row["label"] if row["label"] in on else None,
+            "thresholds": {c: float(t) for c, t in zip(classes, thresholds)}}
+
+
 def image_document(predictor: Predictor, results: list[dict[str, Any]], labels: Optional[Sequence[str]] = None,
-                   reject_below: Optional[float] = None) -> dict[str, Any]:
+                   reject_below: Optional[float] = None, head: Optional[Head] = None) -> dict[str, Any]:
     """The image result document of `clipkit predict --format json` and `POST /v1/predict`:
     {model, pretrained, mode, labels, reject_below, results: [...]}; `reject_below` is the threshold applied
-    (None: no rejection), passed by the caller who applied it."""
+    (None: no rejection), passed by the caller who applied it; `head`: the head that scored them, when the
+    caller holds it (else head_for(labels))."""
     ident = predictor.identity
-    classes = list(predictor.head_for(labels).classes_)
+    classes = list((head or predictor.head_for(labels)).classes_)
     return {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode, "labels": classes,
             "reject_below": reject_below, "results": results}
 
@@ -184,28 +255,32 @@ def serving_head(cfg: Config, head: Optional[str] = None, mode: Optional[str] = 
     serve.mode and serve.head decide. A given head means probe mode unless zeroshot was asked for: then
     they conflict."""
     if head and mode == "zeroshot":
-        raise ConfigError(f"--mode zeroshot conflicts with --head {head}; drop --head, or use --mode probe")
+        raise ConfigError(f"{{field}} zeroshot conflicts with {{field:head}} {head}; drop {{field:head}}, or use "
+                          "{field} probe", field="mode")
     mode = mode or ("probe" if head else cfg.serve.mode)
     if mode == "zeroshot":
         return None
     head = head or cfg.serve.head
     if not head:
-        raise ConfigError("--mode probe needs a head; pass --head PATH|runs:/RUN_ID/head|models:/NAME/VERSION "
-                          "(or set serve.head in the config), or use --mode zeroshot")
+        raise ConfigError("{field:mode} probe needs a head; pass {field} PATH|runs:/RUN_ID/head|models:/NAME/VERSION "
+                          "(or set serve.head in the config), or use {field:mode} zeroshot", field="head")
     return head
 
 
-def build_predictor(cfg: Config, head=None, extractor=None) -> Predictor:
+def build_predictor(cfg: Config, head=None, extractor=None, open_extractor=None) -> Predictor:
     """The Predictor for a config: a probe head when `head` is given (a loaded head or a local folder),
     else zero-shot on the config's prompts. The head and the prompts are checked before the (slow) model
     load, so bad input fails in milliseconds. With a head and no model given, the head's own model is built
-    (config.adopt_model)."""
+    (identity.adopt_model). `open_extractor(model_config)` builds the extractor (default: the torch
+    FeatureExtractor; `clipkit predict` passes encoder.fast's, which may give an ONNX Runtime one)."""
     if isinstance(head, (str, Path)):
         head = load_head(head)
     if head is not None and extractor is None:
         cfg = adopt_model(cfg, getattr(head, "identity", None), f"head '{head.method}'")
     if head is None:
         labels, templates = resolve_labels(cfg.prompts), resolve_templates(cfg.prompts)
+    if extractor is None and open_extractor is not None:
+        extractor = open_extractor(cfg.model)
     if extractor is None:
         from toolkit.encoder.features import FeatureExtractor
 
@@ -214,4 +289,7 @@ def build_predictor(cfg: Config, head=None, extractor=None) -> Predictor:
         return Predictor(extractor, head)
     from toolkit.heads.zeroshot import ZeroShotHead
 
-    return Predictor(extractor, ZeroShotHead.from_extractor(extractor, labels, templates))
+    head = ZeroShotHead.from_extractor(extractor, labels, templates)
+    if cfg.prompts.unfamiliar == "mcm":  # labels without images to choose a detector on (heads.openset)
+        head = with_zeroshot_default(head, extractor)
+    return Predictor(extractor, head, unfamiliar=cfg.prompts.unfamiliar)

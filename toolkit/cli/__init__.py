@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 
 from toolkit.errors import ToolkitError
-from toolkit.cli.common import interrupted_line, signals_as_interrupts
+from toolkit.cli.common import flag_name, interrupted_line, signals_as_interrupts
 
-OWN_SIGNALS = {"serve"}  # commands that handle SIGTERM / SIGINT themselves (uvicorn drains, then exits 0)
+OWN_SIGNALS = {"serve", "label"}  # commands that handle SIGTERM / SIGINT themselves (uvicorn drains, then exits 0)
 
 
 class _Group(click.Group):
@@ -17,7 +17,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ToolkitError as e:
-            click.echo(f"error: {e.message}", err=True)
+            click.echo(f"error: {e.phrased(flag_name)}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt as e:
             line, code = interrupted_line(e)
@@ -39,13 +39,16 @@ def main() -> None:
       clipkit compare                                              # MLflow: prompts vs probes
 
     Exit codes: 0 ok, 1 some inputs failed, 2 bad input or config, 3 model/head error, 4 tracking error,
-    143 / 130 stopped by SIGTERM / Ctrl-C (an MLflow run it had open ends KILLED).
+    5 disk full (what was written so far is kept: free space and rerun), 143 / 130 stopped by SIGTERM /
+    Ctrl-C (an MLflow run it had open ends KILLED).
     """
     ctx = click.get_current_context()
     if ctx.invoked_subcommand not in OWN_SIGNALS:
         ctx.with_resource(signals_as_interrupts())
 
 
+from toolkit.cli import evaluate, stores  # noqa: E402
+from toolkit.cli import label  # noqa: E402
 from toolkit.cli import demo, embed, export, predict, probe, serve, track, video  # noqa: E402  (each imports its heavy deps lazily)
 
 for _command in (
@@ -57,5 +60,8 @@ for _command in (
     serve.serve,                                      # HTTP server and web page
     demo.demo_data, demo.demo_video,                  # synthetic exercise data
     export.export_onnx,                               # ONNX Runtime image tower
+    evaluate.evaluate,                                # a head on a labelled split: intervals, mistakes
+    stores.stores,                                    # cached feature stores: list, clean
+    label.label, label.suggest, label.audit,          # labelling page, what to label next, label errors
 ):
     main.add_command(_command)

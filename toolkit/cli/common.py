@@ -14,6 +14,11 @@ import click
 from toolkit.config import Config, load_config
 
 
+def flag_name(field: str) -> str:
+    """A config field or parameter as the CLI spells it: target_precision -> --target-precision."""
+    return "--" + field.replace("_", "-")
+
+
 def model_options(f: Callable) -> Callable:
     """--config, --model, --pretrained, --device, --precision, --batch-size, --quick-gelu."""
     opts = [
@@ -78,7 +83,7 @@ def head_options(f: Callable) -> Callable:
 def local_head(spec: Optional[str], cfg: Config) -> Optional[str]:
     """The head as a local folder: runs:/ and models:/ URIs are downloaded from the config's tracking store
     (MLflow is imported only then)."""
-    from toolkit.heads.base import is_mlflow_uri
+    from toolkit.tracking.checks import is_mlflow_uri
 
     if not spec or not is_mlflow_uri(spec):
         return spec
@@ -109,6 +114,77 @@ def build_config(config_path: Optional[str] = None, **flags: Any) -> Config:
     if cfg.tracking.uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
         cfg.tracking.uri = os.environ["MLFLOW_TRACKING_URI"]
     return cfg
+
+
+class Fraction(click.ParamType):
+    """A number between 0 and 1 (NaN and inf refused with that wording, which click.FloatRange lets through)."""
+
+    name = "0..1"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not 0.0 <= x <= 1.0:  # False for NaN too
+            self.fail(f"{value!r} should be a number between 0 and 1", param, ctx)
+        return x
+
+
+FRACTION = Fraction()
+
+
+# ---------------------------------------------------------------- splits and the "none of these" rule
+
+def split_options(f: Callable) -> Callable:
+    """--seed, --val-fraction, --test-fraction: how a dataset without given splits is split."""
+    f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Share of each class drawn for test when the data has no test split. [default: 0.15]")(f)
+    f = click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Share of each class drawn for validation when the data has no val split. [default: 0.15]")(f)
+    f = click.option("--seed", type=int, default=None, help="Seed of the drawn splits and of training. [default: 0]")(f)
+    f = click.option("--multi-label", "multi_label", is_flag=True, default=None,
+                     help="DATA is multi-label: a CSV path,labels[,split] with labels separated by '|', or JSON Lines "
+                          "{\"path\", \"labels\": [...]}. [default: recognised from the file]")(f)
+    return f
+
+
+def rejection_options(f: Callable) -> Callable:
+    """--target-precision | --target-coverage | --reject-below: the "none of these" rule (see with_rejection)."""
+    f = click.option("--reject-below", type=FRACTION, default=None,
+                     help="Answer \"none of these\" below this calibrated probability (given, not chosen).")(f)
+    f = click.option("--target-coverage", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Choose the threshold on val that still accepts this share of the images.")(f)
+    f = click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Choose the lowest threshold on val whose accepted predictions are this accurate; the "
+                          "head then answers \"none of these\" below it.")(f)
+    return f
+
+
+def with_rejection(cfg: Config, target_precision: Optional[float], target_coverage: Optional[float],
+                   reject_below: Optional[float]) -> Config:
+    """The config with a rejection flag replacing its rule (cfg.probe.target_precision | target_coverage |
+    reject_below); the same config when no flag is given."""
+    given = {k: v for k, v in (("target_precision", target_precision), ("target_coverage", target_coverage),
+                               ("reject_below", reject_below)) if v is not None}
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join('--' + k.replace('_', '-') for k in given)} both given; "
+                               "choose one rejection rule")
+    if not given:
+        return cfg
+    probe = cfg.probe.model_copy(update={"target_precision": None, "target_coverage": None, "reject_below": None,
+                                         **given})
+    return cfg.model_copy(update={"probe": probe})
+
+
+def probe_overrides(flags: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """Move the probe flags out of `flags` into dotted config overrides."""
+    out = {"probe.seed": flags.pop("seed", None), "probe.val_fraction": flags.pop("val_fraction", None),
+           "probe.test_fraction": flags.pop("test_fraction", None), "probe.multi_label": flags.pop("multi_label", None)}
+    out.update({f"probe.{k}": v for k, v in more.items()})
+    return out
 
 
 def show_progress(flag: Optional[bool]) -> bool:

@@ -6,6 +6,7 @@ from typing import Any, Optional
 import click
 
 from toolkit.cli.common import build_config, model_options
+from toolkit.cli.outputs import overwrite_option, refuse_existing
 
 
 @click.command("export-onnx")
@@ -16,7 +17,9 @@ from toolkit.cli.common import build_config, model_options
               help="Run ONNX Runtime on random inputs and compare with eager PyTorch (max abs difference).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Fail (exit 3) when the check's max abs difference of the embeddings exceeds this.")
-def export_onnx(config_path: Optional[str], out: str, opset: int, check: bool, tolerance: float, **flags: Any) -> None:
+@overwrite_option
+def export_onnx(config_path: Optional[str], out: str, opset: int, check: bool, tolerance: float, overwrite: bool,
+                **flags: Any) -> None:
     """Export the model's image tower to ONNX: (n, 3, H, W) preprocessed images -> (n, D) L2-normalized
     embeddings, with a dynamic batch axis and the extractor identity in the model metadata.
 
@@ -33,6 +36,7 @@ def export_onnx(config_path: Optional[str], out: str, opset: int, check: bool, t
     from toolkit.encoder.features import FeatureExtractor
     from toolkit.encoder.onnx import OnnxImageEncoder, export_image_encoder, parity
 
+    refuse_existing(out, overwrite, "--out")
     flags["precision"] = "fp32"
     cfg = build_config(config_path, **flags)
     cfg.model.device = "cpu"

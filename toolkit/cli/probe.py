@@ -1,60 +1,15 @@
 """`clipkit extract` (dataset -> feature store) and `clipkit train-probe` (store -> linear head + report)."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from toolkit.config import adopt_model
-from toolkit.errors import ConfigError, DataError
-from toolkit.cli.common import build_config, extraction_options, model_options, prompt_options, show_progress
-
-
-def _split_options(f):
-    f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                     help="Share of each class drawn for test when the data has no test split. [default: 0.15]")(f)
-    f = click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                     help="Share of each class drawn for validation when the data has no val split. [default: 0.15]")(f)
-    f = click.option("--seed", type=int, default=None, help="Seed of the drawn splits and of training. [default: 0]")(f)
-    return f
-
-
-def rejection_options(f):
-    """--target-precision | --target-coverage | --reject-below: the "none of these" rule (see apply_rejection)."""
-    f = click.option("--reject-below", type=click.FloatRange(0, 1), default=None,
-                     help="Answer \"none of these\" below this calibrated probability (given, not chosen).")(f)
-    f = click.option("--target-coverage", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="Choose the threshold on val that still accepts this share of the images.")(f)
-    f = click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="Choose the lowest threshold on val whose accepted predictions are this accurate; the "
-                          "head then answers \"none of these\" below it.")(f)
-    return f
-
-
-def apply_rejection(cfg, target_precision: Optional[float], target_coverage: Optional[float],
-                    reject_below: Optional[float]) -> None:
-    """A rejection flag replaces the config's rule (cfg.probe.target_precision | target_coverage | reject_below)."""
-    given = {k: v for k, v in (("target_precision", target_precision), ("target_coverage", target_coverage),
-                               ("reject_below", reject_below)) if v is not None}
-    if len(given) > 1:
-        raise click.UsageError(f"{' and '.join('--' + k.replace('_', '-') for k in given)} both given; "
-                               "choose one rejection rule")
-    if given:
-        cfg.probe = cfg.probe.model_copy(update={"target_precision": None, "target_coverage": None,
-                                                 "reject_below": None, **given})
-
-
-def _probe_overrides(flags: dict[str, Any], **more: Any) -> dict[str, Any]:
-    """Move the probe flags out of `flags` into dotted config overrides."""
-    out = {"probe.seed": flags.pop("seed", None), "probe.val_fraction": flags.pop("val_fraction", None),
-           "probe.test_fraction": flags.pop("test_fraction", None)}
-    out.update({f"probe.{k}": v for k, v in more.items()})
-    return out
+from toolkit.errors import ConfigError
+from toolkit.cli.common import (build_config, extraction_options, model_options, probe_overrides, prompt_options,
+                                rejection_options, show_progress, split_options, with_rejection)
+from toolkit.cli.outputs import overwrite_option, refuse_existing
 
 
 def _load_extractor(cfg):
@@ -76,7 +31,7 @@ def _store_line(store) -> str:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder of the feature store (created; an unfinished one is resumed).")
 @model_options
-@_split_options
+@split_options
 @extraction_options
 def extract(data: str, out: str, config_path: Optional[str], progress: Optional[bool], devices: int, num_nodes: int,
             strategy: str, **flags: Any) -> None:
@@ -98,11 +53,12 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
       clipkit extract labels.csv --model ViT-B-32 --pretrained openai --out features/mine
       clipkit extract out/demo --config configs/demo.yaml --out out/f --devices 2   # 2 processes (DDP)
     """
-    from toolkit.data.datasets import load_dataset
     from toolkit.data.extraction import extract_store
+    from toolkit.data.multilabel import load_any
 
-    cfg = build_config(config_path, **_probe_overrides(flags), **flags)
-    dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
+    cfg = build_config(config_path, **probe_overrides(flags), **flags)
+    p = cfg.probe  # a multi-label CSV / JSON Lines file (or --multi-label) gives a multi-label store
+    dataset = load_any(data, p.seed, p.val_fraction, p.test_fraction, p.multi_label)
     if devices > 1 or num_nodes > 1:  # one process per device, each writing its batches' rows of the store
         from toolkit.data.extraction import extract_distributed
 
@@ -115,32 +71,6 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
     click.echo(f"store     {_store_line(store)}")
     click.echo(f"classes   {', '.join(f'{c} ({n})' for c, n in store.meta['class_counts'].items())}")
     click.echo(f"splits    {', '.join(f'{s} {n}' for s, n in store.meta['split_counts'].items())}")
-
-
-def default_store_dir(data: str, identity) -> Path:
-    """Where train-probe caches a dataset's features: one folder per (dataset path, extractor)."""
-    from toolkit.data.datasets import dataset_name
-
-    key = json.dumps([str(Path(data).resolve()), identity.features_key()], sort_keys=True)
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipkit" / "stores"
-    return root / f"{dataset_name(data)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _check_store_model(store, extractor) -> None:
-    reason = extractor.identity.mismatch(store.identity)
-    if reason:
-        raise DataError(f"store '{store.path}' holds features of {store.identity.label}, but the loaded model is "
-                        f"{extractor.identity.label} ({reason}); pass that store's --model/--pretrained (or --config)")
-
-
-def _zeroshot_head(cfg, extractor, classes: list[str], labels_given: bool):
-    from toolkit.heads.prompts import resolve_labels, resolve_templates
-    from toolkit.heads.zeroshot import ZeroShotHead
-
-    if labels_given and sorted(resolve_labels(cfg.prompts)) != sorted(classes):
-        raise ConfigError(f"--label/--labels {resolve_labels(cfg.prompts)} differ from the dataset's classes "
-                          f"{classes}; the zero-shot baseline prompts with the class names, so drop those flags")
-    return ZeroShotHead.from_extractor(extractor, classes, resolve_templates(cfg.prompts))
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -165,13 +95,61 @@ def _summary(result, store, out: Path) -> str:
                          f"{_fmt(part['macro_f1']):>9}")
     if m.get("gain_over_zeroshot") is not None:
         lines.append(f"gain            {m['gain_over_zeroshot']:+.1f} accuracy points over zero-shot")
-    from toolkit.heads.calibration import summary_lines
-
     cal = m.get("calibration") or {}
-    lines += summary_lines({"zero-shot": cal.get("zeroshot"), "probe": cal.get("probe")})
+    lines += calibration_lines({"zero-shot": cal.get("zeroshot"), "probe": cal.get("probe")})
+    lines += openset_lines(cal.get("openset"))
     lines += [f"head      {out}", f"report    {result.report_dir} (report.json, confusion_matrix.png, sweep.png, "
               "reliability.png)"]
     return "\n".join(lines)
+
+
+def openset_lines(report: Optional[dict[str, Any]]) -> list[str]:
+    """The out-of-set detector's summary line (train-probe --keep-known), or its note."""
+    if not report:
+        return []
+    if "detector" not in report:
+        return [f"note            {report.get('note', '')}"]
+    sel, test = report["selection"], report.get("test_known_kept")
+    return [f"unfamiliar      {report['chosen']} below {report['threshold']:.4g} (keep known {sel['target']:g}); "
+            f"held-out-class AUROC {report['heldout_auroc']:.3f}; known kept: val {_pct(sel.get('val_known_kept'))}"
+            + (f", test {_pct(test)}" if test is not None else "")]
+
+
+def _pct(v: Optional[float]) -> str:
+    return "  n/a" if v is None else f"{100 * v:4.1f}%"
+
+
+def calibration_lines(reports: dict[str, Optional[dict[str, Any]]], split: str = "test") -> list[str]:
+    """Summary lines for {name: heads.calibration.calibrate report}: temperature and ECE / NLL / Brier on `split` before ->
+    after, then the "none of these" rule with its val and `split` precision and coverage, and any notes."""
+    lines = [f"{'calibration':<16}{'temp.':>6}   {'ECE (' + split + ')':<16} {'NLL':<16} Brier"]
+    notes = []
+    for name, cal in reports.items():
+        if not cal:
+            continue
+        b, a = (cal.get(split) or {}).get("before") or {}, (cal.get(split) or {}).get("after") or {}
+        if b.get("ece") is None:
+            continue
+        lines.append(f"{name:<16}{cal['temperature']:>6.3g}   {_pct(b['ece'])} -> {_pct(a['ece'])}  "
+                     f"{b['nll']:.3f} -> {a['nll']:.3f}   {b['brier']:.3f} -> {a['brier']:.3f}")
+        if cal.get("note"):
+            notes.append(f"note            {name}: {cal['note']}")
+        rule = cal.get("rejection") or {}
+        if rule:
+            lines.append(_rule_line(rule, (cal.get(split) or {}).get("selective"), split))
+            if rule.get("note"):
+                notes.append(f"note            {name}: {rule['note']}")
+    return lines + notes
+
+
+def _rule_line(rule: dict[str, Any], sel: Optional[dict[str, Any]], split: str) -> str:
+    how = {"target_precision": f"target precision {rule['target']:g}",
+           "target_coverage": f"target coverage {rule['target']:g}", "given": "given"}[rule["rule"]]
+    text = (f"none of these   below {rule['threshold']:.3f} ({how}); val: precision {_pct(rule['val_precision'])}, "
+            f"coverage {_pct(rule['val_coverage'])}")
+    if sel:
+        text += f"; {split}: precision {_pct(sel['precision'])}, coverage {_pct(sel['coverage'])}"
+    return text
 
 
 def _chosen(p: dict[str, Any]) -> str:
@@ -188,35 +166,6 @@ def _chosen(p: dict[str, Any]) -> str:
             "zeroshot": lambda: "the zero-shot classifier itself"}[method]()
     head = f"{p['method']} -> {method}" if p["method"] == "auto" else method
     return head + (f" (init {p['init']})" if method in ("logreg", "linear") else "") + f": {what}"
-
-
-def _open_or_extract(data: str, store_dir: Optional[str], cfg, progress: bool):
-    """(store, extractor, dataset name): open DATA as a store, or load it as a dataset and extract it."""
-    from toolkit.data.datasets import dataset_name, load_dataset
-    from toolkit.data.store import FeatureStore
-    from toolkit.data.extraction import extract_store
-
-    if FeatureStore.is_store(data):
-        store = FeatureStore.open(data)
-        store.check_rows()  # NaN or garbage rows: one line now, not a solver's traceback later
-        store.reused = True  # given as DATA: used as is
-        extractor = _load_extractor(adopt_model(cfg, store.identity, f"store '{data}'"))
-        _check_store_model(store, extractor)
-        return store, extractor, dataset_name(store.meta.get("dataset_root") or data)
-    dataset = load_dataset(data, cfg.probe.seed, cfg.probe.val_fraction, cfg.probe.test_fraction)
-    extractor = _load_extractor(cfg)
-    where = Path(store_dir) if store_dir else default_store_dir(data, extractor.identity)
-    store = extract_store(extractor, dataset, where, progress=progress)
-    store.check_rows()
-    return store, extractor, dataset_name(data)
-
-
-def _place_report(result, out: Path) -> None:
-    """Move the report next to the saved head (out/report); the head folder itself was written atomically."""
-    target = out / "report"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.move(str(result.report_dir), str(target))
-    result.report_dir = target
 
 
 def _c_grid(value: Optional[str]) -> Optional[list[float]]:
@@ -251,18 +200,23 @@ def _c_grid(value: Optional[str]) -> Optional[list[float]]:
               help="Where to extract DATA's features (reused when unchanged). [default: ~/.cache/clipkit/stores/...]")
 @model_options
 @prompt_options
-@_split_options
+@split_options
 @rejection_options
+@click.option("--keep-known", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Save an out-of-set detector with the head, chosen by holding each class out in turn, its "
+                   "threshold keeping this share of known val (e.g. 0.95): images far from everything it was "
+                   "trained on are rejected as \"unfamiliar\".")
 @click.option("--experiment", default=None, help="MLflow experiment name. [default: from the dataset name]")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
               "sqlite:///mlflow.db]")
 @click.option("--no-track", is_flag=True, help="Don't log the run to MLflow.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a terminal).")
+@overwrite_option
 def train_probe(data: str, out: str, config_path: Optional[str], method: Optional[str], finetune: Optional[bool],
                 init: Optional[str], fewshot: Optional[int], c_grid: Optional[str], store_dir: Optional[str], experiment: Optional[str],
-                tracking_uri: Optional[str], no_track: bool, progress: Optional[bool],
+                tracking_uri: Optional[str], no_track: bool, progress: Optional[bool], overwrite: bool,
                 target_precision: Optional[float], target_coverage: Optional[float], reject_below: Optional[float],
-                **flags: Any) -> None:
+                keep_known: Optional[float], **flags: Any) -> None:
     """Train a head on CLIP features and score it against zero-shot on the test split.
 
     DATA is a feature store (from `clipkit extract`) or a dataset (image folder or CSV manifest,
@@ -290,32 +244,49 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
       clipkit train-probe out/demo --config configs/demo.yaml --out out/head-auto --method auto --fewshot 4
       clipkit train-probe labels.csv --model ViT-B-32 --pretrained openai --out heads/mine --no-track
     """
+    from toolkit.fitting.probe import check_probe_config
     from toolkit.tracking import records as run_records
-    from toolkit.tracking import adapter as tracking
+    from toolkit.data.sources import store_and_extractor
+    from toolkit.evaluation.report import write_report
     from toolkit.fitting.probe import train_probe as fit
+    from toolkit.heads.zeroshot import baseline_head
+    from toolkit.runtime import cache_root
+    from toolkit.tracking import adapter as tracking
 
+    from toolkit import fsio
+
+    # one train-probe at a time per --out: a second one started meanwhile is refused (the lock sits beside OUT,
+    # which is replaced whole), and released however this command ends
+    click.get_current_context().with_resource(fsio.held_lock(fsio.sibling_lock(out), f"head folder '{out}'"))
+    refuse_existing(out, overwrite, "--out")  # before any work: a rerun never replaces a head silently
     labels_given = bool(flags.get("labels") or flags.get("labels_file"))
-    overrides = _probe_overrides(flags, method=method, finetune=finetune, init=init, fewshot=fewshot,
-                                 c_grid=_c_grid(c_grid))
+    overrides = probe_overrides(flags, method=method, finetune=finetune, init=init, fewshot=fewshot,
+                                 c_grid=_c_grid(c_grid), keep_known=keep_known)
     overrides.update({"tracking.experiment": experiment, "tracking.uri": tracking_uri,
                       "tracking.enabled": False if no_track else None})
     cfg = build_config(config_path, **overrides, **flags)
-    apply_rejection(cfg, target_precision, target_coverage, reject_below)
-    if cfg.probe.finetune and cfg.probe.method != "cache":  # before the model loads
-        raise ConfigError(f"--finetune trains the keys of a cache head; use it with --method cache, "
-                          f"not {cfg.probe.method}")
+    cfg = with_rejection(cfg, target_precision, target_coverage, reject_below)
+    check_probe_config(cfg.probe, has_zeroshot=True)  # before the model loads (the baseline is always built)
     if cfg.tracking.enabled:
         tracking.check_tracking(cfg.tracking)  # fail in seconds, before any encoding
     show = show_progress(progress)
-    store, extractor, name = _open_or_extract(data, store_dir, cfg, show)
-    zeroshot = _zeroshot_head(cfg, extractor, store.classes, labels_given)
+    store, extractor, name = store_and_extractor(data, cfg, cache_root() / "stores", store_dir, show)
+    from toolkit.cli.multilabel import is_multilabel, run_multilabel
+
+    if is_multilabel(store):  # labels separated by '|': one-vs-rest heads, per-class thresholds
+        return run_multilabel(cfg, store, extractor, name, Path(out))
+    zeroshot = baseline_head(extractor, store.classes, cfg.prompts, labels_given)
     out_dir = Path(out)
     with run_records.probe_run(cfg, name, store=store) as run:
         result = fit(store, cfg.probe, zeroshot, progress=show)
-        result.head.save(out_dir)
-        _place_report(result, out_dir)
+        result.head.save(out_dir)  # atomically, replacing the folder: the report goes in after
+        result.report_dir = write_report(result, out_dir / "report")
         run.log_result(result)
     click.echo(_summary(result, store, out_dir))
+    from toolkit.heads.calibration import tradeoff_lines
+
+    for line in tradeoff_lines(((result.metrics.get("calibration") or {}).get("probe") or {}).get("rejection") or {}):
+        click.echo(line, err=True)  # a target that costs most of the coverage, said loudly with the trade-off
     if run.run_id:  # None when --no-track
         click.echo(f"mlflow    run {run.run_id} in {tracking.experiment_name(cfg.tracking, name)}: "
                    f"--head runs:/{run.run_id}/head" + (f" or {run.registered_uri}" if run.registered_uri else ""))

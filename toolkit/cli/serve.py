@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any, Optional
 
 import click
@@ -26,6 +27,12 @@ def resolve_api_key(api_key: Optional[str], api_key_file: Optional[str]) -> Opti
     from toolkit.errors import ConfigError
 
     on_command_line = click.get_current_context().get_parameter_source("api_key") is ParameterSource.COMMANDLINE
+    env_key = os.environ.get("CLIPKIT_API_KEY")
+    if api_key_file is None and not on_command_line and env_key is not None and not env_key.strip():
+        # click reads an empty variable as unset: authentication would be off without a word
+        raise ConfigError("CLIPKIT_API_KEY is set but empty; put the key in it, or unset it to serve without a key")
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("the API key is empty; give a non-empty key (or none, to serve without a key)")
     if api_key_file is None:
         if api_key and on_command_line:
             click.secho("WARNING: --api-key on the command line shows in `ps` to every user of this machine; put "

@@ -9,9 +9,9 @@ from typing import Any, Callable, Optional
 import click
 
 from toolkit.fitting.prompt_eval import SPLIT_CHOICES
-from toolkit.cli.common import build_config, model_options, show_progress
-from toolkit.cli.probe import _probe_overrides as probe_overrides, _split_options as split_options  # same split flags
-from toolkit.cli.probe import apply_rejection, rejection_options
+from toolkit.cli.common import (build_config, model_options, probe_overrides, rejection_options, show_progress,
+                                split_options, with_rejection)
+from toolkit.cli.outputs import overwrite_option, refuse_existing
 
 def tracking_options(f: Callable) -> Callable:
     """--experiment, --tracking-uri, --no-track (fill cfg.tracking through `tracking_overrides`)."""
@@ -27,21 +27,6 @@ def tracking_options(f: Callable) -> Callable:
 def tracking_overrides(experiment: Optional[str], tracking_uri: Optional[str], no_track: bool) -> dict[str, Any]:
     return {"tracking.experiment": experiment, "tracking.uri": tracking_uri,
             "tracking.enabled": False if no_track else None}
-
-
-def _open_data(data: str, cfg):
-    """(dataset or None, store or None, classes, dataset name): DATA is an image folder, a CSV or a store."""
-    from toolkit.data.datasets import dataset_name, load_dataset
-    from toolkit.data.store import FeatureStore
-
-    if FeatureStore.is_store(data):
-        store = FeatureStore.open(data)
-        store.check_rows()  # NaN or garbage rows: one line, before any model load
-        root = store.meta.get("dataset_root") or data
-        return None, store, store.classes, dataset_name(root)
-    p = cfg.probe
-    ds = load_dataset(data, seed=p.seed, val_fraction=p.val_fraction, test_fraction=p.test_fraction)
-    return ds, None, ds.classes, dataset_name(data)
 
 
 def _results_table(rows: list[dict[str, Any]]) -> str:
@@ -66,8 +51,7 @@ def _save_head(evals: list, out: str) -> str:
         return (-(after["accuracy"] or 0), after["nll"] if after["nll"] is not None else float("inf"))
 
     best = min(evals, key=key)
-    best.head.metrics = {**best.head.metrics, **best.scalar_metrics()}
-    best.head.save(out)
+    best.head.annotated(metrics=best.scalar_metrics()).save(out)
     why = f" (best val accuracy of {len(evals)})" if len(evals) > 1 else ""
     return (f"saved the calibrated zero-shot head of prompt set '{best.prompt_set.name}'{why} to {out}: "
             f"serve it with `clipkit serve --head {out}`")
@@ -94,11 +78,12 @@ def _save_head(evals: list, out: str) -> str:
 @tracking_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@overwrite_option
 def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ...], labels_files: tuple[str, ...],
                  prompt_sets: Optional[str], split: str, store_path: Optional[str],
                  experiment: Optional[str], tracking_uri: Optional[str], no_track: bool, fmt: str,
                  progress: Optional[bool], target_precision: Optional[float], target_coverage: Optional[float],
-                 reject_below: Optional[float], save_head: Optional[str], **flags: Any) -> None:
+                 reject_below: Optional[float], save_head: Optional[str], overwrite: bool, **flags: Any) -> None:
     """Score several prompt sets zero-shot on one labelled dataset; one MLflow run (kind=prompt) each.
 
     DATA is an image folder (ROOT/<class>/*.jpg or ROOT/{train,val,test}/<class>/), a CSV manifest
@@ -121,20 +106,30 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     from toolkit.tracking import records as run_records
     from toolkit.tracking import adapter as tracking
     from toolkit.evaluation.metrics import headline
+    from toolkit.data.sources import open_data, store_and_extractor
     from toolkit.fitting.prompt_eval import evaluate_prompt_set, load_prompt_sets, prompt_sets_from_flags
+    from toolkit.runtime import cache_root
 
+    if save_head:
+        refuse_existing(save_head, overwrite, "--save-head")  # before any work, as every command's output
     overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track)}
     cfg = build_config(config_path, **overrides, **flags)
-    apply_rejection(cfg, target_precision, target_coverage, reject_below)
+    cfg = with_rejection(cfg, target_precision, target_coverage, reject_below)
     rule = {k: getattr(cfg.probe, k) for k in ("target_precision", "target_coverage", "reject_below")}
-    dataset, store, classes, name = _open_data(data, cfg)
+    opened = open_data(data, cfg.probe)
+    from toolkit.cli.multilabel import refuse_multilabel
+
+    refuse_multilabel(opened, "eval-prompts")  # its prompt sets pick one class per image
+    classes, name = opened[2], opened[3]
     sets = load_prompt_sets(prompt_sets, classes) if prompt_sets else []
     if templates or labels_files or not sets:
         sets += prompt_sets_from_flags(templates, labels_files, classes, cfg.prompts.templates)
     if len({s.name for s in sets}) != len(sets):
         raise click.UsageError("two prompt sets share a name; rename one in the YAML")
     tracking.check_tracking(cfg.tracking)  # before the model load
-    extractor, store = _extract(cfg, data, dataset, store, store_path, progress)
+    # the same store cache train-probe uses, so images are encoded once
+    store, extractor, _ = store_and_extractor(data, cfg, cache_root() / "stores", store_path,
+                                              show_progress(progress), opened)
     rows, evals = [], []
     for ps in sets:
         with run_records.prompt_run(cfg, name, ps, store) as run:
@@ -159,50 +154,46 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
         for note in (ev.calibration.get("note"), (ev.calibration.get("rejection") or {}).get("note")):
             if note:
                 click.echo(f"note: prompt set '{ev.prompt_set.name}': {note}", err=True)
+        from toolkit.heads.calibration import tradeoff_lines  # a target that costs most coverage, said loudly
+
+        for line in tradeoff_lines(ev.calibration.get("rejection") or {}):
+            click.echo(line.replace("warning: ", f"warning: prompt set '{ev.prompt_set.name}': ", 1), err=True)
     if save_head:
         click.echo(_save_head(evals, save_head), err=True)
 
 
-def _extract(cfg, data: str, dataset, store, store_path: Optional[str], progress: Optional[bool]):
-    """Load the extractor and the dataset's feature store (extracting what is missing)."""
-    from toolkit.config import adopt_model
-    from toolkit.errors import DataError
-    from toolkit.encoder.features import FeatureExtractor
-    from toolkit.data.extraction import extract_store
+def _refuse_missing_database(uri: str) -> None:
+    """compare only reads: an SQLite store that isn't there is named (with where it was looked for), never created
+    empty. The default store is mlflow.db in the folder clipkit runs in."""
+    rest = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    rest = rest[len("file:"):].split("?", 1)[0] if rest.startswith("file:") else rest
+    if rest and rest != ":memory:" and not Path(rest).exists():
+        from toolkit.errors import TrackingError
 
-    if store is not None:  # a store remembers its model: built when none was given
-        cfg = adopt_model(cfg, store.identity, f"store '{store.path}'")
-    extractor = FeatureExtractor.from_config(cfg.model)
-    if store is not None:
-        reason = extractor.identity.mismatch(store.identity)
-        if reason:
-            raise DataError(f"feature store '{store.path}' holds features of {store.identity.label}, not of "
-                            f"{extractor.identity.label} ({reason}); pass the store's --model/--pretrained")
-        return extractor, store
-    from toolkit.cli.probe import default_store_dir  # the same cache train-probe uses, so images are encoded once
-
-    out = Path(store_path) if store_path else default_store_dir(data, extractor.identity)
-    store = extract_store(extractor, dataset, out, progress=show_progress(progress))
-    store.check_rows()
-    return extractor, store
+        raise TrackingError(f"no MLflow store at '{Path(rest).resolve()}' (tracking URI {uri}; the default store "
+                            "is mlflow.db in the current folder); run compare in the folder you trained in, or "
+                            "pass --tracking-uri sqlite:////ABSOLUTE/PATH/mlflow.db")
 
 
 @click.command()
 @click.option("--experiment", default=None, help="Experiment to compare. [default: the one with the latest run]")
 @click.option("--dataset", default=None, help="Dataset name, when an experiment holds runs on several.")
 @click.option("--metric", default="accuracy", show_default=True,
-              help="accuracy | balanced_accuracy | macro_f1 (or any metric the runs logged).")
+              help="accuracy | balanced_accuracy | macro_f1 | map (multi-label runs) (or any metric the runs "
+                   "logged).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--out", "charts_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the bar charts, one per metric named by it (OUT/accuracy.png, OUT/macro_f1.png, "
+                   "...). Without it (or --plot) no file is written.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
-              help="Bar chart PNG of --metric; one per other metric beside it (PATH-<metric>.png). "
-                   "[default: compare-<experiment>.png]")
-@click.option("--no-plot", is_flag=True, help="Don't write the bar chart.")
+              help="Bar chart PNG of --metric at this path; one per other metric beside it (PATH-<metric>.png).")
+@click.option("--no-plot", is_flag=True, help="Don't write charts (the default without --out or --plot).")
 @click.option("--tracking-uri", default=None, help="MLflow store. [default: $MLFLOW_TRACKING_URI, else "
               "sqlite:///mlflow.db]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config whose tracking section names the store.")
-def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt: str, plot_path: Optional[str],
-            no_plot: bool, tracking_uri: Optional[str], config_path: Optional[str]) -> None:
+def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt: str, charts_dir: Optional[str],
+            plot_path: Optional[str], no_plot: bool, tracking_uri: Optional[str], config_path: Optional[str]) -> None:
     """Rank the prompt runs and probe runs of one dataset, best first, with the gain over zero-shot.
 
     Gains are percentage points. A probe run's gain is over the zero-shot score it logged on its own
@@ -214,19 +205,23 @@ def compare(experiment: Optional[str], dataset: Optional[str], metric: str, fmt:
     Examples:
       clipkit compare
       clipkit compare --experiment clipkit-demo --metric macro_f1 --format json
-      clipkit compare --tracking-uri http://127.0.0.1:5000 --plot compare.png
+      clipkit compare --tracking-uri http://127.0.0.1:5000 --out out/compare   # out/compare/<metric>.png
     """
     from toolkit.tracking import adapter as tracking
-    from toolkit.evaluation.compare import finished_runs, rank, render_json, render_table, write_charts
+    from toolkit.evaluation.compare import finished_runs, rank, render_json, render_table, write_chart_folder, \
+        write_charts
 
     cfg = build_config(config_path, **{"tracking.uri": tracking_uri, "tracking.enabled": True})
     tracking.check_tracking(cfg.tracking, write=False)  # ranking only reads: a read-only database will do
+    _refuse_missing_database(tracking.resolve_uri(cfg.tracking))
     name, runs = tracking.search_runs(cfg.tracking, experiment)
     runs, skipped = finished_runs(runs)
     if skipped:
         click.echo(skipped, err=True)
     report = rank(runs, metric, dataset, name)
     click.echo(render_json(report) if fmt == "json" else render_table(report))
-    if not no_plot:
-        for path in write_charts(runs, report, Path(plot_path or f"compare-{name}.png")):  # one per metric
-            click.echo(f"wrote {path}", err=True)
+    if no_plot or not (charts_dir or plot_path):
+        return
+    paths = (write_chart_folder(runs, report, charts_dir) if charts_dir
+             else write_charts(runs, report, Path(plot_path)))
+    click.echo(f"wrote {len(paths)} charts: " + ", ".join(str(p) for p in paths), err=True)

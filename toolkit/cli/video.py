@@ -1,16 +1,16 @@
 """`clipkit predict-video`: a video classified frame by frame, smoothed, cut into segments, reps counted."""
 from __future__ import annotations
 
-import csv
 import io
 import json
 from typing import Any, Optional
 
 import click
 
+from toolkit import fsio
 from toolkit.errors import ConfigError
 from toolkit.video.pipeline import MAX_FPS
-from toolkit.cli.common import build_config, head_options, local_head, model_options, prompt_options, show_progress
+from toolkit.cli.common import FRACTION, build_config, head_options, local_head, model_options, prompt_options, show_progress
 
 
 def parse_repetitive(items: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -66,7 +66,7 @@ def render_csv(doc: dict[str, Any]) -> str:
     from toolkit.video.overlay import running_reps
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = fsio.csv_writer(buf)
     labels = doc["labels"]
     w.writerow(["index", "time_s", "label", "score", "rejected", "confidence", "raw_label", "segment", "reps",
                 *[f"raw:{lb}" for lb in labels], *[f"smoothed:{lb}" for lb in labels]])
@@ -105,14 +105,14 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
               help="Score every K-th frame instead (--stride 1: every frame).")
 @click.option("--window", type=click.IntRange(1), default=None,
               help="Centered moving-average window, in scored frames; shrinks at the ends. [default: 5]")
-@click.option("--reject-below", "--min-confidence", "reject_below", type=click.FloatRange(0, 1), default=None,
+@click.option("--reject-below", "reject_below", type=FRACTION, default=None,
               help="\"None of these\": frames whose confidence (top calibrated probability, averaged over --window) "
               "is below this are rejected: "
-              "their own segments, no reps counted through them; 0 rejects nothing. --min-confidence is an "
-              "old name. [default: the head's own threshold, if it has one]")
-@click.option("--unknown-label", "--fallback", "unknown_label", default=None,
+              "their own segments, no reps counted through them; 0 rejects nothing. "
+              "[default: the head's own threshold, if it has one]")
+@click.option("--unknown-label", "unknown_label", default=None,
               help="What the table, plot and --annotate show for rejected frames (JSON: label null, rejected "
-              "true; CSV: empty label). --fallback is an old name. [default: 'none of these']")
+              "true; CSV: empty label). [default: 'none of these']")
 @click.option("--min-segment-s", type=click.FloatRange(0), default=None,
               help="Segments shorter than this (seconds) join their longer neighbour. [default: 0]")
 @click.option("--rest-label", default=None, help="The rest pose between reps. [default: 'a person standing']")

@@ -1,4 +1,3 @@
-"""Labelled datasets, feature stores, and (distributed) extraction into them.
-
-Imports: encoder, models, config, errors, identity, fsio.
+"""Labelled datasets, feature stores, (distributed) extraction into them, and what a DATA argument becomes.
+Imports: encoder, models, config, errors, identity, runtime, fsio (Lightning only in distributed.py).
 """

@@ -2,10 +2,10 @@
 store of the same files by the same model (`fingerprint`), resume of an interrupted one, `extract_store` in one
 process, and `extract_distributed` for `clipkit extract|embed --devices N --num-nodes M`.
 
-The store's batches are sharded over processes (trainer.run_sharded: Lightning DDP, gloo on CPU, NCCL on
+The store's batches are sharded over processes (distributed.run_sharded: Lightning DDP, gloo on CPU, NCCL on
 GPUs); each rank writes its own rows of the one feature store (StoreWriter with a per-rank progress file) and
 rank 0 finalizes it. Batch b goes to rank b % world_size, so every rank encodes exactly the batches a single
-process would: the store comes out the same. Lightning itself is imported only by trainer.py.
+process would: the store comes out the same. Lightning is imported only by data/distributed.py and fitting/trainer.py.
 """
 from __future__ import annotations
 
@@ -13,73 +13,28 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
-import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from toolkit import fsio
 from toolkit.data.datasets import LabelledDataset
 from toolkit.errors import DataError
-from toolkit.encoder.features import collate_images, quiet_worker
+from toolkit.encoder.features import as_is, collate_images, quiet_worker
 from toolkit.data.store import LOCK, META, FeatureStore, StoreWriter, relabel
 
 
 # ---------------------------------------------------------------- one writer at a time
 
-def _lock_holder(lock: Path) -> Optional[str]:
-    """Who holds `lock` ("PID" or "PID on HOST"), or None when it is stale: its process is gone (or it is
-    this process's own pid, left by an earlier process with the same pid, as in a restarted container)."""
-    try:
-        text = lock.read_text(encoding="utf-8").split()
-        age = time.time() - lock.stat().st_mtime
-    except OSError:
-        return None
-    if len(text) < 2 or not text[0].isdigit():  # torn: its writer died at once, or is writing it right now
-        return "unknown" if age < 10 else None
-    pid, host = int(text[0]), text[1]
-    if host != socket.gethostname():  # another machine's process (shared disk): can't be checked from here
-        return f"{pid} on {host}"
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return str(pid)
-
-
-@contextlib.contextmanager
-def writing(out: str | Path) -> Iterator[None]:
-    """Hold OUT/.lock while the block writes the store at `out`. A lock of a live process raises DataError;
-    a stale one (its process is gone, e.g. killed with -9) is taken over."""
+def writing(out: str | Path):
+    """Hold OUT/.lock while the block writes the store at `out` (fsio.held_lock): a lock of a live process
+    raises DataError; a stale one (its process is gone, e.g. killed with -9) is taken over."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None:
-                raise DataError(f"store '{out}' is being written by process {holder}; wait for it or remove "
-                                f"{lock} if that process is gone") from None
-            lock.unlink(missing_ok=True)  # stale
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()}\n")
-        break
-    else:
-        raise DataError(f"store '{out}' is being written by another process; wait for it or remove {lock}")
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+    return fsio.held_lock(out / LOCK, f"store '{fsio.printable(str(out))}'")
 
 
 def fingerprint(dataset: LabelledDataset, identity) -> str:
@@ -88,9 +43,9 @@ def fingerprint(dataset: LabelledDataset, identity) -> str:
     for p in dataset.paths:
         try:
             st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:  # a dangling link or a file gone since listing: its row becomes an error entry
-            h.update(f"{p}\0missing\n".encode())
+            h.update(os.fsencode(p) + b"\0missing\n")
     return h.hexdigest()
 
 
@@ -137,7 +92,7 @@ def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_si
     Memory stays flat: each batch goes straight into a memory-mapped file. Unreadable images are skipped
     and listed in meta.json. A complete store of the same files by the same extractor is returned as is.
     """
-    with writing(out):
+    with writing(out), fsio.space_errors(out, "the feature store"):
         writer = reuse_or_plan(extractor, dataset, out, batch_size)
         if isinstance(writer, FeatureStore):
             return writer
@@ -190,7 +145,7 @@ class _StoreBatches(Dataset):
 
 
 class StoreExtraction:
-    """A job for trainer.run_sharded: each rank encodes its share of the store's pending batches."""
+    """A job for distributed.run_sharded: each rank encodes its share of the store's pending batches."""
 
     def __init__(self, extractor: Any, paths: list[str], store_dir: str, num_workers: int = -1):
         self.extractor, self.model = extractor, extractor.model
@@ -204,10 +159,10 @@ class StoreExtraction:
             torch.set_num_threads(max(1, cores // local))
         workers = self.num_workers if self.num_workers >= 0 else min(4, max(0, cores // local - 1))
         ds = _StoreBatches(self.extractor, self.paths, self.writer, self.writer.pending_batches(rank, world))
-        return DataLoader(ds, batch_size=None, num_workers=workers, worker_init_fn=quiet_worker)
+        return DataLoader(ds, batch_size=None, num_workers=workers, worker_init_fn=quiet_worker, collate_fn=as_is)
 
     def start(self, device: torch.device) -> None:
-        self.extractor.device = device
+        """Nothing to do: Lightning has moved the model to `device`, and the extractor reads its device from it."""
 
     def step(self, batch) -> None:
         b, rows, tensor, errors = batch
@@ -225,12 +180,12 @@ def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1
     resumed by the first process) is what they share, so nodes need one shared filesystem path for `out`.
     A complete store of the same files by the same extractor is reused as is.
     """
-    from toolkit.fitting.trainer import run_sharded
+    from toolkit.data.distributed import run_sharded
 
     # the launching process (no LOCAL_RANK / NODE_RANK yet) holds the store's lock for the whole job; the ranks
     # it starts share its plan and write disjoint batches
     launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    with writing(out) if launcher else contextlib.nullcontext():
+    with writing(out) if launcher else contextlib.nullcontext(), fsio.space_errors(out, "the feature store"):
         writer = reuse_or_plan(extractor, dataset, out)
         if isinstance(writer, FeatureStore):
             return writer

@@ -55,7 +55,8 @@ _META_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fsio.write_text(path, text)
+    """Text files of the store; file names that are not UTF-8 are kept byte for byte (surrogateescape)."""
+    fsio.write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def features_sha256(path: str | Path, chunk: int = 4 << 20) -> str:
@@ -137,12 +138,17 @@ class FeatureStore:
         try:
             meta = json.loads((p / META).read_text())
             check_meta(meta, path)
-            feats = np.load(p / FEATURES, mmap_mode="r")
-            with open(p / INDEX, newline="", encoding="utf-8") as f:
+            feats = np.load(p / FEATURES, mmap_mode="r", allow_pickle=False)
+            with open(p / INDEX, newline="", encoding="utf-8", errors="surrogateescape") as f:
                 index = list(csv.DictReader(f))
-        except (OSError, ValueError) as e:
-            raise DataError(f"feature store '{path}' is corrupt ({e.__class__.__name__}: {e}); delete it and "
+        except (OSError, ValueError, EOFError, csv.Error) as e:  # EOFError: an empty features.npy
+            why = f"{FEATURES} is empty" if isinstance(e, EOFError) else f"{e.__class__.__name__}: {e}"
+            raise DataError(f"feature store '{fsio.printable(str(path))}' is corrupt ({why}); delete it and "
                             "extract again") from None
+        if not isinstance(feats, np.ndarray) or feats.dtype != np.float32:
+            kind = feats.dtype if isinstance(feats, np.ndarray) else type(feats).__name__
+            raise DataError(f"feature store '{fsio.printable(str(path))}' has {FEATURES} of dtype {kind}, but a "
+                            f"store holds float32 features; delete it and extract again")
         if feats.ndim != 2 or feats.shape != (meta["count"], meta["dim"]) or len(index) != feats.shape[0] \
                 or (len(index) and not {"path", "label", "split"} <= set(index[0])):
             raise DataError(f"feature store '{path}' is corrupt (features {feats.shape}, {len(index)} index rows, "
@@ -228,7 +234,15 @@ class StoreWriter:
         shutil.rmtree(out / PROGRESS, ignore_errors=True)
         (out / PROGRESS).mkdir()
         dim = int(identity.embed_dim)
-        np.lib.format.open_memmap(out / PARTIAL, mode="w+", dtype=np.float32, shape=(len(dataset), dim)).flush()
+        what = f"the feature store ({len(dataset)} x {dim} float32)"
+        try:  # real blocks now: a memory-mapped write into a full disk would end the process with SIGBUS
+            with fsio.space_errors(out, what, 4 * dim * len(dataset)):
+                np.lib.format.open_memmap(out / PARTIAL, mode="w+", dtype=np.float32,
+                                          shape=(len(dataset), dim)).flush()
+            fsio.reserve(out / PARTIAL, (out / PARTIAL).stat().st_size, what)
+        except BaseException:
+            (out / PARTIAL).unlink(missing_ok=True)
+            raise
         _write_atomic(plan_path, json.dumps({"fingerprint": fp, "n_rows": len(dataset), "dim": dim,
                                              "batch_size": int(batch_size), "identity": identity.to_dict(),
                                              "started": time.time()}, indent=2))
@@ -302,6 +316,7 @@ class StoreWriter:
         def copy_ok_rows(tmp: Path) -> None:
             src = np.load(self.out / PARTIAL, mmap_mode="r")
             dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ok), src.shape[1]))
+            fsio.reserve(tmp, tmp.stat().st_size, f"the compacted {FEATURES} ({len(ok)} rows)")
             for start in range(0, len(ok), _COPY_ROWS):
                 dst[start:start + _COPY_ROWS] = src[ok[start:start + _COPY_ROWS]]
             dst.flush()
@@ -314,7 +329,7 @@ def _index_csv(dataset: LabelledDataset, rows: np.ndarray) -> str:
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = fsio.csv_writer(buf, safe=False)  # names kept as they are; a CR in one is quoted too
     w.writerow(["row", "path", "label", "split"])
     for new, old in enumerate(rows):
         w.writerow([new, dataset.paths[old], dataset.labels[old], dataset.splits[old]])
@@ -325,6 +340,9 @@ def _meta(dataset: LabelledDataset, rows: np.ndarray, plan: dict[str, Any], skip
           extra: dict[str, Any]) -> dict[str, Any]:
     ident = plan["identity"]
     labels = Counter(dataset.labels[i] for i in rows)
+    multi = {"multi_label": True} if getattr(dataset, "multi_label", False) else {}  # labels are 'a|b' sets
+    if multi:
+        labels = Counter(lb for i in rows for lb in dataset.labels[i].split("|") if lb)
     splits = Counter(dataset.splits[i] for i in rows)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "count": int(len(rows)), "dim": int(plan["dim"]),
@@ -336,7 +354,7 @@ def _meta(dataset: LabelledDataset, rows: np.ndarray, plan: dict[str, Any], skip
         "fingerprint": plan["fingerprint"], "batch_size": plan["batch_size"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "extraction_s": round(time.time() - float(plan.get("started", time.time())), 3),
-        "skipped": skipped, **extra,
+        "skipped": skipped, **multi, **extra,
     }
 
 

@@ -1,5 +1,5 @@
-"""FeatureExtractor: the one shared CLIP encoder. With weights.py (names and weights -> what open_clip loads),
-the only toolkit modules that import open_clip; images.py opens image files, identity.py says what a model is.
+"""FeatureExtractor: the one shared CLIP encoder, and with models/ (names and weights -> what open_clip loads) the
+only open_clip user; images.py opens image files, identity.py says what a model is.
 
 A model is named by an open_clip architecture ("ViT-B-32"), an "hf-hub:org/repo" name, a path to an open_clip
 model-config JSON, or a model folder (open_clip's hub layout, `local-dir:DIR`, or a transformers CLIP folder,
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -22,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from toolkit.encoder.accel import CausalTextTower, auto_dtype, compile_encoder, image_memory_format, pad_batch
 from toolkit.config import ModelConfig
-from toolkit.errors import InputError, ModelError
+from toolkit.errors import InputError
 from toolkit.identity import ExtractorIdentity
+from toolkit.runtime import resolve_device
 from toolkit.encoder.images import load_image, to_rgb
 from toolkit.models.weight_files import ModelSource
 from toolkit.models.weights import build as build_model, resolve as resolve_model
@@ -32,14 +32,6 @@ TEXT_CACHE_SIZE = 20_000  # prompt embeddings kept per extractor (~40 MB at 512 
 
 
 # ---------------------------------------------------------------- device and precision
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but CUDA is not available; use --device cpu or --device auto")
-    return torch.device(device)
-
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """fp32 | bf16 | fp16, or auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32."""
@@ -69,25 +61,11 @@ class _PathDataset(Dataset):
 
 
 def quiet_worker(_worker_id: int) -> None:
-    """DataLoader workers stay quiet when a run is interrupted. They leave Ctrl-C to the main process (a
-    terminal's Ctrl-C reaches the whole process group), and a worker stopped while multiprocessing's resource
-    sharer was handing a batch to the main process doesn't print that thread's connection-reset traceback
-    over the command's one-line answer."""
+    """DataLoader workers leave Ctrl-C to the main process (a terminal's Ctrl-C reaches the whole process group).
+    They hand batches over as numpy arrays (`collate_images`), pickled through the worker's queue: a torch tensor
+    would be shared by passing file descriptors through multiprocessing's resource sharer, whose thread in the
+    worker printed a connection-reset traceback when the main process stopped mid-handover."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # the resource sharer's thread reports its errors through sys.excepthook
-    previous = sys.excepthook
-
-    def hook(exc_type, exc, tb) -> None:
-        frames = []
-        while tb is not None:
-            frames.append(tb.tb_frame.f_code.co_filename)
-            tb = tb.tb_next
-        if issubclass(exc_type, (ConnectionError, EOFError)) and \
-                any(f.endswith(os.path.join("multiprocessing", "resource_sharer.py")) for f in frames):
-            return
-        previous(exc_type, exc, exc.__traceback__ if exc is not None else None)
-
-    sys.excepthook = hook
 
 
 class UInt8Preprocess:
@@ -129,12 +107,19 @@ class UInt8Preprocess:
 
 
 def collate_images(items):
-    """[(i, tensor or None, error or None)] -> ([i of the good items], (n_ok, 3, H, W) or None, {i: error})."""
+    """[(i, tensor or None, error or None)] -> ([i of the good items], (n_ok, 3, H, W) numpy array or None,
+    {i: error}). numpy, not a tensor: see `quiet_worker` (a worker's batch crosses to the main process by pickle)."""
     ok = [(i, t) for i, t, err in items if err is None]
     errors = {i: err for i, _, err in items if err is not None}
     idx = [i for i, _ in ok]
-    batch = torch.stack([t for _, t in ok]) if ok else None
+    batch = torch.stack([t for _, t in ok]).numpy() if ok else None
     return idx, batch, errors
+
+
+def as_is(item):
+    """A DataLoader collate_fn that leaves a worker's item alone (the default one turns numpy arrays into
+    tensors inside the worker; see `quiet_worker`)."""
+    return item
 
 
 # ---------------------------------------------------------------- the extractor
@@ -146,7 +131,6 @@ class FeatureExtractor:
                  identity: ExtractorIdentity, cfg: ModelConfig):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.identity, self.cfg = identity, cfg
-        self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see encode_texts
         self._uint8 = UInt8Preprocess.split(preprocess)  # None: run `preprocess` whole
@@ -204,13 +188,21 @@ class FeatureExtractor:
         """The model's learned temperature, exp(logit_scale): logits = scale * cosine similarity."""
         return float(self.model.logit_scale.detach().float().exp().item())
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (Lightning moves them to each rank's device in distributed extraction)."""
+        return next(self.model.parameters()).device
+
     # -- images
     @torch.inference_mode()
-    def encode_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """(n, 3, H, W) preprocessed images -> (n, D) float32, rows L2-normalized.
+    def encode_batch(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) preprocessed images (a tensor, or a numpy array from `collate_images`) -> (n, D) float32,
+        rows L2-normalized.
 
         The batch is either float (from `preprocess`) or uint8 (from `prepare`: scaled and normalized here).
         """
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
         if batch.dtype == torch.uint8:
             if self._uint8 is None:
                 raise ValueError("uint8 batches need a preprocess that ends in ToTensor + Normalize")

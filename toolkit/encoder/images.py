@@ -30,6 +30,8 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b
 _AVIF_BRANDS = {b"avif", b"avis"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
+# longer side / shorter side: 100:1 resized to a 224-pixel model input is 22400x224 (15 MB) before the crop
+MAX_ASPECT_RATIO = 100.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,14 +87,44 @@ def load_image(path: str | Path, min_side: Optional[int] = None) -> Image.Image:
             return decode_opened(im, min_side)
     except Image.UnidentifiedImageError:
         raise InputError(_unidentified(path)) from None
+    except ImageShapeError as e:
+        raise InputError(f"'{path}' {e}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InputError(_unreadable(path, e)) from None
 
 
-def decode_opened(im: Image.Image, min_side: Optional[int] = None) -> Image.Image:
+class ImageShapeError(ValueError):
+    """An image too thin (or too long) to be resized for a model without inflating it."""
+
+
+def check_shape(width: int, height: int, max_aspect_ratio: float = MAX_ASPECT_RATIO,
+                model_side: Optional[int] = None, max_resized_pixels: Optional[int] = None) -> None:
+    """Refuse (ImageShapeError) an image whose longer side is over `max_aspect_ratio` times its shorter one, or,
+    given the model's input side, whose size after resizing its shorter side to it is over `max_resized_pixels`.
+
+    The pixel count alone misses thin images: 100000x1 is 1e5 pixels, but resized to a 224-pixel shorter side
+    it is 22400000x224 (5e9 pixels, 15 GB) before the centre crop."""
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        return  # no pixels: the callers say so in their own words
+    if long > max_aspect_ratio * short:
+        raise ImageShapeError(f"is {width}x{height}, an aspect ratio of {long / short:.0f}:1, over the limit of "
+                              f"{max_aspect_ratio:g}:1; crop it closer to square")
+    if model_side and max_resized_pixels:
+        resized = model_side * model_side * long / short
+        if resized > max_resized_pixels:
+            raise ImageShapeError(f"is {width}x{height}, {resized:.0f} pixels once resized to the model's "
+                                  f"{model_side}-pixel input, over the limit of {max_resized_pixels}; crop it "
+                                  "closer to square")
+
+
+def decode_opened(im: Image.Image, min_side: Optional[int] = None,
+                  max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
     """An opened image (only its header read) -> decoded RGB: the current (first) frame, at a reduced JPEG
-    scale where `min_side` allows (`draft_for`), EXIF orientation applied, then `to_rgb`.
+    scale where `min_side` allows (`draft_for`), EXIF orientation applied, then `to_rgb`. Its shape is checked
+    before any pixel is decoded (`check_shape`: ImageShapeError).
     The one decoding path of both file loading and the server's uploads."""
+    check_shape(*im.size, max_aspect_ratio)
     draft_for(im, min_side)
     im.load()
     ImageOps.exif_transpose(im, in_place=True)  # no full-size copy when there is nothing to rotate

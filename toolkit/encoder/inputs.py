@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from toolkit.errors import InputError
+from toolkit.fsio import printable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif", ".tif",
                   ".tiff", ".heic", ".heif", ".hif", ".avif"}
@@ -67,16 +68,10 @@ def _classify(e: os.DirEntry, found: Found, stack: list[Path]) -> None:
         stack.append(p)
     elif is_file:
         (found.files if image_like else found.skipped).append(p)
-    elif e.is_symlink() and (image_like or not p.suffix):  # dangling (or a loop of links): may have been an
-        found.files.append(p)                               # image or a folder of them; its error says which link
-    else:
-        found.skipped.append(p)  # a dangling link to some other kind of file, a socket, a fifo
-
-
-def images_under(folder: Path) -> list[Path]:
-    """Image files anywhere below `folder` (by suffix; dangling links and unlistable folders included so that
-    their errors surface), sorted. See `scan_folder` for the skipped files."""
-    return scan_folder(folder).files
+    elif e.is_symlink() and (image_like or not p.suffix) and not os.path.exists(p):
+        found.files.append(p)  # dangling (or a loop of links): may have been an image or a folder of them
+    else:  # a dangling link to some other kind of file; a FIFO, socket or device, or a link to one (opening a
+        found.skipped.append(p)  # FIFO would wait forever for a writer)
 
 
 def expand_inputs(args: Iterable[str]) -> Found:
@@ -96,6 +91,9 @@ def expand_inputs(args: Iterable[str]) -> Found:
             found = Found(files=[p])
         elif os.path.islink(arg):
             raise InputError(f"'{arg}' is a broken symbolic link to '{os.readlink(arg)}'; fix or remove the link")
+        elif os.path.exists(arg):
+            raise InputError(f"'{printable(arg)}' is {special_kind(arg)}, not an image file; pass image files, "
+                             "folders or globs")
         elif glob.has_magic(arg):
             found = _expand_glob(arg)
         else:
@@ -103,6 +101,21 @@ def expand_inputs(args: Iterable[str]) -> Found:
         out.files += found.files
         out.skipped += found.skipped
     return Found(list(dict.fromkeys(out.files)), list(dict.fromkeys(out.skipped)))
+
+
+def special_kind(path: str | Path) -> str:
+    """What a path that exists but is neither a regular file nor a folder is, in words ("a FIFO (named
+    pipe)", "a character device", ...), following symbolic links."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    kinds = [(stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    what = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"a symbolic link to {what}" if os.path.islink(path) else what
 
 
 def _expand_glob(pattern: str) -> Found:
@@ -118,11 +131,6 @@ def _expand_glob(pattern: str) -> Found:
         raise InputError(f"pattern '{pattern}' matches no files; check the pattern (quote it to let clipkit "
                          "expand **)")
     return out
-
-
-def expand_image_paths(args: Iterable[str]) -> list[str]:
-    """`expand_inputs(args).files` as strings, for callers that don't report skipped files."""
-    return [str(f) for f in expand_inputs(args).files]
 
 
 def skipped_note(skipped: Sequence[Path]) -> Optional[str]:

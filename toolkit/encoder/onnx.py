@@ -1,11 +1,14 @@
-"""Export the image tower to ONNX and run it with ONNX Runtime.
+"""Export the image and text towers to ONNX and run them with ONNX Runtime.
 
-The exported graph maps (n, 3, H, W) float32 preprocessed images to (n, D) L2-normalized float32 embeddings,
-exactly what `FeatureExtractor.encode_batch` returns, with a dynamic batch axis. The extractor's identity is
-stored in the model's metadata ("clipkit_identity"), so a consumer can check it matches a head.
+The image graph maps (n, 3, H, W) float32 preprocessed images to (n, D) L2-normalized float32 embeddings,
+exactly what `FeatureExtractor.encode_batch` returns, with a dynamic batch axis. The text graph maps (n, L)
+int64 token ids to (n, D) L2-normalized float32 embeddings, with dynamic batch and length axes: a causal text
+tower is exported as `accel.CausalTextTower` runs it, so callers cut the padding after the longest prompt
+(`bpe.used_length`) and get what `FeatureExtractor.encode_texts` returns. The extractor's identity is stored
+in each model's metadata ("clipkit_identity"), so a consumer can check it matches a head.
 
-Measured against eager PyTorch in BENCHMARKS.md ("Extraction performance"): ONNX Runtime is not wired into
-the default path unless it wins there; `clipkit export-onnx` exists for deployments that want it.
+torch is imported only to export; running a graph (`OnnxImageEncoder`, `OnnxTextEncoder`) needs numpy and
+onnxruntime only, which is what the fast path of `clipkit predict` (encoder/fast.py) relies on.
 """
 from __future__ import annotations
 
@@ -17,44 +20,116 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from toolkit.errors import InputError, ModelError
 from toolkit.fsio import file_mode
 
 INPUT, OUTPUT = "pixel_values", "image_embeds"
+TEXT_INPUT, TEXT_OUTPUT = "input_ids", "text_embeds"
 
 
-class _NormalizedImageTower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
+def _image_module(model: Any) -> Any:
+    import torch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
+    class NormalizedImageTower(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    return NormalizedImageTower(model).eval()
+
+
+def _text_module(extractor: Any) -> Any:
+    """The text tower as a module of (n, L) tokens; a causal tower runs on L <= context_length positions."""
+    import torch
+
+    from toolkit.encoder.accel import CausalTextTower
+
+    model = _sdpa_copy(extractor.model)
+    causal = CausalTextTower.find(model)
+
+    class NormalizedTextTower(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            feats = self._causal(tokens) if causal is not None else self.model.encode_text(tokens)
+            return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+        @staticmethod
+        def _causal(tokens: torch.Tensor) -> torch.Tensor:
+            """CausalTextTower.encode on tokens the caller already cut: the length stays a graph input."""
+            t, n = causal.tower, tokens.shape[1]
+            cast = t.transformer.get_cast_dtype()
+            x = t.token_embedding(tokens).to(cast) + t.positional_embedding[:n].to(cast)
+            x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:n, :n]))
+            x = causal._pool(x, tokens)
+            proj = t.text_projection
+            if proj is None:
+                return x
+            return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    return NormalizedTextTower(model).eval()
+
+
+def _sdpa_copy(model: Any) -> Any:
+    """A copy of `model` whose self-attention runs as accel.sdpa_self_attention (same parameters and math):
+    traced, nn.MultiheadAttention bakes the example's sequence length into its reshapes."""
+    import copy
+
+    from toolkit.encoder.accel import use_sdpa_self_attention
+
+    model = copy.deepcopy(model)
+    use_sdpa_self_attention(model)
+    return model
 
 
 def export_image_encoder(extractor: Any, out: str | Path, opset: int = 17) -> Path:
     """Write the extractor's image tower (fp32) to `out` as ONNX, atomically; return the path."""
+    import torch
+
+    h, w = extractor.identity.image_size
+    return _export(extractor, _image_module(extractor.model), torch.zeros(2, 3, h, w), out, opset,
+                   INPUT, OUTPUT, {0: "batch"})
+
+
+def export_text_encoder(extractor: Any, out: str | Path, opset: int = 17) -> Path:
+    """Write the extractor's text tower (fp32) to `out` as ONNX, atomically; return the path. A causal tower
+    takes (n, L) tokens for any L up to the context length; another takes (n, context_length)."""
+    example = extractor.tokenizer(["a photo of a dog", "a cat"])
+    axes = {0: "batch", 1: "length"} if extractor._text_tower is not None else {0: "batch"}
+    return _export(extractor, _text_module(extractor), example, out, opset, TEXT_INPUT, TEXT_OUTPUT, axes)
+
+
+def _export(extractor: Any, module: Any, example: Any, out: str | Path, opset: int, input_name: str,
+            output_name: str, input_axes: dict[int, str]) -> Path:
+    import torch
+
     if extractor.dtype != torch.float32:
         raise ModelError(f"export needs an fp32 extractor, got {extractor.dtype}; load it with precision fp32")
     out = Path(out)
     if out.suffix != ".onnx":
         raise InputError(f"output '{out}' should end in .onnx; pass --out FILE.onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
-    h, w = extractor.identity.image_size
-    example = torch.zeros(2, 3, h, w)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=out.parent)
     os.close(fd)
     try:
         # Tracing with grad enabled keeps nn.MultiheadAttention off its fused fast path, which ONNX can't express.
         # The tracer warns about shape checks inside torch's own attention code; they hold for every batch size
         # (the export is checked against eager afterwards), so they are not the user's concern.
+        if example.is_floating_point():
+            example = example.requires_grad_(True)
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(_NormalizedImageTower(extractor.model).eval(), (example.requires_grad_(True),), tmp,
-                              input_names=[INPUT], output_names=[OUTPUT], opset_version=opset, dynamo=False,
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index")  # pooling at argmax >= 0
+            torch.onnx.export(module, (example,), tmp, input_names=[input_name], output_names=[output_name],
+                              opset_version=opset, dynamo=False,
+                              dynamic_axes={input_name: input_axes, output_name: {0: "batch"}})
         _add_metadata(tmp, {"clipkit_identity": json.dumps(extractor.identity.to_dict())})
         os.chmod(tmp, file_mode())  # mkstemp makes it private; an exported model is meant to be shared
         os.replace(tmp, out)
@@ -76,8 +151,8 @@ def _add_metadata(path: str, props: dict[str, str]) -> None:
     onnx.save(model, path)
 
 
-class OnnxImageEncoder:
-    """ONNX Runtime session over an exported image tower: (n, 3, H, W) float32 -> (n, D) float32 normalized."""
+class _Session:
+    """An ONNX Runtime CPU session over an exported graph, and the identity stored in it."""
 
     def __init__(self, path: str | Path, threads: Optional[int] = None):
         import onnxruntime as ort
@@ -88,6 +163,9 @@ class OnnxImageEncoder:
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No pre-packed copies of the matmul weights: ViT-B-32's image tower then peaks at 434 MB instead of
+        # 632 MB (scripts/bench_startup.py), at no measurable cost in speed on the 2-core CPU.
+        opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -96,13 +174,37 @@ class OnnxImageEncoder:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.identity = json.loads(meta["clipkit_identity"]) if "clipkit_identity" in meta else None
 
-    def encode_batch(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = batch.numpy() if isinstance(batch, torch.Tensor) else batch
+
+class OnnxImageEncoder(_Session):
+    """(n, 3, H, W) float32 preprocessed images -> (n, D) float32 normalized embeddings."""
+
+    def encode_batch(self, batch: Any) -> np.ndarray:
+        x = batch.numpy() if hasattr(batch, "numpy") else batch  # a torch tensor or an array
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class OnnxTextEncoder(_Session):
+    """(n, L) int64 token ids -> (n, D) float32 normalized embeddings."""
+
+    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        return self.session.run([TEXT_OUTPUT], {TEXT_INPUT: np.ascontiguousarray(tokens, dtype=np.int64)})[0]
 
 
 def parity(extractor: Any, encoder: OnnxImageEncoder, n: int = 4, seed: int = 0) -> float:
     """Max |eager - onnx| over n random preprocessed-image tensors (both L2-normalized embeddings)."""
+    import torch
+
     h, w = extractor.identity.image_size
     x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
     return float(np.abs(extractor.encode_batch(x) - encoder.encode_batch(x)).max())
+
+
+def text_parity(extractor: Any, encoder: OnnxTextEncoder, texts: list[str]) -> float:
+    """Max |eager - onnx| over the text embeddings of `texts`, the ONNX side run on the padding-cut tokens
+    of one batch (as the fast path runs it)."""
+    from toolkit.encoder.bpe import used_length
+
+    tokens = extractor.tokenizer(texts).numpy()
+    if extractor._text_tower is not None:
+        tokens = tokens[:, :used_length(tokens, extractor._text_tower.pad_id)]
+    return float(np.abs(extractor.encode_texts(texts) - encoder.encode_tokens(tokens)).max())

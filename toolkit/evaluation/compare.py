@@ -180,6 +180,22 @@ def write_charts(runs: Sequence[dict[str, Any]], report: dict[str, Any], path) -
     return out
 
 
+def write_chart_folder(runs: Sequence[dict[str, Any]], report: dict[str, Any], folder) -> list[Any]:
+    """One bar chart per metric in `folder`, named by the metric (accuracy.png, macro_f1.png, ...): the report's
+    own metric and every other headline metric the runs logged, each ranked by its own metric. A chart of the
+    same metric from an earlier run is replaced; other metrics' charts are left alone."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = [bars_png(report, folder / f"{report['metric']}.png")]
+    for m in HEADLINE_METRICS:
+        have = any(r.get("dataset") == report["dataset"] and r["metrics"].get(m) is not None for r in runs)
+        if m != report["metric"] and have:
+            out.append(bars_png(rank(runs, m, report["dataset"], report["experiment"]), folder / f"{m}.png"))
+    return out
+
+
 def bars_png(report: dict[str, Any], path) -> Any:
     """The ranking as a horizontal bar chart (see plots.comparison_bars_png)."""
     from toolkit.evaluation import plots

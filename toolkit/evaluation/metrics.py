@@ -1,11 +1,12 @@
 """Classification metrics over predicted probabilities (scikit-learn), and their CSV forms."""
 from __future__ import annotations
 
-import csv
 import io
 from typing import Any, Sequence
 
 import numpy as np
+
+from toolkit import fsio
 
 
 def evaluate(y_true: Sequence[str], proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
 def confusion_csv(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
     """A confusion matrix as CSV: header 'true\\predicted,<classes...>', one row per true class."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = fsio.csv_writer(buf)
     w.writerow(["true\\predicted", *classes])
     for c, row in zip(classes, cm):
         w.writerow([c, *[int(v) for v in row]])
@@ -61,21 +62,10 @@ def confusion_csv(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
 def per_class_csv(m: dict[str, Any]) -> str:
     """The per-class report of an `evaluate` result as CSV: label,precision,recall,f1,support."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = fsio.csv_writer(buf)
     w.writerow(["label", "precision", "recall", "f1", "support"])
     for c, v in m["per_class"].items():
         w.writerow([c, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", v["support"]])
-    return buf.getvalue()
-
-
-def _predictions_csv(paths, labels, classes, proba: np.ndarray, zs_proba) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "predicted", "score", "zeroshot_predicted", "zeroshot_score"])
-    for i, (p, lb) in enumerate(zip(paths, labels)):
-        j = int(proba[i].argmax())
-        zs = ["", ""] if zs_proba is None else [classes[int(zs_proba[i].argmax())], f"{zs_proba[i].max():.6f}"]
-        w.writerow([p, lb, classes[j], f"{proba[i, j]:.6f}", *zs])
     return buf.getvalue()
 
 
@@ -90,44 +80,3 @@ def reliability_panels(heads: dict[str, Any], split: str = "test") -> list[dict[
                 panels.append({"title": f"{name}, {what} ({m['n']} {split} images)",
                                "reliability": m["reliability"], "ece": m.get("ece")})
     return panels
-
-
-def write_report(result, test_paths, test_labels, proba: np.ndarray, zs_proba) -> None:
-    """Fill `result.report_dir`: report.json, confusion_matrix.csv/.png, zeroshot_confusion_matrix.csv/.png,
-    per_class.csv, sweep.png, reliability.png (calibration before/after) and predictions.csv (one row per
-    test image; scores calibrated)."""
-    import json
-    from pathlib import Path
-
-    from toolkit import fsio
-    from toolkit.evaluation import plots
-
-    out = Path(result.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = result.head.classes_
-    test, zs = result.metrics["test"], result.metrics.get("zeroshot_test")
-    fsio.write_text(out / "confusion_matrix.csv", confusion_csv(test["confusion_matrix"], classes))
-    fsio.write_text(out / "per_class.csv", per_class_csv(test))
-    fsio.write_text(out / "predictions.csv", _predictions_csv(test_paths, test_labels, classes, proba, zs_proba))
-    method = result.params.get("method", "probe")
-    acc = f"{100 * test['accuracy']:.1f}%" if test["accuracy"] is not None else "n/a"
-    plots.confusion_matrix_png(test["confusion_matrix"], classes, out / "confusion_matrix.png",
-                               f"probe ({method}) on test: accuracy {acc}")
-    if zs:
-        fsio.write_text(out / "zeroshot_confusion_matrix.csv", confusion_csv(zs["confusion_matrix"], classes))
-        zacc = f"{100 * zs['accuracy']:.1f}%" if zs["accuracy"] is not None else "n/a"
-        plots.confusion_matrix_png(zs["confusion_matrix"], classes, out / "zeroshot_confusion_matrix.png",
-                                   f"zero-shot on test: accuracy {zacc}")
-    if result.sweep:
-        param = result.sweep[0]["param"]
-        plots.sweep_png(result.sweep, out / "sweep.png", f"{method}: validation accuracy over {param}",
-                        chosen=result.params.get(param))
-    panels = reliability_panels({f"probe ({method})": (result.metrics.get("calibration") or {}).get("probe"),
-                                 "zero-shot": (result.metrics.get("calibration") or {}).get("zeroshot")})
-    if panels:
-        plots.reliability_png(panels, out / "reliability.png", "calibration on test, before and after "
-                              "temperature scaling (fitted on val)")
-    doc = {"metrics": result.metrics, "params": result.params, "sweep": result.sweep, "config": result.config,
-           "store": result.store_path, "timings": result.timings, "classes": classes,
-           "identity": result.head.identity.to_dict() if result.head.identity is not None else None}
-    fsio.write_text(out / "report.json", json.dumps(doc, indent=2, default=str))

@@ -19,6 +19,36 @@ def _pyplot():
     return plt
 
 
+# Distinct colours for classes: matplotlib's tab10 without its grey (grey marks "none of these"), then nine of
+# Kelly's colours of maximum contrast that differ from those in hue or lightness (black, gold, light blue, ...),
+# as hex strings so that code without matplotlib (the video overlay) can use them too.
+CLASS_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+                 "#17becf", "#000000", "#f3c300", "#a1caf1", "#882d17", "#8db600", "#f99379", "#c2b280",
+                 "#b3446c", "#604e97")
+
+
+def class_colors(labels: Sequence[str]) -> dict[str, str]:
+    """A colour per label that depends on the label's text, not its position, so a class keeps its colour in
+    every plot (other label sets, other videos): each label (in sorted order) takes the palette slot its CRC-32
+    points at, or the next free one, so up to len(CLASS_PALETTE) labels never share a colour; beyond that,
+    colours are spread around the hue circle."""
+    import colorsys
+    import zlib
+
+    out: dict[str, str] = {}
+    free = list(range(len(CLASS_PALETTE)))
+    for k, label in enumerate(sorted(set(labels))):
+        if free:
+            want = zlib.crc32(label.encode("utf-8", "surrogateescape")) % len(CLASS_PALETTE)
+            slot = min(free, key=lambda s: (s - want) % len(CLASS_PALETTE))
+            free.remove(slot)
+            out[label] = CLASS_PALETTE[slot]
+        else:
+            r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.65, 0.75)
+            out[label] = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+    return out
+
+
 def _short(label: str, width: int = 22) -> str:
     return label if len(label) <= width else label[:width - 1] + "…"
 
@@ -74,12 +104,21 @@ def sweep_png(sweep: Sequence[dict[str, Any]], path: str | Path, title: str = "h
         ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
         lo, hi = min([0.0] * (len(positive) < len(sweep)) + positive), max(positive)
         ax.set_xlim(lo - 0.05 * min(positive) if lo == 0 else lo / 2, hi * 2)
-        decades = range(int(np.ceil(np.log10(min(positive)) - 1e-9)), int(np.floor(np.log10(hi))) + 1)
+        decades = list(range(int(np.ceil(np.log10(min(positive)) - 1e-9)), int(np.floor(np.log10(hi))) + 1))
+        decades = decades[::max(1, -(-len(decades) // 7))]  # at most 7 labels: a 1e-6..1e6 C sweep ran together
         ticks = [10.0 ** k for k in decades] or sorted(set(positive))  # 0, then decades: no crowding
-        ax.set_xticks([0.0] * (lo == 0) + ticks, [f"{t:g}" for t in [0.0] * (lo == 0) + ticks])
+        names = [_decade(t) for t in ticks]
+        ax.set_xticks([0.0] * (lo == 0) + ticks, ["0"] * (lo == 0) + names, fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("validation accuracy (%)")
     return _finish(plt, fig, ax, title, path)
+
+
+def _decade(t: float) -> str:
+    """A tick label short enough to sit beside its neighbours: 0.01, 0.1, 1, 10, 100, else 1e-4 / 1e5."""
+    if 0.01 <= t <= 100:
+        return f"{t:g}"
+    return f"1e{int(round(np.log10(t)))}" if np.isclose(t, 10 ** round(np.log10(t))) else f"{t:.0e}"
 
 
 def _finish(plt, fig, ax, title: str, path: str | Path) -> Path:
@@ -133,7 +172,7 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     top (rejected ones, `rejected: true`, in grey under the name they are given), counted reps as numbered
     ticks, the rep hysteresis thresholds as dotted lines. Atomic write."""
     plt = _pyplot()
-    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(series)}
+    colors = class_colors(list(series))  # a class keeps its colour across plots; 18 before any repeats
     fig, ax = plt.subplots(figsize=(10, 4.2))
     for label, ys in series.items():
         ax.plot(times, ys, lw=1.6, color=colors[label], label=_short(label, 34))
@@ -142,6 +181,7 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     while words and all(len(w) > common + 1 and w[common] == words[0][common] for w in words):
         common += 1
     span = max([s["end_s"] for s in segments] + list(times[-1:]) + [1e-3]) - min(times, default=0)
+    row = 0  # named segments alternate between two rows of names, so neighbours' names never run together
     for seg in segments:
         grey = seg.get("rejected") or seg["label"] not in colors
         color = (0.45, 0.45, 0.45, 1) if grey else colors[seg["label"]]
@@ -150,8 +190,9 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
         if not reps and seg["end_s"] - seg["start_s"] < 0.04 * span:
             continue  # too narrow to name: the names of a flicker of short segments would overlap
         name = " ".join(seg["label"].split()[common:]) if seg["label"] in series else seg["label"]
-        ax.text((seg["start_s"] + seg["end_s"]) / 2, 1.02, _short(name, 24) + reps, ha="center",
+        ax.text((seg["start_s"] + seg["end_s"]) / 2, 1.02 + 0.055 * row, _short(name, 24) + reps, ha="center",
                 va="bottom", fontsize=7, color=color, transform=ax.get_xaxis_transform(), clip_on=False)
+        row = 1 - row
     for label, ts in (rep_events or {}).items():
         for k, t in enumerate(ts, 1):
             ax.axvline(t, ymin=0, ymax=0.06, color=colors.get(label, "black"), lw=2)
@@ -164,7 +205,7 @@ def timeseries_png(times: Sequence[float], series: dict[str, Sequence[float]], s
     ax.set_xlim(min(times, default=0), max([s["end_s"] for s in segments] + list(times[-1:]) + [1e-3]))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
-    ax.set_title(title, fontsize=10, pad=16)
+    ax.set_title(title, fontsize=10, pad=26)  # room for the two rows of segment names
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _save(plt, fig, path)
@@ -252,3 +293,30 @@ def _reliability_axis(ax, panel: dict[str, Any]) -> None:
     ax.set_title(panel.get("title", "") + (f"\nECE {100 * ece:.1f}%" if ece is not None else ""), fontsize=9)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="upper left")
+
+
+def contact_sheet_png(items: Sequence[dict[str, Any]], path: str | Path, title: str = "", cols: int = 6,
+                      thumb: int = 160) -> Path:
+    """A grid of images a person can scan: each item {path, lines: [caption lines]} (e.g. given label,
+    suggested label, score). An image that can't be read shows as a grey tile with its caption."""
+    from PIL import Image
+
+    plt = _pyplot()
+    n = max(len(items), 1)
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.5 * rows + (0.4 if title else 0)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        try:
+            with Image.open(item["path"]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((thumb, thumb))
+                ax.imshow(np.asarray(im))
+        except (OSError, ValueError):
+            ax.imshow(np.full((thumb, thumb, 3), 200, np.uint8))
+        ax.set_title("\n".join(_short(str(t), 26) for t in item.get("lines", [])), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)

@@ -1,4 +1,3 @@
-"""Estimators that make heads (torch logreg, Lightning, Tip-Adapter, selection), train-probe and prompt evaluation.
-
-Imports: heads, data, encoder, evaluation, config, errors.
+"""Estimators that make heads (fewshot.py: one per method; torch logreg, Lightning, Tip-Adapter, selection),
+train-probe as fit -> calibrate -> evaluate, prompt evaluation. Imports: heads, data, encoder, evaluation, below.
 """

@@ -14,14 +14,13 @@ numpy only.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from toolkit.errors import ConfigError
-from toolkit.heads.base import FitResult
+from toolkit.fitting.result import FitResult
+from toolkit.runtime import resolve_device, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -29,41 +28,19 @@ if TYPE_CHECKING:
     from toolkit.config import ProbeConfig
 
 TOL = 1e-4  # L-BFGS stops when max |gradient| of the per-sample objective is below this (scikit-learn's tol)
-FINAL_TOL = 1e-6  # the weights a sweep returns: 100x tighter, a few more iterations from the chosen C's solution
+# The sweep's tolerances are relative: to the data's own gradient scale, max |gradient| at zero weights (the
+# class-mean differences; 7e-3 for 10 well-separated classes, 5e-4 for 100 noisy ones), and to where each warm
+# start begins. An absolute 1e-3 stopped 100-class sweeps before their first step, and a loose one left large Cs
+# at the smaller C's solution (0 iterations); these hold across a grid of sizes, classes and noise levels
+# (scripts/bench_probe.py --grid, BENCHMARKS.md).
+SWEEP_DROP = 0.1  # each C of the sweep is fitted until its gradient is a tenth of where its warm start left it
+SWEEP_FLOOR = 0.01  # ... or below 0.01 x scale: choosing C needs val accuracy, not the last digits of the weights
+FINAL_RTOL = 0.05  # the weights a sweep returns: min(TOL, 0.05 x scale), never looser than scikit-learn's default
+SWEEP_MAX_ITER = 10  # iterations per C while sweeping: val accuracy settles long before the weights do
+STOP_AFTER = 2  # the coarse grid stops after this many Cs in a row clearly below the best val accuracy
 REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
 HISTORY = 10  # L-BFGS memory: scikit-learn (scipy) keeps 10 pairs too
 CPU_THREADS = 1  # on a shared CPU, 2 OpenMP threads spin while waiting: 4.5x slower (BENCHMARKS.md)
-
-
-@dataclass
-class LogregFit:
-    """One fit at one C: softmax weights and how long L-BFGS took."""
-
-    coef: np.ndarray  # (n_classes, D) float32
-    intercept: np.ndarray  # (n_classes,) float32
-    n_iter: int  # L-BFGS iterations
-    n_evals: int  # objective + gradient evaluations (each is two passes over X)
-
-
-def resolve_device(device: str = "auto") -> "torch.device":
-    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device ('cpu', 'cuda:1')."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
-
-
-@contextmanager
-def _threads(device: "torch.device", n: int) -> Iterator[None]:
-    """Run torch's CPU ops on `n` threads while fitting on the CPU (no-op on a GPU); restores the old count."""
-    import torch
-
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _loss_and_grad(X: "torch.Tensor", Y: "torch.Tensor", W: "torch.Tensor", b: "torch.Tensor", penalty: float):
@@ -81,19 +58,24 @@ def _loss_and_grad(X: "torch.Tensor", Y: "torch.Tensor", W: "torch.Tensor", b: "
 
 
 def _lbfgs(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Tensor", C: float,
-           max_iter: int, tol: float) -> tuple[int, int]:
-    """Minimise the objective at C over (W, b) in place; y are class indices. Returns (iterations, evaluations)."""
+           max_iter: int, tol: float, drop: float = 0.0) -> tuple[int, int]:
+    """Minimise the objective at C over (W, b) in place; y are class indices. Stops when max |gradient| is below
+    max(tol, drop x its value at the start). Returns (iterations, evaluations)."""
     import torch
 
     n_classes = W.shape[0]
     penalty = 1.0 / (2 * (C / 2 if n_classes == 2 else C) * X.shape[0])
     Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=tol,
-                            tolerance_change=1e-12, history_size=HISTORY, line_search_fn="strong_wolfe")
+    with torch.no_grad():
+        start = [_loss_and_grad(X, Y, W, b, penalty)]  # L-BFGS's first evaluation, computed here to set the stop
+    g_start = max(float(start[0][1].abs().max()), float(start[0][2].abs().max()))
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, max_eval=2 * max_iter,
+                            tolerance_grad=max(tol, drop * g_start), tolerance_change=1e-12, history_size=HISTORY,
+                            line_search_fn="strong_wolfe")
 
     def closure():
         with torch.no_grad():
-            loss, W.grad, b.grad = _loss_and_grad(X, Y, W, b, penalty)
+            loss, W.grad, b.grad = start.pop() if start else _loss_and_grad(X, Y, W, b, penalty)
         return loss
 
     opt.step(closure)
@@ -119,7 +101,7 @@ def _tensors(X: np.ndarray, y: np.ndarray, device) -> tuple["torch.Tensor", "tor
 
 def fit_fixed_c(X: np.ndarray, y: np.ndarray, C: float, n_classes: Optional[int] = None,
                 init: Optional[tuple[np.ndarray, np.ndarray]] = None, device: str = "auto",
-                max_iter: int = 1000, tol: float = TOL, threads: int = CPU_THREADS) -> LogregFit:
+                max_iter: int = 1000, tol: float = TOL, threads: int = CPU_THREADS) -> FitResult:
     """Logistic regression at one C on (n, D) features X and class indices y (0..n_classes-1).
 
     `init` (coef (C, D), intercept (C,)) warm-starts L-BFGS; without it the weights start at zero.
@@ -129,12 +111,14 @@ def fit_fixed_c(X: np.ndarray, y: np.ndarray, C: float, n_classes: Optional[int]
 
     n_classes = _n_classes(n_classes, y)
     dev = resolve_device(device)
-    with _threads(dev, threads):
+    with torch_threads(threads, dev):
         Xt, yt = _tensors(X, y, dev)
         start = None if init is None else tuple(torch.as_tensor(np.asarray(a, np.float32), device=dev) for a in init)
         W, b = _params(start, n_classes, Xt.shape[1], dev)
         n_iter, n_evals = _lbfgs(Xt, yt, W, b, float(C), max_iter, tol)
-    return LogregFit(W.detach().cpu().numpy(), b.detach().cpu().numpy(), n_iter, n_evals)
+    # n_iter: L-BFGS iterations; n_evals: objective + gradient evaluations (each is two passes over X)
+    return FitResult({"coef_": W.detach().cpu().numpy(), "intercept_": b.detach().cpu().numpy()},
+                     {"C": float(C), "n_iter": n_iter, "n_evals": n_evals})
 
 
 def _n_classes(n_classes: Optional[int], *ys: np.ndarray) -> int:
@@ -156,6 +140,15 @@ def _score(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Te
         return correct / len(y), float(nll), logp.exp().cpu().numpy()
 
 
+def gradient_scale(X: "torch.Tensor", y: "torch.Tensor", n_classes: int) -> float:
+    """max |d objective / d W| at W = 0, b = 0: (1/C - one-hot)^T X / n, the scale the sweep's tolerances are
+    relative to. One pass over X."""
+    import torch
+
+    Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
+    return float(torch.mm((1.0 / n_classes - Y).t(), X).div_(X.shape[0]).abs().max())
+
+
 def log_grid(c_min: float, c_max: float, steps: int) -> list[float]:
     """`steps` log-spaced values from c_min to c_max, increasing."""
     return [float(c) for c in np.logspace(np.log10(c_min), np.log10(c_max), steps)]
@@ -163,26 +156,34 @@ def log_grid(c_min: float, c_max: float, steps: int) -> list[float]:
 
 def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, grid: Sequence[float],
             refit: bool = True, refine_rounds: int = REFINE_ROUNDS, n_classes: Optional[int] = None,
-            device: str = "auto", max_iter: int = 1000, tol: float = TOL, final_tol: float = FINAL_TOL,
-            threads: int = CPU_THREADS) -> FitResult:
+            device: str = "auto", max_iter: int = 1000, tol: Optional[float] = None,
+            final_tol: Optional[float] = None, threads: int = CPU_THREADS) -> FitResult:
     """Pick C on the validation split as in the CLIP paper, then fit the final weights at that C.
 
-    Every C in `grid` is fitted on train (to `tol`) in increasing order and scored on val; then
+    Every C in `grid` is fitted on train (to `tol`) in increasing order and scored on val, stopping once
+    STOP_AFTER Cs in a row are clearly below the best val accuracy (by more than two standard errors); then
     `refine_rounds` rounds try best * 10**(+-step) with the log10 step (the grid's smallest) halved each
     round. Each fit starts from the solution at the nearest smaller C tried. Ties in val accuracy go to the
     lower val log loss. The final fit, on train + val with `refit` (else train), starts from the chosen C's
-    solution and runs to `final_tol`. y are class indices 0..n_classes-1.
+    solution and runs to `final_tol`. Each C's fit stops at a SWEEP_DROP of its starting gradient (or
+    `tol`, default SWEEP_FLOOR x the data's gradient scale at zero weights, `gradient_scale`); the final fit runs
+    to `final_tol`, default min(TOL, FINAL_RTOL x scale). y are class indices 0..n_classes-1.
     Returns a FitResult: coef (n_classes, D), intercept (n_classes,), params, the sweep, val proba.
     """
     import torch
 
     grid = sorted({float(c) for c in grid})
     if not grid or grid[0] <= 0:
-        raise ConfigError(f"C grid {grid} needs positive values (the inverse L2 strength), e.g. --c-grid 0.01,0.1,1")
+        raise ConfigError(f"{{field}} {grid} needs positive values (the inverse L2 strength), e.g. 0.01,0.1,1",
+                          field="c_grid")
     n_classes = _n_classes(n_classes, y_train, y_val)
     dev = resolve_device(device)
-    with _threads(dev, threads):
-        path = _CPath(*_tensors(X_train, y_train, dev), *_tensors(X_val, y_val, dev), n_classes, max_iter, tol)
+    with torch_threads(threads, dev):
+        Xt, yt = _tensors(X_train, y_train, dev)
+        scale = gradient_scale(Xt, yt, n_classes)
+        tol = SWEEP_FLOOR * scale if tol is None else tol
+        final_tol = min(TOL, FINAL_RTOL * scale) if final_tol is None else final_tol
+        path = _CPath(Xt, yt, *_tensors(X_val, y_val, dev), n_classes, max_iter, tol, SWEEP_DROP)
         best = _search(grid, path.tried, path.trial, refine_rounds)
         X, y = path.X, path.y
         if refit:
@@ -195,15 +196,15 @@ def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: 
     params = {"C": best, "solver": "torch-lbfgs", "device": dev.type, "tol": tol, "final_tol": final_tol,
               "max_iter": max_iter, "n_iter": final_iter, "sweep_iter": sum(path.n_iter.values()),
               "n_candidates": len(path.tried), "refit": "train+val" if refit else "none"}
-    return FitResult(coef, intercept, params, sweep, path.tried[best][2])
+    return FitResult({"coef_": coef, "intercept_": intercept}, params, sweep, path.tried[best][2])
 
 
 class _CPath:
     """Fits along the C path on one (train, val) pair, kept on the device; each C warm-starts from below."""
 
-    def __init__(self, X, y, X_val, y_val, n_classes: int, max_iter: int, tol: float):
+    def __init__(self, X, y, X_val, y_val, n_classes: int, max_iter: int, tol: float, drop: float):
         self.X, self.y, self.X_val, self.y_val = X, y, X_val, y_val
-        self.n_classes, self.max_iter, self.tol = n_classes, max_iter, tol
+        self.n_classes, self.max_iter, self.tol, self.drop = n_classes, max_iter, tol, drop
         self.tried: dict[float, tuple[float, float, np.ndarray]] = {}  # C -> (val accuracy, val loss, val proba)
         self.solutions: dict[float, tuple] = {}  # C -> (W, b) detached tensors
         self.n_iter: dict[float, int] = {}
@@ -211,7 +212,7 @@ class _CPath:
     def trial(self, c: float) -> None:
         below = [t for t in self.solutions if t < c]
         W, b = _params(self.solutions[max(below)] if below else None, self.n_classes, self.X.shape[1], self.X.device)
-        self.n_iter[c] = _lbfgs(self.X, self.y, W, b, c, self.max_iter, self.tol)[0]
+        self.n_iter[c] = _lbfgs(self.X, self.y, W, b, c, min(self.max_iter, SWEEP_MAX_ITER), self.tol, self.drop)[0]
         self.solutions[c] = (W.detach(), b.detach())
         self.tried[c] = _score(self.X_val, self.y_val, W, b)
 
@@ -226,8 +227,12 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
         near = [c for c in tried if tried[c][0] >= top - 1.0 / n_val - 1e-12]
         return min(near, key=lambda c: (tried[c][1], -tried[c][0]))
 
+    below = 0
     for c in grid:
         trial(c)
+        below = below + 1 if _clearly_below(tried, c) else 0
+        if below >= STOP_AFTER:
+            break
     step = float(np.diff(np.log10(grid)).min()) if len(grid) > 1 else 0.0
     for _ in range(refine_rounds if step > 0 else 0):
         step /= 2
@@ -236,6 +241,15 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
             if c not in tried:
                 trial(c)
     return best()
+
+
+def _clearly_below(tried: dict, c: float) -> bool:
+    """Whether C's val accuracy is below the best by more than two standard errors of that best (and at least
+    two val images): past the peak, larger Cs only cost iterations."""
+    top = max(acc for acc, _, _ in tried.values())
+    n_val = max(len(tried[c][2]), 1)
+    margin = max(2.0 * np.sqrt(top * (1.0 - top) / n_val), 2.0 / n_val)
+    return tried[c][0] < top - margin
 
 
 # ---------------------------------------------------------------- the probe's entry point

@@ -1,7 +1,12 @@
-"""Training a head on a feature store: splits (few-shot draws included), the fit (every method, through
-fewshot.fit_head), calibration on val, scores against zero-shot on test, and the report (`train_probe`).
+"""Training a head on a feature store, in four steps a script can call alone:
 
-The heads themselves live in linear_head.py (LinearProbe, re-exported here), cache_head.py and zeroshot.py.
+    data = probe_data(store, cfg, zeroshot)        # validate, split (few-shot draws included)
+    fit = fit_probe(data, cfg, zeroshot)           # an estimator per cfg.method (toolkit.fitting.fewshot)
+    cal = calibrate_probe(fit, data, cfg, zeroshot)  # temperature and "none of these" on val: new heads
+    result = evaluate_probe(fit, cal, data, cfg)   # scores on test, against zero-shot -> ProbeResult
+    toolkit.evaluation.report.write_report(result, folder)  # where the caller says
+
+`train_probe` runs the four (and the report when given a folder). Nothing here changes a head once built.
 """
 from __future__ import annotations
 
@@ -14,25 +19,25 @@ import numpy as np
 
 from toolkit.config import ProbeConfig
 from toolkit.errors import ConfigError, DataError
-from toolkit.heads.base import FitResult, SavedHead
-from toolkit.heads.linear import LinearProbe  # noqa: F401  (re-exported: the head train_probe mostly returns)
-from toolkit.fitting.logreg import fit_logreg  # noqa: F401  (re-exported)
+from toolkit.fitting.result import FitResult
+from toolkit.heads.base import SavedHead
 
-# ---------------------------------------------------------------- training on a store
 
 @dataclass
 class ProbeResult:
-    """Everything one training run produced; self-describing, so it can be logged as is (see tracking.py)."""
+    """Everything one training run produced; self-describing, so it can be logged as is (tracking.records)."""
 
-    head: SavedHead  # LinearProbe (logreg, linear, blend), CacheHead, or (auto) ZeroShotHead
+    head: SavedHead  # LinearProbe (logreg, linear, blend), CacheHead, or (auto) ZeroShotHead; calibrated
     metrics: dict[str, Any]  # 'val', 'test', 'zeroshot_test' (evaluate() dicts), 'gain_over_zeroshot' (points),
-    #   'calibration': {probe, zeroshot} calibration.calibrate_head reports (temperature, val/test before/after)
+    #   'calibration': {probe, zeroshot} calibration.calibrate reports (temperature, val/test before/after)
     sweep: list[dict[str, Any]]  # {param, value, val_accuracy, val_loss}
-    report_dir: Optional[Path]  # report.json, confusion matrices (CSV, PNG), sweep.png, predictions.csv, per_class.csv
     params: dict[str, Any]  # method, chosen hyper-parameters, seed, fewshot, split sizes
     config: dict[str, Any]  # the ProbeConfig used
     store_path: Optional[str] = None
     timings: dict[str, float] = field(default_factory=dict)
+    # the test split, for the report: paths, true labels, (n, C) calibrated probe and zero-shot probabilities
+    test: dict[str, Any] = field(default_factory=dict)
+    report_dir: Optional[Path] = None  # set by train_probe when it wrote a report
 
     def scalar_metrics(self) -> dict[str, float]:
         """Flat numbers for a metrics table: test_accuracy, zeroshot_test_accuracy, gain_over_zeroshot, ..."""
@@ -49,7 +54,29 @@ class ProbeResult:
         from toolkit.heads.calibration import scalar_metrics  # temperature, {val,test}_{ece,nll,brier}[_before], ...
 
         cal = self.metrics.get("calibration") or {}
-        return {**out, **scalar_metrics(cal.get("probe")), **scalar_metrics(cal.get("zeroshot"), "zeroshot_")}
+        from toolkit.fitting.openset import openset_scalars  # the out-of-set detector's, when there is one
+
+        return {**out, **scalar_metrics(cal.get("probe")), **scalar_metrics(cal.get("zeroshot"), "zeroshot_"),
+                **openset_scalars(cal.get("openset"))}
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """A store's splits as arrays: {split: (X (n, D) float32, y (n,) class indices)}, their store rows, classes."""
+
+    classes: list[str]
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+    rows: dict[str, np.ndarray]
+    store: Any
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The calibrated probe and zero-shot heads (new heads), and their {probe, zeroshot} calibration reports."""
+
+    head: SavedHead
+    zeroshot: Optional[SavedHead]
+    reports: dict[str, Any]
 
 
 def fewshot_indices(train_idx: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -59,18 +86,28 @@ def fewshot_indices(train_idx: np.ndarray, labels: np.ndarray, k: int, seed: int
     return np.sort(np.concatenate(picked))
 
 
-def _aligned_zeroshot(zeroshot_head, classes: list[str]):
-    """Row order of the zero-shot head's classes that matches `classes`; ConfigError when the sets differ."""
-    if zeroshot_head is None:
-        return None
-    zs = list(zeroshot_head.classes_)
-    if sorted(zs) != sorted(classes):
-        raise ConfigError(f"the zero-shot labels {zs} differ from the dataset's classes {classes}; "
-                          "the baseline must use the class names as labels")
-    return np.asarray([zs.index(c) for c in classes])
+def check_probe_config(cfg: ProbeConfig, has_zeroshot: bool) -> None:
+    """The method's needs, before any work (ConfigError naming the field)."""
+    if cfg.init == "zeroshot" and (cfg.method != "linear" or not has_zeroshot):
+        raise ConfigError("{field} zeroshot starts the linear head from the zero-shot classifier; use it with "
+                          "{field:method} linear (and prompts for the class names)", field="init")
+    if cfg.finetune and cfg.method != "cache":
+        raise ConfigError(f"{{field}} trains the keys of a cache head; use it with {{field:method}} cache, not "
+                          f"{cfg.method}", field="finetune")
+    if cfg.method in ("cache", "blend", "auto") and not has_zeroshot:
+        raise ConfigError(f"{{field}} {cfg.method} builds on the zero-shot classifier; give prompts for the class "
+                          "names", field="method")
 
 
-def _split_arrays(store, classes: list[str], cfg: ProbeConfig):
+def probe_data(store, cfg: ProbeConfig, zeroshot_head=None) -> ProbeData:
+    """Validate the store and the config, and cut the splits (cfg.fewshot: K train rows per class, seeded)."""
+    classes = store.classes
+    if len(classes) < 2:
+        raise DataError(f"store '{store.path}' has only one class {classes}; a classifier needs at least two")
+    if zeroshot_head is not None and sorted(zeroshot_head.classes_) != sorted(classes):
+        raise ConfigError(f"the zero-shot labels {list(zeroshot_head.classes_)} differ from the dataset's classes "
+                          f"{classes}; the baseline must use the class names as labels")
+    check_probe_config(cfg, zeroshot_head is not None)
     pos = {c: i for i, c in enumerate(classes)}
     y = np.asarray([pos[v] for v in store.labels], dtype=np.int64)
     idx = {s: store.split_indices(s) for s in ("train", "val", "test")}
@@ -83,93 +120,92 @@ def _split_arrays(store, classes: list[str], cfg: ProbeConfig):
     if len(idx["val"]) == 0:
         raise DataError(f"store '{store.path}' has no validation rows; hyper-parameters are chosen on val: "
                         "give a val split or let clipkit draw one")
-    return {s: (np.asarray(store.features[i], np.float32), y[i]) for s, i in idx.items()}, idx
+    arrays = {s: (np.asarray(store.features[i], np.float32), y[i]) for s, i in idx.items()}
+    return ProbeData(list(classes), arrays, idx, store)
 
 
-def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
-                c_grid: Optional[Sequence[float]] = None, progress: bool = False, report: bool = True) -> ProbeResult:
-    """Fit a head (cfg.method: see toolkit.fitting.fewshot) on a FeatureStore's train split (hyper-parameters on val),
-    score it and the zero-shot head on test, and write a report folder (`report_dir`, else a temp folder; none when
-    `report` is False, e.g. inside a sweep). Returns a ProbeResult (the head is not saved)."""
+def fit_probe(data: ProbeData, cfg: ProbeConfig, zeroshot_head=None, c_grid: Optional[Sequence[float]] = None,
+              progress: bool = False) -> FitResult:
+    """The head of cfg.method fitted on train (hyper-parameters on val); params gain the run's settings, split
+    sizes and `fit_s`. The head is uncalibrated."""
+    from toolkit.fitting.fewshot import estimator_for
+
+    zs = zeroshot_head.in_order(data.classes) if zeroshot_head is not None else None
+    est = estimator_for(cfg.method, cfg, c_grid=c_grid, progress=progress)
+    t0 = time.perf_counter()
+    est.fit(*data.arrays["train"], *data.arrays["val"], classes=data.classes, zeroshot=zs,
+            identity=data.store.identity)
+    fit = est.result_
+    params = {"method": cfg.method, "init": cfg.init, "seed": cfg.seed, "fewshot": cfg.fewshot, **fit.params,
+              **{f"n_{s}": int(len(i)) for s, i in data.rows.items()}}
+    return fit.with_head(fit.head.annotated(params=params), params=params,
+                         learned={**fit.learned, "fit_s": round(time.perf_counter() - t0, 3)})
+
+
+def calibrate_probe(fit: FitResult, data: ProbeData, cfg: ProbeConfig, zeroshot_head=None) -> Calibrated:
+    """The head's temperature (and "none of these" rule: cfg.target_precision | target_coverage | reject_below)
+    fitted on val, and the zero-shot baseline's temperature on the same images: new heads, with the reports."""
+    from toolkit.heads.calibration import calibrate_head
+
+    (X_val, y_val), (X_test, y_test) = data.arrays["val"], data.arrays["test"]
+    head = fit.head
+    held_out = fit.params.get("refit") == "train+val"  # the head saw val: score val with the pre-refit model
+    val_logits = np.log(np.clip(np.asarray(fit.val_proba, np.float64), 1e-300, None)) if held_out \
+        else head.decision_function(X_val)
+    rule = {k: getattr(cfg, k) for k in ("target_precision", "target_coverage", "reject_below")}
+    head, report = calibrate_head(head, val_logits, y_val, head.decision_function(X_test), y_test, **rule)
+    reports = {"probe": {**report, "val_scores": "pre-refit model (the head was refit on train+val)" if held_out
+                         else "head"}}
+    zs = None
+    if zeroshot_head is not None:
+        zs = zeroshot_head.in_order(data.classes)
+        zs, reports["zeroshot"] = calibrate_head(zs, zs.decision_function(X_val), y_val,
+                                                 zs.decision_function(X_test), y_test)
+    return Calibrated(head, zs, reports)
+
+
+def evaluate_probe(fit: FitResult, cal: Calibrated, data: ProbeData, cfg: ProbeConfig) -> ProbeResult:
+    """Score the calibrated head and the zero-shot baseline on test; the head gains its scalar metrics."""
     from toolkit.evaluation.metrics import evaluate
 
-    classes = store.classes
-    if len(classes) < 2:
-        raise DataError(f"store '{store.path}' has only one class {classes}; a classifier needs at least two")
-    order = _aligned_zeroshot(zeroshot_head, classes)
-    if cfg.init == "zeroshot" and (cfg.method != "linear" or zeroshot_head is None):
-        raise ConfigError("--init zeroshot starts the linear head from the zero-shot classifier; use it with "
-                          "--method linear (and prompts for the class names)")
-    if cfg.finetune and cfg.method != "cache":
-        raise ConfigError(f"--finetune trains the keys of a cache head; use it with --method cache, not {cfg.method}")
-    if cfg.method in ("cache", "blend", "auto") and zeroshot_head is None:
-        raise ConfigError(f"--method {cfg.method} builds on the zero-shot classifier; give prompts for the class names")
-    data, idx = _split_arrays(store, classes, cfg)
-    from toolkit.fitting.fewshot import fit_head, zeroshot_in_order  # every method's fitting (logreg, linear, cache, blend, auto)
-
-    t0 = time.perf_counter()
-    zs = zeroshot_in_order(zeroshot_head, classes) if zeroshot_head is not None else None
-    fit = fit_head(cfg.method, classes, data["train"], data["val"], zs, cfg, store.identity, progress, c_grid)
-    fit_s = time.perf_counter() - t0
-    params = {"method": cfg.method, "init": cfg.init, "seed": cfg.seed, "fewshot": cfg.fewshot, **fit.params,
-              **{f"n_{s}": int(len(i)) for s, i in idx.items()}}
-    head = fit.head
-    head.params = {**head.params, **params}
-    X_test, y_test = data["test"]
+    classes = data.classes
+    X_test, y_test = data.arrays["test"]
     test_labels = [classes[i] for i in y_test]
-    calibration, zeroshot_head = _calibrate(head, fit, data, zeroshot_head, order, cfg)
-    proba = head.predict_proba(X_test)  # calibrated: the temperature fitted on val
-    zs_proba = zeroshot_head.predict_proba(X_test)[:, order] if zeroshot_head is not None else None
-    metrics = {"val": evaluate([classes[i] for i in data["val"][1]], fit.val_proba, classes),
+    proba = cal.head.predict_proba(X_test)  # calibrated: the temperature fitted on val
+    zs_proba = cal.zeroshot.predict_proba(X_test) if cal.zeroshot is not None else None
+    metrics = {"val": evaluate([classes[i] for i in data.arrays["val"][1]], fit.val_proba, classes),
                "test": evaluate(test_labels, proba, classes),
                "zeroshot_test": evaluate(test_labels, zs_proba, classes) if zs_proba is not None else None,
-               "calibration": calibration}
+               "calibration": cal.reports}
     if fit.selection:  # auto: the chosen method and every candidate's val score
         metrics["selection"] = fit.selection
     gain = None
     if metrics["zeroshot_test"] and metrics["test"]["accuracy"] is not None:
         gain = 100 * (metrics["test"]["accuracy"] - metrics["zeroshot_test"]["accuracy"])
     metrics["gain_over_zeroshot"] = gain
-    where = (Path(report_dir) if report_dir else _temp_report_dir()) if report else None
-    result = ProbeResult(head, metrics, fit.sweep, where, params, cfg.model_dump(mode="json"), str(store.path),
-                         {"fit_s": round(fit_s, 3)})
-    head.metrics = {**result.scalar_metrics(), "n_test": len(y_test)}
-    if report:
-        from toolkit.evaluation.metrics import write_report
-
-        write_report(result, store.paths[idx["test"]], test_labels, proba, zs_proba)
+    test = {"paths": data.store.paths[data.rows["test"]], "labels": test_labels, "proba": proba,
+            "zeroshot_proba": zs_proba}
+    result = ProbeResult(cal.head, metrics, fit.sweep, fit.params, cfg.model_dump(mode="json"),
+                         str(data.store.path), {"fit_s": fit.fit_s or 0.0}, test)
+    result.head = cal.head.annotated(metrics={**result.scalar_metrics(), "n_test": len(y_test)})
     return result
 
 
-def _calibrate(head, fit: FitResult, data, zeroshot_head, order, cfg: ProbeConfig):
-    """Fit the head's temperature (and "none of these" rule: cfg.target_precision | target_coverage |
-    reject_below) on val, and the zero-shot baseline's temperature on the same images (a calibrated copy;
-    the caller's head is left as is). Returns ({probe, zeroshot} calibration reports, calibrated zero-shot)."""
-    import copy
+def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
+                c_grid: Optional[Sequence[float]] = None, progress: bool = False) -> ProbeResult:
+    """Fit a head (cfg.method: see toolkit.fitting.fewshot) on a FeatureStore's train split (hyper-parameters on
+    val), calibrate it on val, score it and the zero-shot head on test, and (with `report_dir`) write the report
+    there (toolkit.evaluation.report). Returns a ProbeResult; the head is not saved."""
+    data = probe_data(store, cfg, zeroshot_head)
+    fit = fit_probe(data, cfg, zeroshot_head, c_grid, progress)
+    cal = calibrate_probe(fit, data, cfg, zeroshot_head)
+    if cfg.keep_known is not None:  # the "unfamiliar" detector, chosen by holding each class out (issue 22)
+        from toolkit.fitting.openset import attach_openset
 
-    from toolkit.heads.calibration import calibrate_head
+        cal = attach_openset(cal, data, cfg)
+    result = evaluate_probe(fit, cal, data, cfg)
+    if report_dir is not None:
+        from toolkit.evaluation.report import write_report
 
-    (X_val, y_val), (X_test, y_test) = data["val"], data["test"]
-    held_out = fit.params.get("refit") == "train+val"  # the head saw val: score val with the pre-refit model
-    val_logits = np.log(np.clip(np.asarray(fit.val_proba, np.float64), 1e-300, None)) if held_out \
-        else head.decision_function(X_val)
-    rule = {k: getattr(cfg, k) for k in ("target_precision", "target_coverage", "reject_below")}
-    out = {"probe": calibrate_head(head, val_logits, y_val, head.decision_function(X_test), y_test, **rule)}
-    out["probe"]["val_scores"] = "pre-refit model (the head was refit on train+val)" if held_out else "head"
-    if zeroshot_head is not None:
-        zeroshot_head = copy.copy(zeroshot_head)
-        out["zeroshot"] = calibrate_head(zeroshot_head, zeroshot_head.decision_function(X_val)[:, order], y_val,
-                                         zeroshot_head.decision_function(X_test)[:, order], y_test)
-    return out, zeroshot_head
-
-
-def _temp_report_dir() -> Path:
-    """A temporary report folder (no report_dir given): removed when the process exits, so none outlives the
-    command that made it. Callers that keep the report move it away first (train-probe: OUT/report)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="clipkit-report-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return Path(folder)
+        result.report_dir = write_report(result, report_dir)
+    return result

@@ -10,7 +10,6 @@ however many sets are tried; each set costs one text encoding of its prompts.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import yaml
 
+from toolkit import fsio
 from toolkit.errors import ConfigError
 from toolkit.heads.prompts import load_labels, load_templates, template_set_name, validate_templates
 
@@ -71,7 +71,7 @@ class PromptEval:
     def predictions_csv(self) -> str:
         """path,label,predicted,score, then one probability column per class."""
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = fsio.csv_writer(buf)
         w.writerow(["path", "label", "predicted", "score", *self.classes])
         for p, y, row in zip(self.paths, self.y_true, self.proba):
             j = int(row.argmax())
@@ -190,7 +190,7 @@ def split_rows(store, split: str) -> np.ndarray:
         raise ConfigError(f"unknown split '{split}'; use one of {', '.join(SPLIT_CHOICES)}")
     rows = np.arange(len(store)) if split == "all" else store.split_indices(split)
     if len(rows) == 0:
-        raise ConfigError(f"the '{split}' split of store '{store.path}' is empty; pick another with --split")
+        raise ConfigError(f"the '{split}' split of store '{store.path}' is empty; pick another {{field}}", field="split")
     return rows
 
 
@@ -226,10 +226,10 @@ def evaluate_prompt_set(extractor, store, prompt_set: PromptSet, split: str = "t
     rows, val = split_rows(store, split), store.split_indices("val")
     if len(val) == 0:
         raise ConfigError(f"store '{store.path}' has no val split; the zero-shot head's temperature is fitted on "
-                          "val: give a val split or let clipkit draw one (--val-fraction)")
+                          "val: give a val split or let clipkit draw one ({field})", field="val_fraction")
     (X_val, y_val), (X, y) = _arrays(store, val), _arrays(store, rows)
-    cal = calibrate_head(head, head.decision_function(X_val), y_val, head.decision_function(X), y, split=split,
-                         **(rule or {}))
+    head, cal = calibrate_head(head, head.decision_function(X_val), y_val, head.decision_function(X), y,
+                               split=split, **(rule or {}))
     proba = head.predict_proba(X)  # calibrated; columns follow `classes`
     y_true = [str(v) for v in store.labels[rows]]
     return PromptEval(prompt_set, split, list(classes), [str(p) for p in store.paths[rows]], y_true, proba,

@@ -1,17 +1,11 @@
-"""Lightning: the ONLY toolkit module that imports lightning (3-4 s to import; the sklearn path never pays it).
-
-Sections: shared trainer settings (accelerator, precision, quiet logs), the linear head trained on cached
-features (`LinearHead`, `fit_linear`), and `run_sharded`: a caller's job run over devices and nodes with
-Trainer.predict (distributed feature extraction, see extraction.py, uses it).
+"""Lightning training of a linear head on cached features (`LinearHead`, `fit_linear`): AdamW, a weight-decay
+sweep on val, early stopping. One of Lightning's two homes (the other, data/distributed.py, holds the
+Trainer settings both share). The torch L-BFGS logistic regression is in logreg.py.
 """
 from __future__ import annotations
 
 import copy
-import logging
-import signal
-import warnings
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -22,76 +16,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from toolkit.config import ProbeConfig
-from toolkit.heads.base import FitResult
-
-# ---------------------------------------------------------------- shared trainer settings
-
-
-def auto_precision() -> str:
-    """Mixed precision on a GPU (bf16 where supported), full fp32 on CPU."""
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def trainer_kwargs(progress: bool = False, **overrides: Any) -> dict[str, Any]:
-    """Trainer arguments shared by every clipkit trainer: automatic accelerator, no files, no log spam."""
-    kw = dict(accelerator="auto", devices=1, precision=auto_precision(), logger=False, enable_checkpointing=False,
-              enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0,
-              deterministic=False)
-    kw.update(overrides)
-    return kw
-
-
-@contextmanager
-def quiet_lightning(verbose: bool = False) -> Iterator[None]:
-    """Silence Lightning's INFO banners ("GPU available: ...") and its advice-only warnings."""
-    names = ("lightning.pytorch", "lightning.fabric", "lightning")
-    levels = {n: logging.getLogger(n).level for n in names}
-    with warnings.catch_warnings():
-        if not verbose:
-            for n in names:
-                logging.getLogger(n).setLevel(logging.WARNING)
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's pytree shim on this torch
-        try:
-            yield
-        finally:
-            for n, lvl in levels.items():
-                logging.getLogger(n).setLevel(lvl)
-
-
-def run_trainer(method, *args: Any, **kwargs: Any) -> Any:
-    """Call a Trainer method (fit, predict, ...), giving back the interrupts Lightning turns into SystemExit.
-
-    Lightning catches KeyboardInterrupt (Ctrl-C, or SIGTERM made one by the CLI) and calls sys.exit(1): raised
-    again here as itself, so a tracked run ends KILLED. A SIGTERM that no handler raised on becomes Lightning's
-    SIGTERMException, a SystemExit with no code (exit 0, as if training had succeeded): the signal is delivered
-    again to the handler Lightning displaced (the default one ends the process as SIGTERM should)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    try:
-        return method(*args, **kwargs)
-    except SystemExit as e:
-        if isinstance(e.__context__, KeyboardInterrupt):
-            raise e.__context__ from None
-        if isinstance(e, SIGTERMException):
-            signal.raise_signal(signal.SIGTERM)
-        raise
-
-
-@contextmanager
-def cpu_threads(n: int) -> Iterator[None]:
-    """Run torch's CPU ops on `n` threads. A linear layer's batches are too small to gain from more, and on
-    a busy machine extra OpenMP threads spin and wait: measured 1.1 ms/step on 1 thread vs 21 ms on 2."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from toolkit.data.distributed import auto_precision, quiet_lightning, run_trainer, trainer_kwargs
+from toolkit.fitting.result import FitResult
+from toolkit.runtime import torch_threads
 
 
 # ---------------------------------------------------------------- linear head on cached features
@@ -181,7 +108,7 @@ def fit_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
     """
     val_loader = _loader(X_val, y_val, 4096, False, cfg.seed)
     sweep, runs = [], {}
-    with quiet_lightning(progress), cpu_threads(1):
+    with quiet_lightning(progress), torch_threads(1):  # 1.1 ms/step vs 21 ms on 2 (busy CPU)
         for wd in cfg.weight_decays:
             best = _train_one(X_train, y_train, val_loader, n_classes, float(wd), cfg, init_weight, progress)
             runs[float(wd)] = best
@@ -197,50 +124,4 @@ def fit_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_va
     params = {"weight_decay": wd, "lr": cfg.lr, "optimizer": "AdamW", "batch_size": min(cfg.batch_size, len(X_train)),
               "best_epoch": runs[wd].epoch, "max_epochs": cfg.max_epochs, "patience": cfg.patience,
               "precision": auto_precision(), "accelerator": "gpu" if torch.cuda.is_available() else "cpu"}
-    return FitResult(coef, intercept, params, sweep, softmax(logits))
-
-
-# ---------------------------------------------------------------- distributed work (added by later issues)
-
-
-# ---------------------------------------------------------------- work sharded over processes
-# Trainer.predict with DDP runs a job's batches over devices x nodes processes (gloo on CPU, NCCL on GPUs). The
-# job itself (what a batch is, what a step does with it) belongs to its caller: see extraction.py.
-
-
-class ShardedJob(L.LightningModule):
-    """Wraps a job for Trainer.predict. The job has `model` (an nn.Module Lightning places on each rank's
-    device), `loader(rank, world_size, local_processes, device) -> DataLoader`, `start(device)` and
-    `step(batch)`; every rank waits for the others at the end."""
-
-    def __init__(self, job: Any):
-        super().__init__()
-        self.job, self.model = job, job.model  # registered, so Lightning moves it per rank
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.job.loader(self.trainer.global_rank, self.trainer.world_size, max(1, self.trainer.num_devices),
-                               self.device)
-
-    def on_predict_start(self) -> None:
-        self.job.start(self.device)
-
-    def predict_step(self, batch, batch_idx: int) -> None:
-        self.job.step(batch)
-
-    def on_predict_end(self) -> None:
-        self.trainer.strategy.barrier("clipkit-sharded")  # every rank's work is done before the caller goes on
-
-
-def run_sharded(job: Any, accelerator: str = "cpu", devices: int = 1, num_nodes: int = 1, strategy: str = "ddp",
-                progress: bool = False) -> tuple[int, int]:
-    """Run `job` (see ShardedJob) over devices x num_nodes processes; returns (global rank, world size).
-
-    With the "ddp" strategy Lightning re-runs the calling command in each extra local process, which then
-    arrives here too."""
-    with quiet_lightning(progress), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*predict returned None.*")  # on purpose: steps write results
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's pytree shim on this torch
-        trainer = L.Trainer(**trainer_kwargs(progress, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                                             strategy=strategy, precision="32-true", use_distributed_sampler=False))
-        run_trainer(trainer.predict, ShardedJob(job), return_predictions=False)
-    return trainer.global_rank, trainer.world_size
+    return FitResult({"coef_": coef, "intercept_": intercept}, params, sweep, softmax(logits))

@@ -1,4 +1,3 @@
-"""The head contract, zero-shot heads and prompts, linear and cache heads, calibration.
-
-Imports: encoder (types only), models, config, errors, identity, fsio. No training code.
+"""The head contract (base.py: read it before adding a head type), zero-shot heads and prompts, linear and cache
+heads, calibration. Imports: config, errors, identity, fsio, labels (numpy only; no training code, no open_clip).
 """

@@ -2,30 +2,28 @@
 
 The head has the scikit-learn classifier contract (`classes_`, `coef_` (C, D), `intercept_` (C,),
 `predict_proba` with columns in `classes_` order), like ZeroShotHead, so the Predictor, the CLI and the
-server use either one the same way. On disk a head is a folder (heads.SavedHead): `head.safetensors` (coef,
+server use either one the same way. On disk a head is a folder (heads.base.SavedHead): `head.safetensors` (coef,
 intercept; no pickle) and `head.json` (classes, the extractor's identity, the method, its hyper-parameters,
 metrics, calibration).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from toolkit.errors import HeadError
 from toolkit.heads.base import SavedHead
 
 
 class LinearProbe(SavedHead):
-    """softmax((features @ coef_.T + intercept_) / temperature) over `classes_`."""
+    """softmax((features @ coef_.T + intercept_) / temperature_) over `classes_`."""
 
-    kind, type = "probe", "linear"
+    kind, type, default_method = "probe", "linear", "logreg"
 
     def __init__(self, classes: Sequence[str], coef: np.ndarray, intercept: Optional[np.ndarray] = None,
-                 identity=None, method: str = "logreg", params: Optional[dict[str, Any]] = None,
+                 identity=None, method: Optional[str] = None, params: Optional[dict[str, Any]] = None,
                  metrics: Optional[dict[str, Any]] = None, **calibration: Any):
-        self._init_common(classes, identity, method, params, metrics, **calibration)
+        super().__init__(classes, identity, method, params, metrics, **calibration)
         self.coef_ = np.asarray(coef, np.float32)
         self.intercept_ = np.zeros(len(self.classes_), np.float32) if intercept is None \
             else np.asarray(intercept, np.float32).reshape(-1)
@@ -49,17 +47,4 @@ class LinearProbe(SavedHead):
 
     @classmethod
     def from_saved(cls, doc: dict[str, Any], tensors: dict[str, np.ndarray], identity) -> "LinearProbe":
-        cal = doc.get("calibration") or {}
-        return cls(doc["classes"], tensors["coef"], tensors["intercept"], identity, doc.get("method", "?"),
-                   doc.get("params"), doc.get("metrics"), temperature=cal.get("temperature", 1.0),
-                   reject_below=cal.get("reject_below"), rejection=cal.get("rejection"))
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "LinearProbe":
-        """A linear head folder (see heads.load_head)."""
-        from toolkit.heads.base import load_head
-
-        head = load_head(folder)
-        if not isinstance(head, cls):
-            raise HeadError(f"head folder '{folder}' holds a {head.type} head, not a linear one")
-        return head
+        return cls(doc["classes"], tensors["coef"], tensors["intercept"], **cls.saved_common(doc, identity))

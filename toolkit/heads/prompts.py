@@ -34,9 +34,8 @@ def builtin_templates(name: str) -> list[str]:
     if name == "people":
         return list(PEOPLE_TEMPLATES)
     if name == "openai_imagenet":
-        from toolkit.models.weights import openai_imagenet_templates  # pulls in open_clip only when asked for
-
-        return openai_imagenet_templates()
+        # OpenAI's 80 ImageNet templates as open_clip ships them (open_clip.zero_shot_metadata), kept as data
+        return (Path(__file__).parent / "openai_imagenet_templates.txt").read_text(encoding="utf-8").splitlines()
     raise KeyError(name)
 
 
@@ -79,6 +78,10 @@ def validate_labels(labels: Sequence[str], source: str) -> list[str]:
         raise ConfigError(f"no labels in {source}; give at least two labels")
     if any(not lb for lb in out):
         raise ConfigError(f"blank label in {source}; remove empty labels")
+    for lb in out:
+        why = invisible(lb)
+        if why:
+            raise ConfigError(f"label {lb!r} in {source} {why}; write labels in visible characters")
     seen: dict[str, str] = {}
     for lb in out:
         key = lb.casefold()
@@ -86,6 +89,61 @@ def validate_labels(labels: Sequence[str], source: str) -> list[str]:
             raise ConfigError(f"duplicate label {lb!r} in {source}; each label must be unique")
         seen[key] = lb
     return out
+
+
+# format characters that hide or reorder text (zero-width spaces, bidi overrides, BOM); ZWJ (U+200D) and the
+# variation selectors stay allowed: emoji sequences use them
+_HIDING = set("\u200b\u200c\u200e\u200f\u2060\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def invisible(label: str) -> Optional[str]:
+    """Why `label` can't be told apart on screen (a control character such as NUL or a newline, a zero-width
+    or direction-changing character, nothing visible at all), or None when it is plain text."""
+    import unicodedata
+
+    for ch in label:
+        if unicodedata.category(ch) == "Cc" or ch in _HIDING:
+            return f"holds the invisible character U+{ord(ch):04X} ({unicodedata.name(ch, 'a control character')})"
+    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in label):
+        return "has no visible character"
+    return None
+
+
+def check_prompts_fit(tokenizer, labels: Sequence[str], templates: Sequence[str]) -> None:
+    """ConfigError unless the model can tell the labels apart within its text context (77 tokens for CLIP, 32
+    for the demo model): a label longer than the context by itself is refused, and so are two labels that
+    read the same once a template's prompt is cut at the context (they would always score alike). A label that
+    only a long template pushes past the cut is allowed, as open_clip allows it. Each label is tokenized once;
+    only labels near the limit are tried with every template. Tokenizers without `encode` and
+    `context_length` (Hugging Face ones) are not checked."""
+    n_ctx, encode = getattr(tokenizer, "context_length", None), getattr(tokenizer, "encode", None)
+    if not isinstance(n_ctx, int) or not callable(encode) or not labels or not templates:
+        return
+    room = n_ctx - 2  # the start and end tokens take two places
+    frame = max(len(encode(t.replace("{}", " "))) for t in templates)
+    near = []
+    for lb in labels:
+        n = len(encode(lb))
+        if n > room:
+            raise ConfigError(f"label {_short(lb)!r} is {n} tokens, but the model reads {room} (its text context "
+                              f"is {n_ctx}), so the rest would be cut off; shorten the label")
+        if frame + n + 1 >= room:  # + 1: a token that merges across the label's edge
+            near.append(lb)
+    for t in templates if len(near) > 1 else ():
+        seen: dict[tuple[int, ...], str] = {}
+        for lb in near:
+            ids = tuple(encode(t.replace("{}", lb)))
+            if len(ids) < room:
+                continue
+            other = seen.setdefault(ids[:room], lb)
+            if other != lb:
+                raise ConfigError(f"labels {_short(other)!r} and {_short(lb)!r} read the same to the model: with "
+                                  f"template {t!r} both are cut at its text context ({n_ctx} tokens) before they "
+                                  "differ; make them differ earlier, or shorten them")
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def load_labels(path: str | Path) -> list[str]:

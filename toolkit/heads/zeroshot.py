@@ -5,20 +5,33 @@ embeddings per label, renormalize. Probabilities are softmax(logit_scale * featu
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from toolkit.errors import ConfigError
 from toolkit.heads.base import SavedHead
-from toolkit.heads.prompts import expand, validate_labels, validate_templates
+from toolkit.heads.prompts import check_prompts_fit, expand, validate_labels, validate_templates
 
 
 def build_class_weights(extractor, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     """(C, D) float32 class embeddings, rows L2-normalized: the mean template embedding per label."""
+    check_prompts_fit(getattr(extractor, "tokenizer", None), labels, templates)  # no silent cut at the context
     prompts = expand(labels, templates)
     emb = extractor.encode_texts(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
     return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+
+def baseline_head(extractor, classes: Sequence[str], prompts, labels_given: bool = False) -> "ZeroShotHead":
+    """The zero-shot baseline a trained head is compared with: prompted with the dataset's class names and the
+    templates of `prompts` (a PromptConfig). Labels given besides (`labels_given`) must be those class names."""
+    from toolkit.heads.prompts import resolve_labels, resolve_templates
+
+    if labels_given and sorted(resolve_labels(prompts)) != sorted(classes):
+        raise ConfigError(f"{{field}} {resolve_labels(prompts)} differ from the dataset's classes {list(classes)}; "
+                          "the zero-shot baseline prompts with the class names, so leave the labels out",
+                          field="labels")
+    return ZeroShotHead.from_extractor(extractor, classes, resolve_templates(prompts))
 
 
 class ZeroShotHead(SavedHead):
@@ -26,11 +39,11 @@ class ZeroShotHead(SavedHead):
 
     Saved (`clipkit eval-prompts --save-head`) with its calibration, it serves like any other head."""
 
-    kind, type = "zeroshot", "zeroshot"
+    kind, type, default_method = "zeroshot", "zeroshot", "zeroshot"
 
     def __init__(self, labels: Sequence[str], templates: Sequence[str], coef: np.ndarray, logit_scale: float,
-                 identity=None, method: str = "zeroshot", params=None, metrics=None, **calibration: Any):
-        self._init_common(labels, identity, method, params, metrics, **calibration)
+                 identity=None, method: Optional[str] = None, params=None, metrics=None, **calibration: Any):
+        super().__init__(labels, identity, method, params, metrics, **calibration)
         self.templates = list(templates)
         self.coef_ = np.asarray(coef, np.float32)
         self.logit_scale = float(logit_scale)
@@ -62,8 +75,11 @@ class ZeroShotHead(SavedHead):
 
     @classmethod
     def from_saved(cls, doc: dict[str, Any], tensors: dict[str, np.ndarray], identity) -> "ZeroShotHead":
-        cal = doc.get("calibration") or {}
-        return cls(doc["classes"], doc["templates"], tensors["coef"], doc["logit_scale"], identity,
-                   doc.get("method", "zeroshot"), doc.get("params"), doc.get("metrics"),
-                   temperature=cal.get("temperature", 1.0), reject_below=cal.get("reject_below"),
-                   rejection=cal.get("rejection"))
+        return cls(doc["classes"], doc["templates"], tensors["coef"], doc["logit_scale"],
+                   **cls.saved_common(doc, identity))
+
+    def in_order(self, classes: Sequence[str]) -> "ZeroShotHead":
+        """This head with its rows in `classes` order (the same labels, templates and logit scale; a new,
+        uncalibrated head)."""
+        order = [self.classes_.index(c) for c in classes]
+        return ZeroShotHead(list(classes), self.templates, self.coef_[order], self.logit_scale, self.identity)

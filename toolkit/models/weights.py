@@ -58,6 +58,15 @@ def list_pretrained() -> list[tuple[str, str]]:
     return [tuple(p) for p in _open_clip().list_pretrained()]
 
 
+def is_cached(arch: str, tag: str, cache_dir: Optional[str] = None) -> bool:
+    """Whether a tag's weights are in the local cache (Hugging Face's, or OpenAI's URL cache): such a model
+    loads without a network."""
+    try:
+        return cached_tag_file(_open_clip().get_pretrained_cfg(arch, tag), cache_dir) is not None
+    except Exception:  # a registry entry we can't read is simply not cached
+        return False
+
+
 def openai_imagenet_templates() -> list[str]:
     """OpenAI's 80 ImageNet prompt templates, as open_clip ships them, with '{}' for the label."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES

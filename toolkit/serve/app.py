@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from toolkit.config import Config
-from toolkit.errors import ModelError, ToolkitError
+from toolkit.errors import ConfigError, ModelError, ToolkitError
 from toolkit.serve.batcher import MicroBatcher
 from toolkit.serve.deps import require_api_key
 from toolkit.serve.errors import ApiError, error_body, status_code_name, toolkit_error_parts
@@ -26,6 +26,7 @@ from toolkit.serve.metrics import Metrics
 from toolkit.serve.middleware import RequestGuard
 from toolkit.serve.routes_page import STATIC_DIR
 from toolkit.serve.state import ServiceState
+from toolkit.serve.text import TextLane
 
 log = logging.getLogger("clipkit.serve")
 
@@ -36,9 +37,14 @@ def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
     from toolkit.predictor import serving_head
 
     head = serving_head(cfg, head)
+    if cfg.serve.api_key is not None and not cfg.serve.api_key.strip():
+        raise ConfigError("serve.api_key is empty; give a key, or leave it out (null) to serve without one")
     state, metrics = ServiceState(settings=cfg.serve.model_copy()), Metrics()
     metrics.track(depth=lambda: state.batcher.depth if state.batcher else 0,
                   in_flight=lambda: state.in_flight, ready=lambda: 1.0 if state.ready else 0.0)
+    metrics.track_text(encoded=lambda: state.text.sets_encoded if state.text else 0,
+                       refused=lambda: state.text.sets_refused if state.text else 0,
+                       queued=lambda: state.text.queued_labels if state.text else 0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +65,11 @@ def create_app(cfg: Config, head: Optional[str] = None) -> FastAPI:
     app.state.video = cfg.video  # routes_video's defaults for sampling, smoothing, segments
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, state=state, metrics=metrics)
+    if cfg.serve.cors_origins:  # outermost: answers the allowed origins' preflights, adds their CORS headers
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.serve.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
 
     from toolkit.serve import routes_health, routes_page, routes_predict, routes_video
 
@@ -89,6 +100,8 @@ async def _load(state: ServiceState, metrics: Metrics, cfg: Config, head: Option
                            max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, enabled=s.micro_batching,
                            on_batch=metrics.observe_batch, in_flight=lambda: state.in_flight)
     batcher.start()
+    state.text = TextLane(predictor, batcher, s.text_concurrency, s.text_queue_labels, s.retry_after_s,
+                          max_wait_s=s.text_queue_s or s.request_timeout_s / 2)
     state.predictor, state.batcher = predictor, batcher
     if state.phase == "loading":
         state.phase = "ready"
@@ -100,24 +113,31 @@ def _build(cfg: Config, head: Optional[str]):
     """Worker thread: the predictor, plus one warm-up forward pass so the first request is not the slow one."""
     from PIL import Image
 
-    from toolkit.heads.base import is_mlflow_uri
+    from toolkit.tracking.checks import is_mlflow_uri
     from toolkit.predictor import build_predictor
 
     if head and is_mlflow_uri(head):  # the edge: MLflow is imported only for these URIs
         from toolkit.tracking.adapter import fetch_head
 
         head = fetch_head(head, cfg.tracking)
-    predictor = build_predictor(cfg, head=head)
+    predictor = build_predictor(cfg, head=head, open_extractor=_open_extractor)
     predictor.predict_images([Image.new("RGB", (64, 64))])
     return predictor
 
 
-def _encoder(extractor):
-    import torch
+def _open_extractor(model_cfg):
+    """ONNX Runtime where encoder.fast applies (no torch import: ready in about a second instead of 15), else
+    torch; model.engine decides (see config.py)."""
+    from toolkit.encoder.fast import open_extractor
+    from toolkit.runtime import cache_root
 
+    return open_extractor(model_cfg, cache_root(), notify=log.warning, long_lived=True)
+
+
+def _encoder(extractor):
     def encode(tensors: list) -> Any:
-        """(3, H, W) preprocessed tensors -> (n, D) L2-normalized float32."""
-        return extractor.encode_batch(torch.stack(tensors))
+        """(3, H, W) preprocessed images (torch tensors, or arrays on the fast path) -> (n, D) L2-normalized float32."""
+        return extractor.encode_prepared(tensors)
 
     return encode
 

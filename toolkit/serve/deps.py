@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
+import re
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,6 +32,7 @@ from toolkit.serve.images import check_size, display_name
 from toolkit.serve.state import ServiceState
 
 T = TypeVar("T")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # C:\ or C:/
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="Required when the server was started with an API key")
@@ -72,17 +75,27 @@ def get_ready_state(request: Request) -> ServiceState:
     return state
 
 
+def _header_bytes(value: str) -> bytes:
+    """A header value's bytes as the client sent them (ASGI servers decode headers as latin-1): a key is compared
+    as the UTF-8 bytes of the configured key, which is what curl sends from a UTF-8 terminal."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header: a str made in-process
+        return value.encode("utf-8")
+
+
 def api_key_error(expected: Optional[str], header_key: Optional[str], authorization: Optional[str]
                   ) -> Optional[ApiError]:
     """The 401 to answer, or None: the configured key must come in `X-API-Key` or `Authorization: Bearer`;
-    compared in constant time. RequestGuard calls this on the headers alone, before any body is read."""
+    compared in constant time, as bytes: the header's as sent against the key's UTF-8 encoding. RequestGuard
+    calls this on the headers alone, before any body is read."""
     if not expected:
         return None
     given = header_key
     auth = authorization or ""
     if given is None and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()
-    if given is not None and hmac.compare_digest(given.encode(), expected.encode()):
+    if given is not None and hmac.compare_digest(_header_bytes(given), expected.encode("utf-8")):
         return None
     what = "missing" if given is None else "wrong"
     return ApiError(401, "unauthorized", f"API key {what}; send it in the X-API-Key header "
@@ -119,6 +132,18 @@ async def read_uploads(files: Sequence[UploadFile], settings: ServeConfig, max_b
         check_size(len(data), name, limit)
         out.append((name, data))
     return out
+
+
+def public(value: T) -> T:
+    """A response value with every absolute file path cut to its file name: answers never show the server's
+    folders (`/home/me/models/x.safetensors` -> `x.safetensors`). Dicts and lists are walked."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(public(v) for v in value)
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\\\")) or _DRIVE.match(value)):
+        return os.path.basename(value.replace("\\", "/").rstrip("/")) or "."
+    return value
 
 
 def parse_labels(values: Optional[Sequence[str]], settings: ServeConfig) -> Optional[list[str]]:

@@ -41,7 +41,7 @@ def status_code_name(status: int) -> str:
 def toolkit_error_parts(exc: ToolkitError) -> tuple[int, str, str]:
     """(status, code, message) for a ToolkitError."""
     code = next((c for cls, c in _TOOLKIT_CODES.items() if isinstance(exc, cls)), "error")
-    return exc.http_status, code, exc.message
+    return exc.http_status, code, exc.phrased(lambda field: field)  # HTTP names the parameter: target_precision
 
 
 def overloaded(retry_after_s: int, depth: int, capacity: int, n: int) -> ApiError:

@@ -64,5 +64,16 @@ class Metrics:
         """The batcher's count of images it dropped uncomputed, read at scrape time."""
         self._cancelled = cancelled
 
+    def track_text(self, encoded: Callable[[], float], refused: Callable[[], float],
+                   queued: Callable[[], float]) -> None:
+        """The text lane's counts (serve/text.py), read at scrape time."""
+        r = self.registry
+        r.register(_CounterFrom("clipkit_text_label_sets_encoded", "Request label sets encoded (a cached or "
+                                "shared one is not encoded again)", encoded))
+        r.register(_CounterFrom("clipkit_text_label_sets_refused", "Request label sets refused (503) because the "
+                                "text queue was full", refused))
+        Gauge("clipkit_text_queue_labels", "Labels of request label sets waiting for, or in, a text pass",
+              registry=r).set_function(queued)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,6 +1,7 @@
 """RequestGuard: one pure-ASGI layer around the app for what every request needs, before any route runs.
 
-- refuses new API requests while draining (503), API requests without the configured key (401), and bodies
+- refuses requests for a foreign Host (400) and API requests from other web origins (403, origin.py), new API
+  requests while draining (503), API requests without the configured key (401), and bodies
   declared over serve.max_request_bytes (413): from the headers alone, before a byte of the body is read;
 - reads the body within deadlines: serve.body_timeout_s of silence or serve.body_total_timeout_s in all
   answer 408; bodies over the limit while streaming answer 413; any answer sent before the whole body arrived
@@ -25,6 +26,7 @@ from toolkit.config import ServeConfig
 from toolkit.serve.deps import api_key_error, request_cancel_bound
 from toolkit.serve.errors import ApiError, error_body
 from toolkit.serve.metrics import Metrics
+from toolkit.serve.origin import OriginPolicy
 from toolkit.serve.state import ServiceState
 
 
@@ -109,6 +111,7 @@ class _Exchange:
 class RequestGuard:
     def __init__(self, app: ASGIApp, state: ServiceState, metrics: Metrics):
         self.app, self.state, self.metrics = app, state, metrics
+        self.origins = OriginPolicy(state.settings)
         metrics.track_cancelled(lambda: getattr(state.batcher, "images_cancelled", 0))
 
     def body_limit(self, path: str) -> int:
@@ -119,8 +122,11 @@ class RequestGuard:
         return s.max_request_bytes
 
     def refusal(self, headers: Headers, api: bool, limit: int) -> Optional[ApiError]:
-        """The answer that needs no body: draining (503), no or wrong API key (401), declared size over the limit
-        (413); None to go on."""
+        """The answer that needs no body: a foreign Host (400) or browser origin (403), draining (503), no or
+        wrong API key (401), declared size over the limit (413); None to go on."""
+        err = self.origins.refusal(headers, api)
+        if err is not None:
+            return err
         if api and self.state.phase == "draining":
             return self.state.not_ready_error()
         if api:

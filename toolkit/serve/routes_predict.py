@@ -9,9 +9,12 @@ from typing import Annotated, Any, Callable, Optional
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 
+from toolkit.config import ServeConfig
 from toolkit.predictor import image_document
 from toolkit.serve.batcher import Cancelled
-from toolkit.serve.deps import SettingsDep, StateDep, parse_labels, read_uploads, request_cancel, with_deadline
+from toolkit.serve.deps import (SettingsDep, StateDep, parse_labels, public, read_uploads, request_cancel,
+                                with_deadline)
+from toolkit.serve.decode import DecodeBudget
 from toolkit.serve.images import decode_image
 from toolkit.serve.schemas import ERROR_RESPONSES, EmbedResponse, InfoResponse, PredictResponse
 from toolkit.serve.state import ServiceState
@@ -21,29 +24,41 @@ router = APIRouter(prefix="/v1", tags=["classify"])
 FilesField = Annotated[list[UploadFile], File(description="One or more images (JPEG, PNG, WebP, BMP, GIF)")]
 
 
-def _to_tensors(uploads: list[tuple[str, bytes]], prepare: Callable, max_pixels: int,
-                min_side: Optional[int], cancel: threading.Event) -> list:
+def _to_tensors(uploads: list[tuple[str, bytes]], prepare: Callable, settings: ServeConfig,
+                min_side: Optional[int], model_side: int, cancel: threading.Event) -> list:
     """Worker thread: validate and decode each upload, then preprocess; one full-size image in memory at a time.
-    Stops (Cancelled) at the next image once the request is cancelled."""
+    Decode work and seconds count against one budget for the request (decode.py). Stops (Cancelled) at the
+    next image, or the next chunk of a decode, once the request is cancelled."""
+    budget = DecodeBudget(settings.max_jpeg_scans, settings.max_decode_work, settings.decode_timeout_s, cancel)
     out = []
     for name, data in uploads:
         if cancel.is_set():
             raise Cancelled()
-        out.append(prepare(decode_image(data, name, max_pixels, min_side)))
+        image = decode_image(data, name, settings.max_pixels, min_side, budget, settings.max_aspect_ratio,
+                             model_side)
+        out.append(prepare(image))
     return out
 
 
 async def encode_uploads(uploads: list[tuple[str, bytes]], state: ServiceState) -> np.ndarray:
     """(name, bytes) uploads -> (n, D) L2-normalized embeddings, through the micro-batcher."""
     extractor, cancel = state.predictor.extractor, request_cancel()
-    tensors = await asyncio.to_thread(_to_tensors, uploads, extractor.prepare, state.settings.max_pixels,
-                                      extractor.min_decode_side, cancel)
+    tensors = await asyncio.to_thread(_to_tensors, uploads, extractor.prepare, state.settings,
+                                      extractor.min_decode_side, max(extractor.identity.image_size), cancel)
     return await state.batcher.submit(tensors, cancel)
 
 
 def _model_fields(state: ServiceState) -> dict[str, Any]:
     ident = state.predictor.extractor.identity
-    return {"model": ident.model, "pretrained": ident.pretrained}
+    return public({"model": ident.model, "pretrained": ident.pretrained})
+
+
+def _public_info(info: dict[str, Any]) -> dict[str, Any]:
+    """Predictor.info() without the server's folders: paths cut to file names; labels and templates as they are
+    (they are text, whatever their first character)."""
+    keep = ("labels", "templates")
+    head = {k: v if k in keep else public(v) for k, v in info.get("head", {}).items()}
+    return {**{k: v if k in keep else public(v) for k, v in info.items()}, "head": head}
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
@@ -60,19 +75,22 @@ async def predict(files: FilesField, state: StateDep, settings: SettingsDep,
                   ] = None) -> dict[str, Any]:
     """The same numbers as `clipkit predict --format json` on the same files, labels and threshold."""
     label_list = parse_labels(labels, settings)
-    predictor, batcher = state.predictor, state.batcher
+    predictor = state.predictor
 
     async def work():
-        head = await batcher.call(predictor.head_for, label_list)  # bad labels fail before any image work
+        # bad labels fail before any image work; a label set already encoded never waits for text work
+        head = await state.text.head_for(label_list)
         threshold = predictor.threshold(reject_below, label_list)
         uploads = await read_uploads(files, settings)
         feats = await encode_uploads(uploads, state)
-        rows = await batcher.call(predictor.predict_features, feats, top_k, label_list, reject_below)
+        # scoring needs no model: off the model thread, with the head in hand (the cache may move on meanwhile)
+        rows = await asyncio.to_thread(predictor.predict_features, feats, top_k, label_list, reject_below, head)
         return head, threshold, uploads, rows
 
     head, threshold, uploads, rows = await with_deadline(work(), settings)
-    return image_document(predictor, [{"file": name, **row} for (name, _), row in zip(uploads, rows)], label_list,
-                          threshold)
+    doc = image_document(predictor, [{"file": name, **row} for (name, _), row in zip(uploads, rows)], label_list,
+                         threshold, head=head)
+    return {**doc, **_model_fields(state)}
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,
@@ -95,7 +113,7 @@ async def info(state: StateDep) -> dict[str, Any]:
         ver = version("clipkit")
     except PackageNotFoundError:
         ver = "unknown"
-    return {**state.predictor.info(), "version": ver,
+    return {**_public_info(state.predictor.info()), "version": ver,
             "limits": {"max_files": s.max_files, "max_upload_bytes": s.max_upload_bytes,
                        "max_request_bytes": s.max_request_bytes, "max_pixels": s.max_pixels,
                        "max_labels": s.max_labels, "max_label_chars": s.max_label_chars,

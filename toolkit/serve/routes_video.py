@@ -22,7 +22,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from toolkit.config import ServeConfig, VideoConfig
 from toolkit.errors import ConfigError, InputError
 from toolkit.video.pipeline import MAX_FPS, VideoLimits
-from toolkit.serve.deps import SettingsDep, StateDep, parse_labels, with_deadline
+from toolkit.serve.deps import SettingsDep, StateDep, parse_labels, public, with_deadline
 from toolkit.serve.errors import ApiError
 from toolkit.serve.images import display_name
 from toolkit.serve.schemas import ERROR_RESPONSES
@@ -82,13 +82,6 @@ def video_config(request: Request, **given: Any) -> VideoConfig:
     return vcfg
 
 
-def _alias(value: Any, old_value: Any, name: str, old: str) -> Any:
-    """A query parameter given by its name or its old name (not both, unless equal); 422 otherwise."""
-    if old_value is not None and value is not None and old_value != value:
-        raise ApiError(422, "invalid_request", f"{old} is the old name of {name}; give only {name}")
-    return value if value is not None else old_value
-
-
 def limits_of(settings: ServeConfig) -> VideoLimits:
     """The server's per-video limits: duration, sampled frames, pixels per frame, decoded pixels in all."""
     return VideoLimits(max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
@@ -133,10 +126,6 @@ async def predict_video(
             "nothing. Default: the head's own threshold, if it has one"))] = None,
         unknown_label: Annotated[Optional[str], Query(min_length=1, max_length=200, description=(
             "The name of rejected frames, echoed in settings for display (default 'none of these')"))] = None,
-        min_confidence: Annotated[Optional[float], Query(ge=0, le=1, deprecated=True,
-                                                         description="Old name of reject_below")] = None,
-        fallback: Annotated[Optional[str], Query(min_length=1, max_length=200, deprecated=True,
-                                                 description="Old name of unknown_label")] = None,
         min_segment_s: Annotated[Optional[float], Query(ge=0)] = None,
         rest_gap_s: Annotated[Optional[float], Query(ge=0)] = None,
         rep_window: Annotated[Optional[int], Query(ge=1, description="Moving-average window for counting reps")
@@ -150,13 +139,13 @@ async def predict_video(
     from toolkit.video.pipeline import VideoLimitError, VideoTooLargeError
 
     vcfg = video_config(request, fps=fps, stride=stride, window=window,
-                        reject_below=_alias(reject_below, min_confidence, "reject_below", "min_confidence"),
-                        unknown_label=_alias(unknown_label, fallback, "unknown_label", "fallback"),
+                        reject_below=reject_below, unknown_label=unknown_label,
                         min_segment_s=min_segment_s, rest_gap_s=rest_gap_s, rep_window=rep_window,
                         rep_high=rep_high, rep_low=rep_low)
     label_list = parse_labels(labels, settings)
-    await state.batcher.call(state.predictor.head_for, label_list)  # bad labels fail before decoding; the
-    # label set's head is then cached, so the pipeline's thread never encodes texts beside the model thread
+    # bad labels fail before decoding; the label set's head is then cached, so the pipeline's thread never
+    # encodes texts beside the model thread; a new set waits in the text lane (serve/text.py)
+    await with_deadline(state.text.head_for(label_list), settings)
     folder = tempfile.mkdtemp(prefix="clipkit-video-")
     path, name = temp_path(folder, file.filename), display_name(file.filename, 0)
     try:
@@ -173,4 +162,5 @@ async def predict_video(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     doc["video"]["path"] = name
+    doc.update(public({"model": doc["model"], "pretrained": doc["pretrained"]}))  # no server folders
     return doc

@@ -29,8 +29,13 @@ class ImageResult(BaseModel):
     score: float = Field(description="The best label's probability (calibrated: the head's temperature applied)")
     rejected: bool = Field(False, description="True when the best probability is below the threshold "
                                               "(`reject_below`): the image is none of the labels")
+    reason: Optional[str] = Field(None, description="Why it was rejected: \"unfamiliar\" (the head's out-of-set "
+                                  "detector: far from everything it knows) or \"low_confidence\" (best "
+                                  "probability below reject_below: between known classes); null when accepted")
     scores: dict[str, float] = Field(description="Probability per label, in the head's label order; sums to 1")
     top_k: list[LabelScore] = Field(description="The top_k labels, best first")
+    labels: Optional[list[str]] = Field(None, description="Multi-label heads only: every label whose probability "
+                                        "reaches its own threshold (possibly none); scores are then independent")
 
 
 class PredictResponse(BaseModel):

@@ -16,6 +16,7 @@ class ServiceState:
     phase: str = "loading"  # loading | ready | draining | failed
     predictor: Any = None  # toolkit.predictor.Predictor once loaded
     batcher: Any = None  # MicroBatcher once loaded
+    text: Any = None  # TextLane once loaded: request label sets -> heads (serve/text.py)
     error: Optional[ToolkitError] = None  # why loading failed
     in_flight: int = 0  # /v1 requests being handled
     drain_started: Optional[float] = field(default=None)

@@ -23,9 +23,9 @@ from typing import Any, Iterator, Optional
 
 from toolkit.config import Config, TrackingConfig, config_to_yaml
 from toolkit.errors import TrackingError
-from toolkit.heads.base import is_mlflow_uri
-from toolkit.tracking.checks import (DEFAULT_URI, Held, check_http, check_tracking, mlflow_error,  # noqa: F401
-                              resolve_uri)  # DEFAULT_URI, check_tracking: re-exported for the CLI
+from toolkit.tracking.checks import is_mlflow_uri
+from toolkit.tracking.checks import (DEFAULT_URI, Held, check_http, check_tracking, first_use_lock,  # noqa: F401
+                                     mlflow_error, resolve_uri)  # DEFAULT_URI, check_tracking: re-exported for the CLI
 
 HEAD_PATH = "head"  # the head folder's artifact path in a probe run: runs:/RUN_ID/head
 MODEL_NAME = "model"  # the pyfunc model's name in a probe run: runs:/RUN_ID/model
@@ -46,6 +46,8 @@ def _mlflow(uri: str):
     import mlflow
 
     _quiet_db_errors()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines ("Creating initial MLflow database
+    # tables...") on the user's stderr; warnings and errors still show
     mlflow.set_tracking_uri(uri)
     return mlflow
 
@@ -160,20 +162,30 @@ class TrackedRun:
         """Log an MLflow model from code (a file calling mlflow.models.set_model) under MODEL_NAME; register it.
 
         Signature: an 'image' string column in (a path or base64; raw bytes pass too), label (null when the
-        head's "none of these" threshold rejects the image) + score + rejected + one
-        probability column per class out.
+        head's "none of these" threshold or out-of-set detector rejects the image) + score + rejected + reason
+        ("unfamiliar" | "low_confidence", null when accepted) + one probability column per class out.
         """
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
 
         signature = ModelSignature(Schema([ColSpec("string", "image")]), Schema(
             [ColSpec("string", "label", required=False), ColSpec("double", "score"), ColSpec("boolean", "rejected"),
-             *[ColSpec("double", c) for c in classes]]))
-        with warnings.catch_warnings():  # an input example would make MLflow load the model (slow) to check it
+             ColSpec("string", "reason", required=False), *[ColSpec("double", c) for c in classes]]))
+        import contextlib
+        import io
+        import sys
+
+        said = io.StringIO()  # MLflow prints "Registered model 'x' already exists. Creating a new version..."
+        with warnings.catch_warnings(), contextlib.redirect_stderr(said):
+            # an input example would make MLflow load the model (slow) to check it
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             info = self.mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code_path), artifacts=artifacts,
                                                 signature=signature, pip_requirements=pip_requirements,
                                                 registered_model_name=registered_name)
+        for line in said.getvalue().splitlines():  # what else it said still reaches stderr
+            if not any(n in line for n in ("already exists. Creating a new version", "Created version",
+                                           "Successfully registered model")):  # clipkit prints models:/NAME/N
+                print(line, file=sys.stderr)
         version = getattr(info, "registered_model_version", None)
         return {"model_uri": info.model_uri, "run_model_uri": f"runs:/{self.run_id}/{MODEL_NAME}",
                 "registered_uri": f"models:/{registered_name}/{version}" if registered_name and version else None}
@@ -198,7 +210,8 @@ def tracked_run(cfg: Config, dataset_name: str, kind: str, run_name: Optional[st
     backend = _backend_errors()
     name = experiment_name(cfg.tracking, dataset_name)
     try:
-        exp_id = _experiment_id(mlflow, cfg.tracking, name)
+        with first_use_lock(uri):  # a fresh SQLite store's tables are created by one process at a time
+            exp_id = _experiment_id(mlflow, cfg.tracking, name)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
                                tags={"kind": kind, "dataset": dataset_name, **(tags or {})})
     except backend as e:

@@ -20,6 +20,12 @@ from toolkit.config import TrackingConfig
 from toolkit.errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    """Whether a head spec names a head in an MLflow store (resolved to a folder at the edges by tracking.adapter)."""
+    return str(spec).startswith(MLFLOW_SCHEMES)
 
 
 def resolve_uri(tcfg: TrackingConfig) -> str:
@@ -91,6 +97,41 @@ def _check_sqlite(uri: str, write: bool = True) -> None:
             if f.read(16) != b"SQLite format 3\x00":
                 raise TrackingError(f"'{path}' named by tracking URI '{uri}' is not an SQLite database; "
                                     "pass another --tracking-uri")
+
+
+@contextmanager
+def first_use_lock(uri: str, timeout: float = 120.0) -> Iterator[None]:
+    """Hold an exclusive lock (flock on DB.lock, beside an SQLite tracking database) while the block opens the
+    store. MLflow creates a fresh database's tables (alembic migrations) with no lock of its own, so two runs
+    starting together on a new mlflow.db collide ("table _alembic_tmp_latest_metrics already exists"); under
+    this lock the second waits for the first. The lock file stays (removing a lock file others may be waiting
+    on would let a third process in). Other stores, or a folder this process can't write: no lock."""
+    path = _sqlite_path(uri)
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o644) if path else None
+    except OSError:  # a read-only folder: check_tracking / mlflow_error say so in their words
+        fd = None
+    if fd is None:
+        yield
+        return
+    import fcntl
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(f"the tracking database '{uri}' is being set up by another process for "
+                                        f"over {timeout:.0f} s; retry when it is done, or remove "
+                                        f"{path.name}.lock beside it if no clipkit runs") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------- signals held during MLflow calls
@@ -174,9 +215,21 @@ def mlflow_error(e: BaseException, uri: str, what: str) -> TrackingError:
     """One line naming the cause: a read-only or missing database, an unreachable server, ... (else MLflow's
     own first line, without SQLAlchemy's advice about autoflush)."""
     text = _error_text(e)
+    path = _sqlite_path(uri)
+    gone = path is not None and not path.exists() and any(n in text for n in ("readonly database", "disk i/o"))
+    if gone or (path is not None and "no such table" in text):
+        # SQLite answers "attempt to write a readonly database" when the file it has open was deleted, and a
+        # new connection then finds a new, empty file ("no such table")
+        return TrackingError(f"MLflow could not {what}: the tracking database '{uri}' was deleted or moved while "
+                             "clipkit was using it; restore it (or start again: a new one is created), pass "
+                             "another --tracking-uri, or --no-track")
     for needles, message in _CAUSES:
         if any(n in text for n in needles):
             return TrackingError(f"MLflow could not {what}: {message(uri)}")
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and not ln.startswith("(raised as a result")]
     first = (lines or [e.__class__.__name__])[0][:300]
+    if "not found" in first.lower() and "run" in first.lower():  # reading a runs:/ head: a wrong id or store,
+        # where --no-track (which stops a run from being recorded) would not help
+        return TrackingError(f"MLflow could not {what} in '{uri}': {first}; check the run id (`clipkit compare` "
+                             "lists the runs of a store) or pass the store it was logged to with --tracking-uri")
     return TrackingError(f"MLflow could not {what} in '{uri}': {first}; check --tracking-uri (or --no-track)")

@@ -1,13 +1,15 @@
 """A clipkit probe head as an MLflow pyfunc model, "from code": MLflow copies this file into the logged model
 and runs it at load time, so nothing is pickled. It imports mlflow because it has to (the toolkit's other
-mlflow code is in tracking.py); the work is done by toolkit's own classes.
+mlflow code is in tracking/adapter.py); the work is done by toolkit's own classes.
 
 The model's artifacts (see toolkit/tracking/records.py): `head` (head.json + head.safetensors), `extractor` (the
 ModelConfig as JSON) and, for local models, `model_config` (open_clip JSON) and `checkpoint` (weights).
 
     model = mlflow.pyfunc.load_model("models:/clipkit-demo-head/1")
     model.predict(pd.DataFrame({"image": ["photo.jpg", base64_string, raw_bytes]}))
-    # -> DataFrame: label, score, then one probability column per class (rows sum to 1)
+    # -> DataFrame: label (null when rejected), score, rejected (below the head's "none of these" threshold),
+    #    reason ("unfamiliar": the out-of-set detector; "low_confidence": under the threshold; null if accepted),
+    #    then one probability column per class (rows sum to 1)
 """
 import base64
 import binascii
@@ -65,8 +67,8 @@ class ClipkitHead(mlflow.pyfunc.PythonModel):
         rows = self.predictor.predict_images(images)  # through Predictor.proba, as the CLI and the server
         classes = self.predictor.labels
         return pd.DataFrame([{"label": r["label"], "score": r["score"], "rejected": bool(r["rejected"]),
-                              **{c: r["scores"][c] for c in classes}} for r in rows],
-                            columns=["label", "score", "rejected", *classes])
+                              "reason": r.get("reason"), **{c: r["scores"][c] for c in classes}} for r in rows],
+                            columns=["label", "score", "rejected", "reason", *classes])
 
 
 mlflow.models.set_model(ClipkitHead())

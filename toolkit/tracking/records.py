@@ -115,9 +115,8 @@ class ProbeRun:
         r.evaluation(result.metrics["test"])
         # plain names are the test numbers, as accuracy is, so `clipkit compare --metric ece` ranks both kinds
         r.metrics({k: scalars[f"test_{k}"] for k in ("ece", "nll", "brier") if f"test_{k}" in scalars})
-        report = Path(result.report_dir)
-        if report.is_dir():
-            r.folder(report)
+        if result.report_dir is not None and Path(result.report_dir).is_dir():  # None: no report was written
+            r.folder(Path(result.report_dir))
         with tempfile.TemporaryDirectory(prefix="clipkit-head-") as tmp:
             head_dir = result.head.save(Path(tmp) / "head")
             r.folder(head_dir, "head")

@@ -25,6 +25,8 @@ FONT_FLOOR = 8  # px: the smallest font the text shrinks to (Pillow's built-in A
 MARGIN = 3  # px around the text
 BAR = 3  # px: the score bar along the bottom of the band
 GAP = "  "  # between label, score and reps on one line
+MAX_BAND = 0.2  # the band covers at most this share of the frame's height (a fifth: 32 px of a 160 px frame),
+# so the figure under it stays visible; below that the text shrinks, and only at FONT_FLOOR may the band exceed it
 ELLIPSIS = "\u2026"
 
 
@@ -78,7 +80,7 @@ def _place(lines: list[list[tuple[str, str]]], size: int) -> OverlayLayout:
 def _fits(lines: list[list[tuple[str, str]]], fnt, width: int, height: int) -> bool:
     room = width - 2 * MARGIN
     widths = [text_width(GAP.join(text for _, text in line), fnt) for line in lines]
-    return max(widths) <= room and 2 * MARGIN + len(lines) * _line_height(fnt) + BAR <= max(height // 2, 1)
+    return max(widths) <= room and 2 * MARGIN + len(lines) * _line_height(fnt) + BAR <= max(int(height * MAX_BAND), 1)
 
 
 def shorten(label: str, fnt, room: int) -> str:
@@ -159,6 +161,16 @@ def _encoder(container, rate: Fraction, width: int, height: int):
     raise InputError("this PyAV build has no h264 or mpeg4 encoder; reinstall PyAV (pip install av)")
 
 
+def _own_label(frame: dict[str, Any]) -> tuple[Optional[str], float]:
+    """The frame's own decision: its best smoothed label and that label's smoothed probability (a frame inside
+    a segment of another label, kept there by --min-segment-s, shows what it saw itself, never "squat 0.00")."""
+    smoothed = frame.get("smoothed") or {}
+    if frame["label"] is None or not smoothed:
+        return frame["label"], float(frame["score"])
+    best = max(smoothed, key=smoothed.get)
+    return best, float(smoothed[best])
+
+
 def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) -> Path:
     """Write a copy of the video with each frame's current label, score and rep count drawn on it; a rejected
     frame shows the document's unknown label (settings.unknown_label).
@@ -188,8 +200,9 @@ def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) 
                 if k >= 0:
                     f = doc["frames"][k]
                     rejected = f["label"] is None
-                    img = draw_overlay(img, unknown if rejected else f["label"], f["score"], reps_so_far[k],
-                                       rejected)
+                    own, score = _own_label(f)
+                    reps = reps_so_far[k] if own == f["label"] else None  # a rep count belongs to its label
+                    img = draw_overlay(img, unknown if rejected else own, score, reps, rejected)
                 dst.mux(enc.encode(av.VideoFrame.from_image(img)))
             dst.mux(enc.encode())
         tmp.replace(out)

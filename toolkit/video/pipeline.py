@@ -8,7 +8,9 @@ in `reps.py`.
 
 "None of these": frames whose confidence is below the threshold (VideoConfig.reject_below, else the head's
 calibrated `reject_below`; 0 turns it off) are rejected: label null and "rejected": true in the document, their
-own segments, and no reps counted through them.
+own segments, and no reps counted through them. Frames the head's out-of-set detector finds unfamiliar (by
+majority over the smoothing window) are rejected too; frames and rejected segments say why ("reason":
+"unfamiliar" or "low_confidence").
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from PIL import Image
 
 from toolkit.config import VideoConfig
 from toolkit.errors import ConfigError, InputError
+from toolkit.heads.openset import unfamiliar_mask
 from toolkit.video.reps import analyze
 
 TRUNCATED_FRACTION = 0.9  # fewer decoded frames than this share of the declared count: the file was cut short
@@ -252,16 +255,20 @@ def score_video(predictor, path: str | Path, vcfg: VideoConfig, labels: Optional
     encode = encode or extractor.encode_prepared
     stats: dict[str, Any] = {}
     frames = iter_frames(path, vcfg.fps, vcfg.stride, limits=limits, stats=stats, cancel=cancel)
-    classes = list(predictor.head_for(labels).classes_)
-    idx, times, probs = [], [], []
+    head = predictor.head_for(labels)
+    classes = list(head.classes_)
+    idx, times, probs, far = [], [], [], []
     with tqdm(unit="frame", desc="scoring frames", disable=not progress, leave=False) as bar:
         for batch in frame_batches(frames, extractor.prepare, batch_size or extractor.cfg.batch_size):
-            classes, p = predictor.proba(encode([x for _, _, x in batch]), labels)
+            feats = encode([x for _, _, x in batch])
+            classes, p = predictor.proba(feats, labels)
             probs.append(p)
+            far.append(unfamiliar_mask(head, feats))  # the head's out-of-set detector (all False without one)
             idx += [i for i, _, _ in batch]
             times += [t for _, t, _ in batch]
             bar.update(len(batch))
     scores = np.concatenate(probs) if probs else np.zeros((0, len(classes)))
+    stats["unfamiliar"] = np.concatenate(far) if far else np.zeros(0, bool)
     return classes, np.asarray(idx, np.int64), np.asarray(times, np.float64), scores.astype(np.float64), stats
 
 
@@ -314,8 +321,14 @@ def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray,
     result = analyze(probs, times, classes, window=vcfg.window, reject_below=threshold,
                      min_segment_s=vcfg.min_segment_s, repetitive=vcfg.repetitive,
                      rest_of=rest_map(vcfg, classes), rest_gap_s=vcfg.rest_gap_s, rep_window=vcfg.rep_window,
-                     rep_high=vcfg.rep_high, rep_low=vcfg.rep_low, end_s=end_s)
-    return build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result, threshold)
+                     rep_high=vcfg.rep_high, rep_low=vcfg.rep_low, end_s=end_s, unfamiliar=stats.get("unfamiliar"))
+    doc = build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result, threshold)
+    if getattr(predictor.head, "multi_label", False):  # each label its own smoothed on/off segments
+        from toolkit.video.multilabel import label_segments
+
+        doc["label_segments"] = label_segments(result["smoothed"], times, classes, predictor.head.thresholds_,
+                                               vcfg.min_segment_s, end_s)
+    return doc
 
 
 def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, classes: list[str],
@@ -327,6 +340,7 @@ def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, c
     confidence (what was compared with reject_below), raw_label, scores, smoothed, rep?}."""
     ident = predictor.identity
     sm = result["smoothed"]
+    far = result.get("unfamiliar", np.zeros(len(idx), bool))
     pos_of = {}
     for label, positions in result["rep_events"].items():
         for k, p in enumerate(positions, 1):
@@ -336,6 +350,7 @@ def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, c
         label = result["labels"][k]
         score = float(sm[k, classes.index(label)]) if label is not None else float(sm[k].max())
         row = {"index": int(idx[k]), "time_s": float(times[k]), "label": label, "rejected": label is None,
+               "reason": None if label is not None else "unfamiliar" if far[k] else "low_confidence",
                "score": round(score, 6), "confidence": round(float(result["confidence"][k]), 6),
                "raw_label": result["raw_labels"][k],
                "scores": {c: round(float(probs[k, j]), 6) for j, c in enumerate(classes)},
@@ -346,6 +361,8 @@ def build_document(predictor, info: VideoInfo, stats: dict, vcfg: VideoConfig, c
     segments = []
     for seg in result["segments"]:
         seg = dict(seg)
+        if seg["rejected"]:  # why: most of its frames unfamiliar, else between known classes
+            seg["reason"] = "unfamiliar" if far[seg["first"]:seg["last"] + 1].mean() > 0.5 else "low_confidence"
         seg["first_index"], seg["last_index"] = int(idx[seg.pop("first")]), int(idx[seg.pop("last")])
         seg["mean_score"] = round(seg["mean_score"], 6)
         segments.append(seg)

@@ -203,17 +203,21 @@ def rep_events(series: np.ndarray, classes: Sequence[str], labels: Sequence[Opti
 def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, window: int = 5,
             reject_below: Optional[float] = None, min_segment_s: float = 0.0,
             repetitive: Sequence[str] = (), rest_of: Optional[dict[str, str]] = None, rest_gap_s: float = 0.0,
-            rep_window: int = 3, rep_high: float = 0.6, rep_low: float = 0.4, end_s: Optional[float] = None
-            ) -> dict[str, Any]:
+            rep_window: int = 3, rep_high: float = 0.6, rep_low: float = 0.4, end_s: Optional[float] = None,
+            unfamiliar: Optional[np.ndarray] = None) -> dict[str, Any]:
     """The whole pipeline on (n, C) raw probabilities. Returns {smoothed, confidence, raw_labels, labels,
-    segments, rep_events, reps}: smoothed (n, C); confidence (n,); labels after bouts and flicker removal (None:
-    rejected, "none of these", when `reject_below` is set); reps {label: count}."""
+    segments, rep_events, reps, unfamiliar}: smoothed (n, C); confidence (n,); labels after bouts and flicker
+    removal (None: rejected, "none of these", when `reject_below` is set, or where the head's out-of-set
+    detector found the frame `unfamiliar` (n,) bools, smoothed over `window` by majority); reps {label: count}."""
     probs = np.asarray(probs, np.float64)
     times = np.asarray(times, np.float64)
     smoothed = moving_average(probs, window)
     ends = frame_ends(times, end_s)
     conf = confidence(probs, window)
     labels = decide(smoothed, classes, reject_below, conf)
+    far = np.zeros(len(probs), bool) if unfamiliar is None else \
+        moving_average(np.asarray(unfamiliar, np.float64)[:, None], window)[:, 0] > 0.5
+    labels = [None if f else lb for lb, f in zip(labels, far)]
     rest_of = {k: v for k, v in (rest_of or {}).items() if k in repetitive}
     if rest_gap_s > 0 and rest_of:
         labels = join_rest_gaps(labels, times, rest_of, rest_gap_s, ends)
@@ -228,4 +232,4 @@ def analyze(probs: np.ndarray, times: np.ndarray, classes: Sequence[str], *, win
             seg["reps"] = sum(seg["first"] <= i <= seg["last"] for i in events[seg["label"]])
     return {"smoothed": smoothed, "confidence": conf,
             "raw_labels": decide(probs, classes), "labels": labels, "segments": segments, "rep_events": events,
-            "reps": {k: len(v) for k, v in events.items()}}
+            "reps": {k: len(v) for k, v in events.items()}, "unfamiliar": far}

@@ -5,7 +5,12 @@
 const UNKNOWN_LABEL = "none of these";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, defaultLabels: [], mode: null };
+const state = { file: null, files: [], defaultLabels: [], mode: null };
+const VIDEO_SUFFIX = /\.(mp4|webm|mov|mkv|avi)$/i;
+
+function isVideo(file) {
+  return (file.type || "").startsWith("video/") || VIDEO_SUFFIX.test(file.name);
+}
 
 function apiHeaders() {
   const key = sessionStorage.getItem("clipkit-api-key");
@@ -51,14 +56,23 @@ async function loadInfo() {
   }
 }
 
+function chooseFiles(list) {
+  // one image: its bars; several images: one line each (bars of the first); a video: its segments and reps
+  const files = Array.from(list || []);
+  if (!files.length) return;
+  const video = files.find(isVideo);
+  state.files = video ? [video] : files;
+  chooseFile(state.files[0]);
+}
+
 function chooseFile(file) {
   if (!file) return;
   state.file = file;
   const img = $("preview");
   if (img.src) URL.revokeObjectURL(img.src);
   img.src = URL.createObjectURL(file);
-  img.hidden = false;
-  $("drop-text").textContent = file.name;
+  img.hidden = isVideo(file);
+  $("drop-text").textContent = state.files.length > 1 ? `${state.files.length} images` : file.name;
   $("classify").disabled = false;
   classify();
 }
@@ -68,8 +82,15 @@ function pct(score) {
 }
 
 function statusText(result, threshold) {
+  if (Array.isArray(result.labels)) {  // a multi-label head: every label above its own threshold
+    return result.labels.length ? `Labels: ${result.labels.join(", ")}` : "Labels: none above their thresholds";
+  }
   if (!result.rejected) return `Best: ${result.label} (${pct(result.score)})`;
   const best = result.top_k[0];
+  if (result.reason === "unfamiliar") {  // the head's out-of-set detector: far from everything it knows
+    return `Best: ${UNKNOWN_LABEL} (unfamiliar: unlike anything the head knows; the closest label, ` +
+      `${best.label}, scores ${pct(best.score)})`;
+  }
   return `Best: ${UNKNOWN_LABEL} (the closest, ${best.label} at ${pct(best.score)}, is under the ` +
     `${pct(threshold)} threshold)`;
 }
@@ -99,10 +120,55 @@ function renderBars(result) {
   });
 }
 
+function renderResults(items) {
+  // [{name, text, rejected}] as one line each under the bars (several images, a video's segments)
+  const list = $("results");
+  list.replaceChildren();
+  list.hidden = !items.length;
+  items.forEach((item) => {
+    const row = document.createElement("li");
+    row.className = "result-row" + (item.rejected ? " rejected" : "");
+    row.textContent = item.name ? `${item.name}: ${item.text}` : item.text;
+    list.appendChild(row);
+  });
+}
+
+async function classifyVideo(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const doc = await api("/v1/predict/video", { method: "POST", body: form });
+  const reps = Object.entries(doc.reps || {}).map(([label, n]) => `${label} ${n}`).join(", ");
+  $("status").textContent = `${file.name}: ${doc.segments.length} segments` + (reps ? `; reps: ${reps}` : "");
+  $("status").classList.remove("rejected");
+  $("bars").replaceChildren();
+  renderResults(doc.segments.map((seg) => ({
+    name: `${seg.start_s.toFixed(1)}-${seg.end_s.toFixed(1)} s`,
+    text: `${seg.label === null || seg.rejected ? UNKNOWN_LABEL : seg.label}` +
+      (seg.reps ? ` (${seg.reps} reps)` : ""),
+    rejected: Boolean(seg.rejected),
+  })));
+}
+
 async function classify() {
   if (!state.file) return;
+  if (isVideo(state.file)) {
+    $("classify").disabled = true;
+    $("status").textContent = "Scoring the video…";
+    try {
+      await classifyVideo(state.file);
+      showError("");
+    } catch (e) {
+      $("status").textContent = "";
+      renderResults([]);
+      showError(e.message);
+    } finally {
+      $("classify").disabled = false;
+    }
+    return;
+  }
   const form = new FormData();
-  form.append("files", state.file, state.file.name);
+  const files = state.files.length ? state.files : [state.file];
+  files.forEach((f) => form.append("files", f, f.name));
   if (state.mode === "zeroshot") {
     const labels = $("labels").value.split("\n").map((s) => s.trim()).filter(Boolean);
     if (labels.join("\n") !== state.defaultLabels.join("\n")) form.append("labels", labels.join("\n"));
@@ -112,9 +178,15 @@ async function classify() {
   try {
     const body = await api("/v1/predict", { method: "POST", body: form });
     const r = body.results[0];
+    if (r.error) throw new Error(`${files[0].name}: ${r.error}`);
     $("status").textContent = statusText(r, body.reject_below);
     $("status").classList.toggle("rejected", Boolean(r.rejected));
     renderBars(r);
+    renderResults(files.length > 1 ? body.results.map((res, i) => ({
+      name: files[i].name,
+      text: res.error ? `error: ${res.error}` : statusText(res, body.reject_below).replace(/^Best: /, ""),
+      rejected: Boolean(res.rejected || res.error),
+    })) : []);
     showError("");
   } catch (e) {
     $("status").textContent = "";
@@ -127,14 +199,14 @@ async function classify() {
 
 function setup() {
   const drop = $("drop");
-  $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => chooseFiles(e.target.files));
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
     e.preventDefault(); drop.classList.add("over");
   }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
     e.preventDefault(); drop.classList.remove("over");
   }));
-  drop.addEventListener("drop", (e) => chooseFile(e.dataTransfer.files[0]));
+  drop.addEventListener("drop", (e) => chooseFiles(e.dataTransfer.files));
   $("classify").addEventListener("click", classify);
   $("reset-labels").addEventListener("click", () => { $("labels").value = state.defaultLabels.join("\n"); });
   $("api-key").addEventListener("change", (e) => {

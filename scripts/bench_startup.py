@@ -1,0 +1,201 @@
+"""Benchmark: a cold `clipkit` process, as a user runs it. Whole-process wall time, time to the first line of
+output, and peak RSS, for `--help`, one image (the demo model and ViT-B-32 with random weights in a real-layout
+Hugging Face cache) with a label set seen before and with new labels, and 64 images; the fast path
+(ONNX Runtime, encoder/fast.py) side by side with the torch path (`--engine torch`), alternating run by run.
+
+    .venv/bin/python scripts/bench_startup.py --runs 5 --out out/bench/startup.json
+
+Each case runs `--runs` times per side (min and median reported). The fast path's one-time preparation (the
+ONNX export, "preparing the fast path ... (once)") is done before timing and reported on its own. Everything
+lives in a temporary folder (XDG_CACHE_HOME, the HF cache, the images); nothing touches ~/.cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPKIT = [str(Path(sys.executable).parent / "clipkit")]
+VIT_REPO = "timm/vit_base_patch32_clip_224.openai"
+
+
+def run_once(args: list[str], env: dict[str, str]) -> dict[str, float]:
+    """One process: wall seconds, seconds to its first stdout line, peak RSS (MB, from wait4), exit code.
+    (Linux carries a forked child's peak RSS over from its parent: this script itself never imports torch.)"""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(CLIPKIT + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    first = proc.stdout.readline()
+    t_first = time.perf_counter() - t0
+    proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0,):
+        raise SystemExit(f"clipkit {' '.join(args)} exited {proc.returncode}: {err.decode()[-2000:]}")
+    return {"wall": wall, "first_line": t_first if first else wall, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def serve_ready(config: str, env: dict[str, str]) -> dict[str, float]:
+    """Seconds from starting `clipkit serve` until GET /readyz answers 200, and the server's peak RSS (MB);
+    the server is then stopped with SIGTERM."""
+    import signal
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(CLIPKIT + ["serve", "--config", config, "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ready = None
+    while ready is None and time.perf_counter() - t0 < 600:
+        pid, _, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:  # it ended before it was ready
+            raise SystemExit(f"clipkit serve --config {config} exited before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                ready = time.perf_counter() - t0 if r.status == 200 else None
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, _, usage = os.wait4(proc.pid, 0)
+    if ready is None:
+        raise SystemExit(f"clipkit serve --config {config} never became ready")
+    return {"wall": ready, "first_line": ready, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def make_vit_cache(folder: Path) -> Path:
+    """ViT-B-32 random weights as open_clip's 'openai' tag finds them: a real-layout HF cache (as tests do)."""
+    import hashlib
+    import shutil
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32-quickgelu")
+    tmp = folder / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    base = folder / "hf-cache" / f"models--{VIT_REPO.replace('/', '--')}"
+    commit = hashlib.sha1(VIT_REPO.encode()).hexdigest()
+    (base / "snapshots" / commit).mkdir(parents=True)
+    (base / "blobs").mkdir()
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    blob = base / "blobs" / hashlib.sha256(tmp.read_bytes()).hexdigest()
+    shutil.move(tmp, blob)
+    (base / "snapshots" / commit / tmp.name).symlink_to(os.path.relpath(blob, base / "snapshots" / commit))
+    cfg = folder / "vit-b-32.yaml"
+    cfg.write_text(f"model:\n  name: ViT-B-32\n  pretrained: openai\n  cache_dir: {folder / 'hf-cache'}\n")
+    return cfg
+
+
+def make_images(folder: Path, n: int) -> list[str]:
+    """n 640x480 JPEGs made from the demo samples (shifted and flipped so they differ)."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = sorted((ROOT / "data" / "samples").glob("*.png"))
+    out = []
+    for i in range(n):
+        im = Image.open(samples[i % len(samples)]).convert("RGB").resize((640, 480))
+        im = ImageOps.mirror(im) if i % 2 else im
+        im = im.rotate(i * 3, fillcolor=(255, 255, 255))
+        path = folder / f"img{i:03d}.jpg"
+        im.save(path, quality=90)
+        out.append(str(path))
+    return out
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {f"{k}_{agg.__name__}": round(agg([r[k] for r in runs]), 3)
+            for k in ("wall", "first_line", "rss_mb") for agg in (min, statistics.median)}
+
+
+@click.command()
+@click.option("--runs", type=int, default=5, show_default=True, help="Runs per case and side.")
+@click.option("--images", type=int, default=64, show_default=True, help="Images in the many-images case.")
+@click.option("--vit/--no-vit", default=True, show_default=True, help="Include ViT-B-32 (random weights).")
+@click.option("--serve-only", is_flag=True, help="Only the time until `clipkit serve` (demo model) is ready.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
+def main(runs: int, images: int, vit: bool, serve_only: bool, out: str | None) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg"), "HF_HUB_OFFLINE": "1"}
+    if serve_only:
+        return bench_serve(tmp, env, runs, out)
+    one = make_images(tmp / "one", 1)
+    many_dir = tmp / "many"
+    make_images(many_dir, images)
+    models = {"demo": ["--config", "configs/demo.yaml"]}
+    if vit:  # made in a child: a process forked from one holding torch would report torch's RSS as its own peak
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_startup as b; " \
+               f"from pathlib import Path; b.make_vit_cache(Path({str(tmp)!r}))"
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        models["ViT-B-32"] = ["--config", str(tmp / "vit-b-32.yaml")]
+    prepare = {}
+    for name, model in models.items():  # the one-time export, timed on its own
+        t = time.perf_counter()
+        run_once(["predict", *model, *one], env)
+        prepare[name] = round(time.perf_counter() - t, 2)
+    cases = {"--help": (["--help"], False)}
+    for name, model in models.items():
+        cases[f"{name}, 1 image, labels seen before"] = (["predict", *model, *one], False)
+        cases[f"{name}, 1 image, new labels"] = (["predict", *model, *one], True)
+    cases[f"demo, {images} images"] = (["predict", *models["demo"], str(many_dir)], False)
+    results: dict[str, dict] = {}
+    counter = 0
+    for case, (args, new_labels) in cases.items():
+        sides: dict[str, list] = {"fast": [], "torch": []}
+        for _ in range(runs):
+            for side in sides:
+                extra = [] if side == "fast" or args == ["--help"] else ["--engine", "torch"]
+                if new_labels:  # never seen: the text tower runs (both sides encode 2 labels x 7 templates)
+                    counter += 1
+                    extra += ["--label", f"a thing number {counter}", "--label", f"another thing {counter}"]
+                sides[side].append(run_once(args + extra, env))
+        results[case] = {side: summarize(r) for side, r in sides.items()}
+        f, t = results[case]["fast"], results[case]["torch"]
+        print(f"{case:<42} fast {f['wall_min']:.2f}/{f['wall_median']:.2f} s {f['rss_mb_median']:.0f} MB | "
+              f"torch {t['wall_min']:.2f}/{t['wall_median']:.2f} s {t['rss_mb_median']:.0f} MB | "
+              f"x{t['wall_median'] / f['wall_median']:.2f}", flush=True)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    doc = {"runs": runs, "prepare_s": prepare, "results": results, "load_average_after": load,
+           "cpus": os.cpu_count()}
+    print(json.dumps(doc, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=2))
+
+
+def bench_serve(tmp: Path, env: dict[str, str], runs: int, out: str | None) -> None:
+    """`clipkit serve --config configs/demo.yaml` until ready: fast path vs model.engine torch, alternating."""
+    demo = (ROOT / "configs" / "demo.yaml").read_text()
+    torch_cfg = tmp / "demo-torch.yaml"  # the demo config with its paths made absolute, engine torch
+    torch_cfg.write_text(demo.replace("../data/", f"{ROOT / 'data'}/").replace("  device: auto", "  device: auto\n  engine: torch"))
+    serve_ready("configs/demo.yaml", env)  # prepares the fast path (once), not timed
+    sides = {"fast": [], "torch": []}
+    for _ in range(runs):
+        sides["fast"].append(serve_ready("configs/demo.yaml", env))
+        sides["torch"].append(serve_ready(str(torch_cfg), env))
+    doc = {side: summarize(r) for side, r in sides.items()}
+    doc["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(json.dumps(doc, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The fast path of `clipkit predict` (encoder/fast.py): ONNX Runtime graphs, numpy preprocessing and a
+torch-free tokenizer give the torch path's answers; the entry is built once and rebuilt when the model's files
+change; prompt embeddings persist; `clipkit predict` on it and `clipkit --help` import neither torch nor
+open_clip (real subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from toolkit.config import ModelConfig
+from toolkit.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5  # max |fast - torch| on embeddings and probabilities (measured ~1e-7)
+PROMPTS = ["a photo of a dog.", "", "x", "Ünïcödé café &amp; naïve", "  two\tspaces\nand lines ", "I'm 12.5 m; can't!",
+           "emoji 🏋️ squat", "a person: 'jumping' (jack) #1 & co", "word " * 40, "ＦＵＬＬ width ﬁ ligature", "<b>tag</b>"]
+
+
+def _cfg(tiny_model, **kw) -> ModelConfig:
+    return ModelConfig(name=tiny_model["config"], pretrained=tiny_model["checkpoint"], device="cpu", batch_size=4,
+                       num_workers=0, **kw)
+
+
+@pytest.fixture(scope="session")
+def fast(tiny_model, tmp_path_factory):
+    """The tiny model's fast path prepared in a clipkit cache of its own ($XDG_CACHE_HOME = `xdg`):
+    {torch, onnx, root, xdg, lines}."""
+    from toolkit.encoder.fast import OnnxExtractor, open_extractor
+    from toolkit.runtime import cache_root
+
+    xdg = tmp_path_factory.mktemp("xdg")
+    root = cache_root({"XDG_CACHE_HOME": str(xdg)})
+    lines: list[str] = []
+    torch_ex = open_extractor(_cfg(tiny_model), root, notify=lines.append)
+    onnx_ex = open_extractor(_cfg(tiny_model), root, notify=lines.append)
+    assert isinstance(onnx_ex, OnnxExtractor) and not isinstance(torch_ex, OnnxExtractor)
+    return {"torch": torch_ex, "onnx": onnx_ex, "root": root, "xdg": str(xdg), "lines": lines}
+
+
+def _photos(n=5):
+    rng = np.random.default_rng(1)
+    sizes = [(48, 40), (40, 48), (32, 32), (17, 90), (200, 31)][:n]  # landscape, portrait, exact, upsampled, thin
+    return [Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for w, h in sizes]
+
+
+# ---------------------------------------------------------------- the parts, against torch
+
+def test_tokenizer_matches_open_clip():
+    from open_clip.tokenizer import SimpleTokenizer, default_bpe
+
+    from toolkit.encoder.bpe import BpeTokenizer
+
+    for context in (77, 16):
+        want = SimpleTokenizer(context_length=context)(PROMPTS).numpy()
+        np.testing.assert_array_equal(BpeTokenizer(default_bpe(), context)(PROMPTS), want)
+
+
+def test_numpy_preprocessing_equals_the_torch_transform(tiny_extractor):
+    import open_clip
+    from toolkit.encoder.preprocess import preprocess, spec_from_transform
+
+    transforms = [tiny_extractor.preprocess,
+                  open_clip.image_transform(32, is_train=False, resize_mode="squash", interpolation="bilinear")]
+    for transform in transforms:
+        spec = spec_from_transform(transform)
+        assert spec is not None
+        want = np.stack([transform(im).numpy() for im in _photos()])
+        np.testing.assert_array_equal(preprocess(_photos(), spec), want)
+    longest = open_clip.image_transform(32, is_train=False, resize_mode="longest")  # pads: not covered
+    assert spec_from_transform(longest) is None
+
+
+def test_fast_path_gives_the_torch_answers(fast, image_dir):
+    from toolkit.heads.zeroshot import ZeroShotHead
+    from toolkit.predictor import Predictor
+
+    paths = sorted(str(p) for p in image_dir.rglob("*.*")) + [str(image_dir / "missing.png")]
+    (want, want_err), (got, got_err) = (ex.encode_paths(paths) for ex in (fast["torch"], fast["onnx"]))
+    assert got_err == want_err and list(got_err) == [len(paths) - 1]
+    np.testing.assert_allclose(got, want, atol=TOLERANCE)  # the NaN row of the missing file included
+    np.testing.assert_allclose(fast["onnx"].encode_texts(PROMPTS), fast["torch"].encode_texts(PROMPTS), atol=TOLERANCE)
+    labels, templates = ["a red square", "a blue circle", "noise"], ["{}", "a photo of {}."]
+    rows = []
+    for ex in (fast["torch"], fast["onnx"]):
+        pred = Predictor(ex, ZeroShotHead.from_extractor(ex, labels, templates))
+        rows.append(pred.predict_paths(paths, top_k=2))
+    for a, b in zip(*rows):
+        assert a.keys() == b.keys() and a.get("label") == b.get("label")
+        if "scores" in a:
+            np.testing.assert_allclose([b["scores"][k] for k in labels], [a["scores"][k] for k in labels], atol=TOLERANCE)
+
+
+def test_first_batch_is_one_image(fast, image_dir):
+    paths = sorted(str(p) for p in image_dir.rglob("*.*"))
+    sizes = [len(idx) for idx, _, _ in fast["onnx"].iter_path_batches(paths, batch_size=4)]
+    assert sizes == [1, 4, 1]
+
+
+# ---------------------------------------------------------------- the entry: built once, rebuilt on change
+
+def test_prepared_once_and_said_so(fast):
+    assert len(fast["lines"]) == 1
+    assert fast["lines"][0].startswith("preparing the fast path for tiny-rn / tiny-rn.safetensors (once)")
+    entry = fast["onnx"].folder
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["parity"]["image"] < 1e-4 and meta["parity"]["text"] < 1e-4
+    assert {p.name for p in entry.iterdir()} >= {"image.onnx", "text.onnx", "meta.json", "bpe_merges.txt"}
+
+
+def test_changed_weights_rebuild_the_entry(tiny_model, fast):
+    from toolkit.encoder.fast import config_key, lookup
+
+    index = fast["root"] / "fast" / "index" / f"{config_key(_cfg(tiny_model))}.json"
+    assert lookup(index) == fast["onnx"].folder
+    st = os.stat(tiny_model["checkpoint"])
+    try:
+        os.utime(tiny_model["checkpoint"], ns=(1, 1))  # same bytes, another mtime: the file may have been replaced
+        assert lookup(index) is None  # open_extractor then prepares it again (the fixture's first call)
+    finally:
+        os.utime(tiny_model["checkpoint"], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert lookup(index) == fast["onnx"].folder
+
+
+def test_prompt_embeddings_persist_without_the_text_tower(fast, tmp_path):
+    from toolkit.encoder.fast import OnnxExtractor
+
+    prompts = ["a persisted prompt", "another one"]
+    want = fast["onnx"].encode_texts(prompts)
+    entry = tmp_path / "entry"
+    shutil.copytree(fast["onnx"].folder, entry)
+    (entry / "text.onnx").unlink()  # a label set seen before must not need it
+    cold = OnnxExtractor(entry, fast["onnx"].cfg)
+    np.testing.assert_array_equal(cold.encode_texts(prompts[::-1]), want[::-1])
+    with pytest.raises(Exception, match="text.onnx"):
+        cold.encode_texts(["never seen"])
+
+
+def test_engine_choice(tiny_model, fast):
+    from toolkit.encoder.fast import blocker, open_extractor
+
+    assert blocker(_cfg(tiny_model)) is None
+    assert "precision is bf16" in blocker(_cfg(tiny_model, precision="bf16"))
+    assert blocker(_cfg(tiny_model, engine="torch")) == "engine is torch"
+    assert type(open_extractor(_cfg(tiny_model, engine="torch"), fast["root"])).__name__ == "FeatureExtractor"
+    with pytest.raises(ConfigError, match="engine onnx can't run this model: it runs in fp32 and precision is fp16"):
+        open_extractor(_cfg(tiny_model, engine="onnx", precision="fp16"), fast["root"])
+
+
+# ---------------------------------------------------------------- the CLI, in real processes
+
+def _clipkit(args: list[str], xdg: str | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `clipkit ARGS` in a fresh interpreter; return it and the torch/open_clip modules it imported."""
+    code = ("import sys\nfrom toolkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip'))\n"
+            "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\nsys.exit(code)\n")
+    env = {**os.environ, **({"XDG_CACHE_HOME": xdg} if xdg else {})}
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=env)
+    heavy = proc.stderr.rsplit("HEAVY=", 1)[1].strip()
+    return proc, [m for m in heavy.split(",") if m]
+
+
+def test_help_imports_neither_torch_nor_open_clip():
+    proc, heavy = _clipkit(["--help"])
+    assert proc.returncode == 0 and "predict" in proc.stdout
+    assert heavy == []
+
+
+def test_cli_fast_path_output_equals_the_torch_path(fast, tiny_model, image_dir):
+    args = ["predict", str(image_dir), "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
+            "--device", "cpu", "--label", "a red square", "--label", "a blue circle", "--format", "json"]
+    proc, heavy = _clipkit(args, xdg=fast["xdg"])
+    assert proc.returncode == 0, proc.stderr
+    assert heavy == [] and "preparing" not in proc.stderr
+    torch_run = CliRunner().invoke(__import__("toolkit.cli", fromlist=["main"]).main, [*args, "--engine", "torch"])
+    assert torch_run.exit_code == 0, torch_run.output
+    got, want = json.loads(proc.stdout), json.loads(torch_run.stdout)
+    assert [r["path"] for r in got["results"]] == [r["path"] for r in want["results"]]
+    assert [r["label"] for r in got["results"]] == [r["label"] for r in want["results"]]
+    for g, w in zip(got["results"], want["results"]):
+        assert abs(g["score"] - w["score"]) < TOLERANCE
+    assert {k: v for k, v in got.items() if k != "results"} == {k: v for k, v in want.items() if k != "results"}
