@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-KEEP_KNOWN = 0.95  # the saved threshold's target (as `train-probe --keep-known 0.95`)
+KEEP_KNOWN = 0.95
+LOGIT_SCORES = ("energy", "maxlogit", "msp")  # the scores that depend on the head; the others are shared  # the saved threshold's target (as `train-probe --keep-known 0.95`)
 
 
 def at_known_kept(known: np.ndarray, unknown: np.ndarray, kept: float) -> float:
@@ -79,18 +80,23 @@ def detectors_table(res: dict, setting_name) -> str:
              "at 90% known kept (%) | held-out-class AUROC (train + val) | picked | best held out |",
              "|---|---|---|---|---|---|---|---|---|"]
     for shots, runs in res["runs"].items():
-        for m in runs[0]:
-            if not runs[0][m].get("detectors"):
-                continue
-            picks = _picks(runs, m)
-            anys = [r[m]["detectors"]["pick_any"] for r in runs]
+        methods = [m for m in runs[0] if runs[0][m].get("detectors")]
+        for i, m in enumerate(methods):
+            picks = [p for mm in methods for p in _picks(runs, mm)] if i == 0 else _picks(runs, m)
+            anys = [r[mm]["detectors"]["pick_any"] for mm in methods for r in runs] if i == 0 else \
+                [r[m]["detectors"]["pick_any"] for r in runs]
             for name in runs[0][m]["detectors"]["test"]:
-                n, a = picks.count(name), anys.count(name)
-                lines.append(f"| {setting_name(shots)} | {m} | {name} | {_cell(runs, m, 'test', name, 'auroc')} | "
+                shared = name.split("(")[0] not in LOGIT_SCORES  # features / text only: the same for every head
+                if shared and i > 0:
+                    continue
+                own = (picks, anys) if shared else (_picks(runs, m), [r[m]["detectors"]["pick_any"] for r in runs])
+                n, a = own[0].count(name), own[1].count(name)  # a head's own score: its own selections only
+                total = len(runs) * (len(methods) if shared else 1)
+                lines.append(f"| {setting_name(shots)} | {'every head' if shared else m} | {name} | {_cell(runs, m, 'test', name, 'auroc')} | "
                              f"{_cell(runs, m, 'test', name, 'fpr95', scale=100, digits=1)} | "
                              f"{_cell(runs, m, 'test', name, 'rejected_at_90', scale=100, digits=1)} | "
-                             f"{_cell(runs, m, 'heldout', name)} | {f'**{n}/{len(runs)}**' if n else ''} | "
-                             f"{f'{a}/{len(runs)}' if a else ''} |")
+                             f"{_cell(runs, m, 'heldout', name)} | {f'**{n}/{total}**' if n else ''} | "
+                             f"{f'{a}/{total}' if a else ''} |")
     return "\n".join(lines)
 
 

@@ -23,6 +23,12 @@ Each head is scored raw (T = 1) and calibrated (temperature fitted on known val 
   unknown images rejected, AUROC of the top probability as a known-vs-unknown score, and the share of known
   test images kept at the threshold that rejects half the unknowns.
 
+Out-of-set detectors (issue 22, scripts/_detectors.py; `--no-detectors` skips them): for every head, every
+detector of toolkit.fitting.openset (kNN at several k, Mahalanobis, energy, max logit, msp, MCM and NegLabel at
+several temperatures) built on the head's train features and scored on known test vs unknown images (AUROC, FPR
+at 95% known kept, unknowns rejected at 90% known kept), next to its held-out-class AUROC on train + val; the
+held-out-class pick (what `train-probe --keep-known` saves) is marked, and scored at its saved threshold.
+
 `--write` puts this known set's subsection under "## Calibration and open-set rejection (issue 16)" in
 BENCHMARKS.md (replacing the one for the same known set); other known sets' subsections stay.
 
@@ -368,9 +374,10 @@ def markdown(res: dict, args, timings: dict) -> str:
     if any(r.get("detectors") for runs in res["runs"].values() for r in runs[0].values()):
         lines += ["", DETECTORS_INTRO, "", "**The held-out-class pick per head** (test figures; the threshold is the "
                   "one saved with the head):", "", picks_table(res, setting_name), "",
-                  "**Every detector** (picked, bold: how many seeds' held-out-class selection picked it among the "
-                  "kNN settings, the default; best held out: how often it had the best held-out-class AUROC of all "
-                  "detectors, the pick if every kind were allowed):", "",
+                  "**Every detector** (kNN, Mahalanobis, MCM and NegLabel use only features and text, so one row "
+                  "serves every head; picked, bold: how many (head, seed) held-out-class selections picked it among "
+                  "the kNN settings, the default; best held out: how often it had the best held-out-class AUROC of "
+                  "all detectors, the pick if every kind were allowed):", "",
                   detectors_table(res, setting_name), "",
                   f"**Which unknowns the pick still passes** ({setting_name(first)}, share rejected at the saved "
                   "threshold, %):", "", unknowns_by_detector(res, first, list(res["runs"][first][0])), "",

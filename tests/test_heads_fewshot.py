@@ -204,7 +204,9 @@ def test_train_probe_method_then_predict_with_the_head(method, colors, config, s
     st = FeatureStore.open(store)
     row = [str(x) for x in st.paths].index(str(img))
     expected = head.predict_proba(np.asarray(st.features[row:row + 1]))[0]
-    np.testing.assert_allclose([scores[c] for c in head.classes_], expected, atol=1e-4)
+    # one image encoded alone vs in a batch of 8 differs by ~1e-6 in fp32 (the batch composition changes the
+    # reductions); a cache head's exp(-beta (1 - similarity)) amplifies that to ~1e-4 in probability
+    np.testing.assert_allclose([scores[c] for c in head.classes_], expected, atol=5e-4)
 
 
 def test_finetune_without_the_cache_method_is_refused_before_the_model_loads(colors, config, tmp_path):

@@ -9,7 +9,9 @@ THE CONTRACT (follow it when you add a head type or a fitting method):
    `predict((n, D)) -> n names`, `describe() -> dict`. `Predictor` uses only what `Head` below lists.
 2. Learned state ends in an underscore, everywhere: `coef_`, `intercept_`, `keys_`, `values_`, `alpha_`,
    `beta_`, and the calibration every head has: `temperature_`, `reject_below_` (None: nothing rejected),
-   `rejection_` (how the threshold was chosen). Given (not learned) values have none: `identity`, `method`,
+   `rejection_` (how the threshold was chosen), and `openset_`: the out-of-set detector (heads/openset.py; None:
+   no "unfamiliar" rejection), put on a copy by `heads.openset.with_detector` and saved by `save` / `load_head`
+   (head.json "openset", tensors "openset.*"). Given (not learned) values have none: `identity`, `method`,
    `params`, `metrics`, `templates`, `logit_scale`.
 3. Heads are never changed after they are built. Calibration makes a new head:
    `head.calibrated(temperature, reject_below, rejection)`; training metadata too: `head.annotated(params=...,
