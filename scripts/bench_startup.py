@@ -131,7 +131,16 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
 @click.option("--serve-only", is_flag=True, help="Only the time until `clipkit serve` (demo model) is ready.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
 def main(runs: int, images: int, vit: bool, serve_only: bool, out: str | None) -> None:
+    import shutil
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    try:
+        run_cases(tmp, runs, images, vit, serve_only, out)
+    finally:  # the ONNX exports of ViT-B-32 and its weights: ~1.2 GB
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_cases(tmp: Path, runs: int, images: int, vit: bool, serve_only: bool, out: str | None) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg"), "HF_HUB_OFFLINE": "1"}
     if serve_only:
         return bench_serve(tmp, env, runs, out)

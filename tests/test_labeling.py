@@ -324,6 +324,13 @@ def test_kill_9_between_answers_loses_nothing_and_a_second_page_is_refused(store
     proc = label_process(store, model_yaml, out, port)
     try:
         wait_up(proc, url)
+        # DNS rebinding and cross-site posts: a foreign Host or another page's Origin is refused, nothing written
+        row = httpx.get(url + "/api/state").json()["item"]["row"]
+        assert httpx.get(url + "/api/state", headers={"Host": "evil.example"}).status_code == 400
+        crossed = httpx.post(url + "/api/answer", json={"row": row, "answer": CLASSES[0]},
+                             headers={"Origin": "http://evil.example"})
+        assert crossed.status_code == 403 and "cors_origins" in crossed.json()["error"]["message"]
+        assert not out.exists() or not _rows(out)
         second = label_process(store, model_yaml, out, free_port())
         assert second.wait(timeout=300) == 2
         assert "is already open in another labelling page" in second.stdout.read()

@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from toolkit import fsio
 from toolkit.demo import OTHER_ACTIVITIES, label_of
 from toolkit.demo.figures import PROPS, anchor_range, pose_at, random_figure, render_pose
 
@@ -285,15 +286,16 @@ def write_video(
     if width % 2 or height % 2:
         raise ValueError(f"video size must be even for yuv420p, got {width}x{height}")
     frames, truth = render_frames(schedule, seed, size, fps, tempo_jitter)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.mp4'}")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    tmp.replace(path)
+
+    def encode(tmp: Path) -> None:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for img in frames:
+                frame = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+
+    fsio.save(path, encode)
     return truth

@@ -13,8 +13,6 @@ onnxruntime only, which is what the fast path of `clipkit predict` (encoder/fast
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from toolkit.errors import InputError, ModelError
-from toolkit.fsio import file_mode
+from toolkit import fsio
 
 INPUT, OUTPUT = "pixel_values", "image_embeds"
 TEXT_INPUT, TEXT_OUTPUT = "input_ids", "text_embeds"
@@ -115,27 +113,25 @@ def _export(extractor: Any, module: Any, example: Any, out: str | Path, opset: i
     if out.suffix != ".onnx":
         raise InputError(f"output '{out}' should end in .onnx; pass --out FILE.onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         # Tracing with grad enabled keeps nn.MultiheadAttention off its fused fast path, which ONNX can't express.
         # The tracer warns about shape checks inside torch's own attention code; they hold for every batch size
         # (the export is checked against eager afterwards), so they are not the user's concern.
-        if example.is_floating_point():
-            example = example.requires_grad_(True)
+        ex = example.requires_grad_(True) if example.is_floating_point() else example
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="Exporting aten::index")  # pooling at argmax >= 0
-            torch.onnx.export(module, (example,), tmp, input_names=[input_name], output_names=[output_name],
+            torch.onnx.export(module, (ex,), str(tmp), input_names=[input_name], output_names=[output_name],
                               opset_version=opset, dynamo=False,
                               dynamic_axes={input_name: input_axes, output_name: {0: "batch"}})
-        _add_metadata(tmp, {"clipkit_identity": json.dumps(extractor.identity.to_dict())})
-        os.chmod(tmp, file_mode())  # mkstemp makes it private; an exported model is meant to be shared
-        os.replace(tmp, out)
-    except BaseException as e:  # Ctrl-C / SIGTERM too: no .onnx.part left beside --out
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (ModelError, InputError)) or not isinstance(e, Exception):
+        _add_metadata(str(tmp), {"clipkit_identity": json.dumps(extractor.identity.to_dict())})
+
+    try:  # fsio.save: a temporary file beside --out, removed on any error (Ctrl-C / SIGTERM too), then renamed
+        fsio.save(out, write)
+    except Exception as e:
+        if isinstance(e, (ModelError, InputError)):
             raise
         raise ModelError(f"ONNX export of '{extractor.identity.label}' failed: {str(e).splitlines()[0][:200]}") from None
     return out

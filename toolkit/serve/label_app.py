@@ -6,6 +6,9 @@
     POST /api/undo         take back the last answer -> the state (that image shown again)
     GET  /image/{row}      the image file of a store row (only rows of the session's store)
 
+Like the main server, the page answers only its own Host names (loopback and the bound address: DNS rebinding)
+and refuses POSTs from other web pages' origins (serve/origin.py): 400 / 403 before anything is read or written.
+
 Every answer is in labels.csv before its response is sent. An answer the session refuses (the CSV was edited
 into a state that breaks a rule) is a 409 with {"error": {"message"}} and nothing is written.
 """
@@ -18,8 +21,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from toolkit.config import ServeConfig
 from toolkit.errors import ToolkitError
 from toolkit.labeling.labeller import NONE, SKIP, Labeller
+from toolkit.serve.errors import error_body
+from toolkit.serve.origin import OriginPolicy
 from toolkit.serve.routes_page import PAGE_HEADERS, STATIC_DIR
 
 ANSWERS = {"none": NONE, "skip": SKIP}
@@ -30,10 +36,19 @@ class Answer(BaseModel):
     answer: str
 
 
-def create_label_app(labeller: Labeller) -> FastAPI:
-    """The app; the caller starts and stops the labeller's refit thread."""
+def create_label_app(labeller: Labeller, host: str = "127.0.0.1") -> FastAPI:
+    """The app; the caller starts and stops the labeller's refit thread. `host`: the bound address."""
     app = FastAPI(title="clipkit label", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    policy = OriginPolicy(ServeConfig(host=host))
+
+    @app.middleware("http")
+    async def own_host_and_origin(request, call_next):
+        refusal = policy.refusal(request.headers, api=request.method not in ("GET", "HEAD"))
+        if refusal is not None:
+            return JSONResponse(error_body(refusal.status_code, refusal.code, refusal.message),
+                                status_code=refusal.status_code)
+        return await call_next(request)
 
     @app.exception_handler(ToolkitError)
     async def toolkit_error(request, exc: ToolkitError) -> JSONResponse:
@@ -88,7 +103,7 @@ def run_label_server(labeller: Labeller, host: str = "127.0.0.1", port: int = 87
 
     labeller.start()
     try:
-        config = uvicorn.Config(create_label_app(labeller), host=host, port=port, log_level="warning",
+        config = uvicorn.Config(create_label_app(labeller, host), host=host, port=port, log_level="warning",
                                 access_log=False, timeout_graceful_shutdown=5)
         _Server(config).run()
     finally:

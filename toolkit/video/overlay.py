@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
+from toolkit import fsio
 from toolkit.errors import InputError
 
 FONT_FLOOR = 8  # px: the smallest font the text shrinks to (Pillow's built-in Aileron, still legible)
@@ -183,11 +183,11 @@ def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) 
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.mp4")
     keys = [f["index"] for f in doc["frames"]]
     reps_so_far = [n or None for n in running_reps(doc)]  # nothing drawn before a label's first rep
     unknown = doc["settings"].get("unknown_label") or "none of these"
-    try:
+
+    def encode(tmp: Path) -> None:
         with _open(path) as src, av.open(str(tmp), "w", format="mp4") as dst:
             s = src.streams.video[0]
             s.thread_type = "AUTO"
@@ -205,9 +205,9 @@ def annotate_video(path: str | Path, out_path: str | Path, doc: dict[str, Any]) 
                     img = draw_overlay(img, unknown if rejected else own, score, reps, rejected)
                 dst.mux(enc.encode(av.VideoFrame.from_image(img)))
             dst.mux(enc.encode())
-        tmp.replace(out)
+
+    try:
+        fsio.save(out, encode)
     except av.error.FFmpegError as e:
         raise InputError(f"could not write annotated video '{out}' ({_reason(e)}); check the path") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
