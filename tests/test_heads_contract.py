@@ -124,10 +124,13 @@ def test_train_probe_steps_run_one_by_one_and_write_no_report_unless_asked(store
     assert cal.head.reject_below_ == cal.reports["probe"]["reject_below"] and cal.head.reject_below_ > 0
     result = evaluate_probe(fit, cal, data, cfg)
     assert result.report_dir is None and result.head.metrics["n_test"] == 24
+    assert fit.fit_s > 0 and result.timings["fit_s"] == fit.fit_s  # the summary's "fit in X s" is the fit's time
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    again = train_probe(store, cfg)
+    steps: list[str] = []
+    again = train_probe(store, cfg, step=steps.append)  # what `train-probe --progress` shows on stderr
     assert again.report_dir is None and os.listdir(tmp_path / "tmp") == []  # no hidden temporary report
+    assert [s.split()[0] for s in steps] == ["fitting", "calibrating", "scoring"] and "train images" in steps[0]
     np.testing.assert_allclose(again.head.coef_, result.head.coef_)
     folder = write_report(result, tmp_path / "report")
     doc = json.loads((folder / "report.json").read_text())

@@ -194,6 +194,7 @@ def test_train_probe_method_then_predict_with_the_head(method, colors, config, s
         sel = report["metrics"]["selection"]
         assert sel["mode"] == "5-fold" and set(sel["candidates"]) == {"zeroshot", *FAST["auto_candidates"]}
         assert f"-> {sel['chosen']}" in r.stdout and "candidates (5-fold" in r.stdout
+        assert (out / "report" / "candidates.png").stat().st_size > 0  # every candidate it compared, drawn
     elif method[0] == "cache":
         assert isinstance(head, CacheHead) and head.params["finetune"] == ("--finetune" in method)
     img = colors / "test" / "a red square" / "0.png"

@@ -75,7 +75,7 @@ def test_predict_returns_label_score_and_all_scores_per_image(client):
              ("files", ("blue.jpg", png_bytes((20, 40, 220), fmt="JPEG"), "image/jpeg"))]
     body = client.post("/v1/predict", files=files, data={"top_k": "2"}).json()
     assert body["mode"] == "zeroshot" and body["labels"] == client.get("/v1/info").json()["labels"]
-    assert [r["file"] for r in body["results"]] == ["red.png", "blue.jpg"]
+    assert [r["path"] for r in body["results"]] == ["red.png", "blue.jpg"]
     for r in body["results"]:
         assert list(r["scores"]) == body["labels"]
         assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -177,7 +177,7 @@ def test_predict_gives_the_same_numbers_as_the_cli(plain, tiny_model, image_dir,
         r = post(plain, files, {"labels": "\n".join(labels)} if labels else None)
         assert r.status_code == 200, r.text
         for got in r.json()["results"]:
-            want = cli[got["file"]]
+            want = cli[got["path"]]
             assert got["label"] == want["label"]
             assert list(got["scores"]) == list(want["scores"])
             for label, p in want["scores"].items():

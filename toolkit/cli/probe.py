@@ -278,7 +278,8 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
     zeroshot = baseline_head(extractor, store.classes, cfg.prompts, labels_given)
     out_dir = Path(out)
     with run_records.probe_run(cfg, name, store=store) as run:
-        result = fit(store, cfg.probe, zeroshot, progress=show)
+        result = fit(store, cfg.probe, zeroshot, progress=show,
+                     step=(lambda text: click.echo(f"{text} ...", err=True)) if show else None)
         result.head.save(out_dir)  # atomically, replacing the folder: the report goes in after
         result.report_dir = write_report(result, out_dir / "report")
         run.log_result(result)

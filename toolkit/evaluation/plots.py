@@ -221,7 +221,7 @@ def comparison_bars_png(names: Sequence[str], values: Sequence[float], kinds: Se
     """Horizontal bars, best on top, one colour per run kind (prompt / probe), the zero-shot baseline dashed.
     `values` are fractions in [0, 1], drawn as % (`percent`), or plain numbers (e.g. NLL). Atomic write."""
     plt = _pyplot()
-    colors = {"prompt": "#4c72b0", "probe": "#dd8452"}
+    colors = {"prompt": "#4c72b0", "probe": "#dd8452", "chosen": "#dd8452", "candidate": "#9a9a9a"}
     n = len(names)
     fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.38 * n))
     ys = np.arange(n)[::-1]  # first row (the best) at the top

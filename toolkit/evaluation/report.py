@@ -24,7 +24,8 @@ def predictions_csv(paths, labels, classes, proba: np.ndarray, zs_proba) -> str:
 
 def write_report(result, folder: str | Path) -> Path:
     """Fill `folder` (created) from a fitting.probe.ProbeResult: report.json, confusion_matrix.csv/.png,
-    zeroshot_confusion_matrix.csv/.png, per_class.csv, sweep.png, reliability.png (calibration before/after)
+    zeroshot_confusion_matrix.csv/.png, per_class.csv, sweep.png (the chosen method's sweep),
+    candidates.png (auto: every candidate's score), reliability.png (calibration before/after)
     and predictions.csv (one row per test image; scores calibrated). Returns the folder."""
     from toolkit.evaluation import plots
 
@@ -48,8 +49,16 @@ def write_report(result, folder: str | Path) -> Path:
                                    f"zero-shot on test: accuracy {zacc}")
     if result.sweep:
         param = result.sweep[0]["param"]
-        plots.sweep_png(result.sweep, out / "sweep.png", f"{method}: validation accuracy over {param}",
-                        chosen=result.params.get(param))
+        plots.sweep_png(result.sweep, out / "sweep.png", f"{result.params.get('chosen', method)}: validation "
+                        f"accuracy over {param}", chosen=result.params.get(param))
+    selection = result.metrics.get("selection")
+    if selection and selection.get("candidates"):  # auto: every candidate it compared, the chosen one marked
+        ranked = sorted(selection["candidates"].items(), key=lambda kv: -kv[1]["val_accuracy"])
+        how = "val" if selection["mode"] == "val" else f"{selection['mode']} over train + val"
+        plots.comparison_bars_png([n + (" (chosen)" if n == selection["chosen"] else "") for n, _ in ranked],
+                                  [c["val_accuracy"] for _, c in ranked],
+                                  ["chosen" if n == selection["chosen"] else "candidate" for n, _ in ranked],
+                                  out / "candidates.png", title=f"auto: the candidates compared ({how})")
     panels = reliability_panels({f"probe ({method})": (result.metrics.get("calibration") or {}).get("probe"),
                                  "zero-shot": (result.metrics.get("calibration") or {}).get("zeroshot")})
     if panels:

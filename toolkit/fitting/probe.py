@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -139,7 +139,7 @@ def fit_probe(data: ProbeData, cfg: ProbeConfig, zeroshot_head=None, c_grid: Opt
     params = {"method": cfg.method, "init": cfg.init, "seed": cfg.seed, "fewshot": cfg.fewshot, **fit.params,
               **{f"n_{s}": int(len(i)) for s, i in data.rows.items()}}
     return fit.with_head(fit.head.annotated(params=params), params=params,
-                         learned={**fit.learned, "fit_s": round(time.perf_counter() - t0, 3)})
+                         fit_s=round(time.perf_counter() - t0, 3))
 
 
 def calibrate_probe(fit: FitResult, data: ProbeData, cfg: ProbeConfig, zeroshot_head=None) -> Calibrated:
@@ -192,17 +192,25 @@ def evaluate_probe(fit: FitResult, cal: Calibrated, data: ProbeData, cfg: ProbeC
 
 
 def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
-                c_grid: Optional[Sequence[float]] = None, progress: bool = False) -> ProbeResult:
+                c_grid: Optional[Sequence[float]] = None, progress: bool = False,
+                step: Optional[Callable[[str], None]] = None) -> ProbeResult:
     """Fit a head (cfg.method: see toolkit.fitting.fewshot) on a FeatureStore's train split (hyper-parameters on
     val), calibrate it on val, score it and the zero-shot head on test, and (with `report_dir`) write the report
-    there (toolkit.evaluation.report). Returns a ProbeResult; the head is not saved."""
+    there (toolkit.evaluation.report). Returns a ProbeResult; the head is not saved. `step(text)` is told, in
+    words, each step as it starts (the CLI shows them on stderr)."""
+    say = step or (lambda text: None)
     data = probe_data(store, cfg, zeroshot_head)
+    n = {s: int(len(r)) for s, r in data.rows.items()}
+    say(f"fitting {cfg.method} on {n.get('train', 0)} train images, choosing on {n.get('val', 0)} val")
     fit = fit_probe(data, cfg, zeroshot_head, c_grid, progress)
+    say(f"calibrating on val ({fit.fit_s:.1f} s to fit)")
     cal = calibrate_probe(fit, data, cfg, zeroshot_head)
     if cfg.keep_known is not None:  # the "unfamiliar" detector, chosen by holding each class out (issue 22)
         from toolkit.fitting.openset import attach_openset
 
+        say("choosing the unfamiliar-input detector (each class held out in turn)")
         cal = attach_openset(cal, data, cfg)
+    say(f"scoring the head and zero-shot on {n.get('test', 0)} test images")
     result = evaluate_probe(fit, cal, data, cfg)
     if report_dir is not None:
         from toolkit.evaluation.report import write_report

@@ -88,7 +88,7 @@ async def predict(files: FilesField, state: StateDep, settings: SettingsDep,
         return head, threshold, uploads, rows
 
     head, threshold, uploads, rows = await with_deadline(work(), settings)
-    doc = image_document(predictor, [{"file": name, **row} for (name, _), row in zip(uploads, rows)], label_list,
+    doc = image_document(predictor, [{"path": name, **row} for (name, _), row in zip(uploads, rows)], label_list,
                          threshold, head=head)
     return {**doc, **_model_fields(state)}
 
@@ -102,7 +102,7 @@ async def embed(files: FilesField, state: StateDep, settings: SettingsDep) -> di
 
     uploads, feats = await with_deadline(work(), settings)
     return {**_model_fields(state), "dim": int(feats.shape[1]),
-            "results": [{"file": name, "embedding": row.tolist()} for (name, _), row in zip(uploads, feats)]}
+            "results": [{"path": name, "embedding": row.tolist()} for (name, _), row in zip(uploads, feats)]}
 
 
 @router.get("/info", response_model=InfoResponse, responses=ERROR_RESPONSES,

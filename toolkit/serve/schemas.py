@@ -24,7 +24,7 @@ class LabelScore(BaseModel):
 
 
 class ImageResult(BaseModel):
-    file: str = Field(description="The uploaded file's name, as sent (display only)")
+    path: str = Field(description="The uploaded file's name, as sent (display only); `path` as in the CLI's output")
     label: Optional[str] = Field(description="The best label; null when rejected (\"none of these\")")
     score: float = Field(description="The best label's probability (calibrated: the head's temperature applied)")
     rejected: bool = Field(False, description="True when the best probability is below the threshold "
@@ -49,7 +49,7 @@ class PredictResponse(BaseModel):
 
 
 class EmbedResult(BaseModel):
-    file: str
+    path: str = Field(description="The uploaded file's name, as sent")
     embedding: list[float] = Field(description="L2-normalized image embedding, length `dim`")
 
 
