@@ -97,7 +97,7 @@ def test_predict_with_head_in_every_format(run, trained, dataset):
         assert set(res["scores"]) == {"blue", "green", "red"} and abs(sum(res["scores"].values()) - 1) < 1e-5
     r = run("predict", "--head", str(trained["head"]), str(dataset / "red" / "0.png"), "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert r.exit_code == 0 and list(rows[0])[5:] == ["blue", "green", "red"]
+    assert r.exit_code == 0 and list(rows[0])[:6] == ["path", "label", "score", "rejected", "error", "reason"] and list(rows[0])[6:] == ["blue", "green", "red"]
     r = run("predict", "--head", str(trained["head"]), str(dataset / "red" / "0.png"))
     assert r.exit_code == 0 and r.stdout.splitlines()[1].split()[1] in {"blue", "green", "red"}
 

@@ -279,8 +279,9 @@ def build_predictor(cfg: Config, head=None, extractor=None, open_extractor=None)
         cfg = adopt_model(cfg, getattr(head, "identity", None), f"head '{head.method}'")
     if head is None:
         labels, templates = resolve_labels(cfg.prompts), resolve_templates(cfg.prompts)
-    if extractor is None and open_extractor is not None:
-        extractor = open_extractor(cfg.model)
+    if extractor is None and open_extractor is not None:  # a head is checked before any one-time preparation
+        check = (lambda identity: check_head_matches(head, identity)) if head is not None else None
+        extractor = open_extractor(cfg.model, check=check)
     if extractor is None:
         from toolkit.encoder.features import FeatureExtractor
 

@@ -173,12 +173,12 @@ def predict(paths: tuple[str, ...], store_path: Optional[str], config_path: Opti
         sys.exit(1)
 
 
-def _open_extractor(model_cfg):
+def _open_extractor(model_cfg, check=None):
     """The extractor for image files: encoder.fast's choice between ONNX Runtime and torch."""
     from toolkit.encoder.fast import open_extractor
     from toolkit.runtime import cache_root
 
-    return open_extractor(model_cfg, cache_root())
+    return open_extractor(model_cfg, cache_root(), check=check)
 
 
 @click.command()

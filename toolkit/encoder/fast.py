@@ -64,11 +64,12 @@ def blocker(cfg: Any) -> Optional[str]:
 
 
 def open_extractor(cfg: Any, cache_root: Path, notify: Callable[[str], None] = _stderr,
-                   long_lived: bool = False) -> Any:
+                   long_lived: bool = False, check: Optional[Callable[[Any], None]] = None) -> Any:
     """The extractor `clipkit predict` and `clipkit serve` run: an OnnxExtractor when the fast path applies and
     is prepared, else (preparing it first when it applies) a torch FeatureExtractor. ConfigError when engine
     is onnx and the fast path can't serve this model. `long_lived` (a server) keeps the text tower loaded
-    between label sets; a one-shot command frees it before the image tower loads."""
+    between label sets; a one-shot command frees it before the image tower loads. `check(identity)` may refuse
+    the model (e.g. a head trained on another) before the one-time preparation spends minutes on it."""
     reason = blocker(cfg)
     if reason is None:
         index = cache_root / "fast" / "index" / f"{config_key(cfg)}.json"
@@ -76,7 +77,7 @@ def open_extractor(cfg: Any, cache_root: Path, notify: Callable[[str], None] = _
         if isinstance(entry, Path):
             return OnnxExtractor(entry, cfg, keep_text_tower=long_lived)
         if entry is None:
-            return prepare(cfg, cache_root, index, notify)
+            return prepare(cfg, cache_root, index, notify, check)
         reason = entry  # recorded as unsupported
     if cfg.engine == "onnx":
         raise ConfigError(f"engine onnx can't run this model: {reason}; set {{field}} auto or torch", field="engine")
@@ -152,7 +153,8 @@ def _source_files(cfg: Any) -> list[str]:
 
 # ---------------------------------------------------------------- building an entry (torch, once per model)
 
-def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], None] = _stderr) -> Any:
+def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], None] = _stderr,
+            check: Optional[Callable[[Any], None]] = None) -> Any:
     """Build the fast path's entry for `cfg` with the torch model, and return that (fp32, CPU) torch
     extractor for this run. A model the fast path can't take is recorded in the index (later runs go
     straight to torch) and, with engine onnx, is a ConfigError."""
@@ -160,6 +162,8 @@ def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], Non
 
     torch_cfg = cfg.model_copy(update={"device": "cpu", "precision": "fp32", "compile": False})
     extractor = _torch_extractor(torch_cfg)
+    if check is not None:
+        check(extractor.identity)
     label = extractor.identity.label
     notify(f"preparing the fast path for {label} (once): exporting its image and text towers to ONNX under "
            f"{cache_root / 'fast'}; rebuilt when the model's files change (engine torch skips this)")
@@ -203,18 +207,16 @@ def _check_supported(extractor: Any) -> dict[str, Any]:
 
 def _tokenizer_meta(extractor: Any) -> dict[str, Any]:
     """The tokenizer's settings when bpe.BpeTokenizer gives the same ids; ModelError otherwise."""
-    from open_clip.tokenizer import SimpleTokenizer, default_bpe
-
     from toolkit.encoder.bpe import BpeTokenizer
 
-    tok = extractor.tokenizer
-    if type(tok) is not SimpleTokenizer or tok.reduction_fn is not None or len(tok.all_special_ids) != 2:
+    tok, vocab = extractor.tokenizer, extractor.plain_bpe()
+    if vocab is None:
         raise ModelError(f"its tokenizer ({type(tok).__name__}) is not CLIP's plain BPE tokenizer")
-    ours = BpeTokenizer(default_bpe(), tok.context_length)
+    ours = BpeTokenizer(vocab, tok.context_length)
     if not np.array_equal(ours(TOKENIZER_PROBES), tok(TOKENIZER_PROBES).numpy()):
         raise ModelError("the torch-free tokenizer disagrees with the model's on the probe prompts")
     tower = extractor._text_tower
-    return {"vocab": default_bpe(), "context_length": int(tok.context_length),
+    return {"vocab": vocab, "context_length": int(tok.context_length),
             "cut": tower is not None, "pad_id": int(tower.pad_id) if tower is not None else 0}
 
 

@@ -183,6 +183,15 @@ class FeatureExtractor:
     def embed_dim(self) -> int:
         return self.identity.embed_dim
 
+    def plain_bpe(self) -> Optional[str]:
+        """The BPE vocabulary file when the tokenizer is CLIP's plain one (open_clip's SimpleTokenizer, no
+        reduction, only the start/end special tokens), which encoder.bpe repeats without open_clip; else None."""
+        from open_clip.tokenizer import SimpleTokenizer, default_bpe
+
+        tok = self.tokenizer
+        plain = type(tok) is SimpleTokenizer and tok.reduction_fn is None and len(tok.all_special_ids) == 2
+        return default_bpe() if plain else None
+
     @property
     def logit_scale(self) -> float:
         """The model's learned temperature, exp(logit_scale): logits = scale * cosine similarity."""

@@ -125,13 +125,13 @@ def _build(cfg: Config, head: Optional[str]):
     return predictor
 
 
-def _open_extractor(model_cfg):
+def _open_extractor(model_cfg, check=None):
     """ONNX Runtime where encoder.fast applies (no torch import: ready in about a second instead of 15), else
     torch; model.engine decides (see config.py)."""
     from toolkit.encoder.fast import open_extractor
     from toolkit.runtime import cache_root
 
-    return open_extractor(model_cfg, cache_root(), notify=log.warning, long_lived=True)
+    return open_extractor(model_cfg, cache_root(), notify=log.warning, long_lived=True, check=check)
 
 
 def _encoder(extractor):
