@@ -239,6 +239,8 @@ def test_http_predict_rejects_like_the_cli_with_a_per_request_override(tiny_mode
         assert all(r["rejected"] and r["label"] is None for r in strict["results"])
         bad = c.post("/v1/predict", files=files, data={"reject_below": "1.5"})
         assert bad.status_code == 422 and "reject_below" in bad.json()["error"]["message"]
+        nan = c.post("/v1/predict", files=files, data={"reject_below": "nan"})  # not "should be <= 1"
+        assert nan.status_code == 422 and "finite" in nan.json()["error"]["message"]
         schema = c.get("/openapi.json").json()["components"]["schemas"]
         assert "rejected" in schema["ImageResult"]["properties"]
 

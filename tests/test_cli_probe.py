@@ -60,7 +60,7 @@ def trained(tiny_model, dataset, tmp_path_factory):
             "--templates", "none", *_model_args(tiny_model)]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    return {"head": tmp / "head", "store": tmp / "store", "output": r.stdout}
+    return {"head": tmp / "head", "store": tmp / "store", "output": r.stdout, "stderr": r.stderr}
 
 
 def test_extract_creates_then_reuses_a_store(run, dataset, tmp_path):
@@ -86,6 +86,8 @@ def test_train_probe_writes_head_report_and_summary(trained):
     report = json.loads((head / "report" / "report.json").read_text())
     gain = 100 * (report["metrics"]["test"]["accuracy"] - report["metrics"]["zeroshot_test"]["accuracy"])
     assert f"{gain:+.1f} accuracy points" in out
+    # 24 images: val is a handful, and everything was chosen on it: said, on stderr
+    assert f"warning: the val split has only {doc['params']['n_val']} images" in trained["stderr"]
 
 
 def test_predict_with_head_in_every_format(run, trained, dataset):

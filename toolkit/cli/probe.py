@@ -284,6 +284,10 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
         result.report_dir = write_report(result, out_dir / "report")
         run.log_result(result)
     click.echo(_summary(result, store, out_dir))
+    from toolkit.evaluation.evaluate import size_warnings
+
+    for line in size_warnings(int(result.params.get("n_val", 0)), {}, "val"):  # choosing on it: say how little
+        click.echo(f"warning: {line} (hyper-parameters, the head and the threshold were chosen on it)", err=True)
     from toolkit.heads.calibration import tradeoff_lines
 
     for line in tradeoff_lines(((result.metrics.get("calibration") or {}).get("probe") or {}).get("rejection") or {}):

@@ -70,7 +70,7 @@ async def predict(files: FilesField, state: StateDep, settings: SettingsDep,
                   top_k: Annotated[Optional[int], Form(ge=1, description="How many labels in `top_k` "
                                                        "(default: all)")] = None,
                   reject_below: Annotated[Optional[float], Form(
-                      ge=0, le=1, description="Reject (label null, rejected true) an image whose best probability "
+                      ge=0, le=1, allow_inf_nan=False, description="Reject (label null, rejected true) an image whose best probability "
                                               "is below this; 0 rejects nothing (default: the head's threshold)")
                   ] = None) -> dict[str, Any]:
     """The same numbers as `clipkit predict --format json` on the same files, labels and threshold."""
