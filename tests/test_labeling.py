@@ -3,7 +3,6 @@ end to end (real tiny open_clip model, real files, a real `clipkit label` proces
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import signal

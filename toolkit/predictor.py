@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit.config import Config
 from toolkit.identity import adopt_model
-from toolkit.errors import ConfigError, DataError, HeadError
+from toolkit.errors import ConfigError, HeadError
 from toolkit.heads.base import Head, load_head
 from toolkit.heads.openset import unfamiliar_mask, with_zeroshot_default
 from toolkit.heads.prompts import resolve_labels, resolve_templates, validate_labels

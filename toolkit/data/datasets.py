@@ -119,27 +119,41 @@ def _read_image_folder(root: Path, skipped: list[str]) -> tuple[list[str], list[
     return paths, labels, splits
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[str], Optional[list[str]]]:
+def read_csv_rows(path: Path, name: str, fix: str) -> tuple[list[dict[str, str]], list[str]]:
+    """A UTF-8 CSV's rows (a BOM allowed) and its header, lower-cased; DataError "<name> can't be read as CSV
+    (why); <fix>" when it can't be read. The labelled-data CSVs (manifests, multi-label, labels.csv) use it."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
             fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"manifest '{path}' can't be read as CSV ({e}); write it as UTF-8 'path,label[,split]'") from None
-    if not rows:
-        raise DataError(f"manifest '{path}' has no rows; write a header 'path,label[,split]' and one row per image")
-    if "path" not in fields or "label" not in fields:
-        raise DataError(f"manifest '{path}' needs a header with 'path' and 'label' columns (got {fields}); "
-                        "write 'path,label[,split]' as its first line")
-    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
+        raise DataError(f"{name} can't be read as CSV ({e}); {fix}") from None
+    return rows, fields
+
+
+def listed_paths(rows: list[dict[str, str]], path: Path) -> list[str]:
+    """Each row's "path", resolved against the folder of the file that lists it; DataError naming the missing
+    ones (at most five shown)."""
     base = path.parent
     paths = [str((base / r["path"]).resolve()) for r in rows]
     missing = [r["path"] for r, p in zip(rows, paths) if not Path(p).is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise DataError(f"{len(missing)} file(s) listed in '{path}' don't exist: {shown}; "
-                        "paths are relative to the CSV's folder")
+                        "paths are relative to the file's folder")
+    return paths
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[str], Optional[list[str]]]:
+    rows, fields = read_csv_rows(path, f"manifest '{path}'", "write it as UTF-8 'path,label[,split]'")
+    if not rows:
+        raise DataError(f"manifest '{path}' has no rows; write a header 'path,label[,split]' and one row per image")
+    if "path" not in fields or "label" not in fields:
+        raise DataError(f"manifest '{path}' needs a header with 'path' and 'label' columns (got {fields}); "
+                        "write 'path,label[,split]' as its first line")
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
+    paths = listed_paths(rows, path)
     labels = [r["label"] for r in rows]
     if any(not lb for lb in labels):
         line = labels.index("") + 2

@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from toolkit.data.datasets import _SPLIT_ALIASES, SPLITS, LabelledDataset, load_dataset
+from toolkit.data.datasets import (_SPLIT_ALIASES, SPLITS, LabelledDataset, listed_paths, load_dataset,
+                                   read_csv_rows)
 from toolkit.errors import DataError
 
 SEP = "|"  # between the labels of one image, in CSV fields and in a store's label column
@@ -143,14 +144,7 @@ def _read_rows(path: Path) -> list[dict]:
             rows.append({"path": doc["path"], "labels": _check_label_list(doc.get("labels"), f"'{path}' line {n}"),
                          "split": str(doc.get("split") or "")})
         return rows
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            raw = list(reader)
-            fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"manifest '{path}' can't be read as CSV ({e}); write it as UTF-8 'path,labels[,split]'") \
-            from None
+    raw, fields = read_csv_rows(path, f"manifest '{path}'", "write it as UTF-8 'path,labels[,split]'")
     if "path" not in fields or "labels" not in fields:
         raise DataError(f"multi-label manifest '{path}' needs a header with 'path' and 'labels' columns (got "
                         f"{fields}); write 'path,labels[,split]' with labels separated by '{SEP}'")
@@ -199,13 +193,7 @@ def load_multilabel(source: str | Path, seed: int = 0, val_fraction: float = 0.1
     rows = _read_rows(path)
     if not rows:
         raise DataError(f"'{path}' has no rows; write one image per row: path,labels[,split]")
-    base = path.parent
-    paths = [str((base / r["path"]).resolve()) for r in rows]
-    missing = [r["path"] for r, p in zip(rows, paths) if not Path(p).is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise DataError(f"{len(missing)} file(s) listed in '{path}' don't exist: {shown}; "
-                        "paths are relative to the file's folder")
+    paths = listed_paths(rows, path)
     labels = [SEP.join(sorted(set(r["labels"]))) for r in rows]
     splits = _splits(rows, path)
     if splits is not None and "train" not in splits:
@@ -225,7 +213,7 @@ def load_multilabel(source: str | Path, seed: int = 0, val_fraction: float = 0.1
         where = sorted({sp for s, sp in zip(split_labels(labels), splits) if absent[0] in s})
         raise DataError(f"label '{absent[0]}' appears only in {'/'.join(where)}, never in train, in '{source}'; "
                         "add training images that carry it (or remove it from those rows)")
-    return MultiLabelDataset(root=base.resolve(), paths=paths, labels=labels, splits=splits, classes=classes)
+    return MultiLabelDataset(root=path.parent.resolve(), paths=paths, labels=labels, splits=splits, classes=classes)
 
 
 # ---------------------------------------------------------------- stores

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 from toolkit import fsio
 from toolkit.fsio import csv_safe
+from toolkit.data.datasets import read_csv_rows
 from toolkit.errors import DataError
 
 NONE, SKIP = "__none__", "__skip__"  # the two answers that are not labels
@@ -234,13 +235,7 @@ def read_labels_csv(path: Path, images: dict[str, str], classes: Sequence[str]
     Identical duplicate rows are merged (a note says so); rows for files outside `images` are kept."""
     if not path.is_file():
         return {}, [], [], ["path", "label"]
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"'{path}' can't be read as CSV ({e}); fix it (UTF-8 'path,label') or move it away") from None
+    rows, fields = read_csv_rows(path, f"'{path}'", "fix it (UTF-8 'path,label') or move it away")
     if not fields:
         return {}, [], [], ["path", "label"]
     if "path" not in fields or "label" not in fields:
