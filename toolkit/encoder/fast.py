@@ -384,9 +384,6 @@ class OnnxExtractor:
                      num_workers: Optional[int] = None, progress: bool = False
                      ) -> tuple[np.ndarray, dict[int, str]]:
         """Image files -> ((n, D) features with NaN rows for failures, {index: error message})."""
-        feats = np.full((len(paths), self.embed_dim), np.nan, np.float32)
-        errors: dict[int, str] = {}
-        for idx, f, errs in self.iter_path_batches(paths, batch_size, num_workers):
-            feats[idx] = f
-            errors.update(errs)
-        return feats, errors
+        from toolkit.encoder.batches import gather
+
+        return gather(self.iter_path_batches(paths, batch_size, num_workers), len(paths), self.embed_dim, progress)

@@ -268,16 +268,9 @@ class FeatureExtractor:
                      num_workers: Optional[int] = None, progress: bool = False
                      ) -> tuple[np.ndarray, dict[int, str]]:
         """Image files -> ((n, D) features with NaN rows for failures, {index: error message})."""
-        feats = np.full((len(paths), self.embed_dim), np.nan, np.float32)
-        errors: dict[int, str] = {}
-        from tqdm import tqdm
+        from toolkit.encoder.batches import gather
 
-        with tqdm(total=len(paths), unit="img", desc="encoding", disable=not progress, leave=False) as bar:
-            for idx, f, errs in self.iter_path_batches(paths, batch_size, num_workers):
-                feats[idx] = f
-                errors.update(errs)
-                bar.update(len(idx) + len(errs))
-        return feats, errors
+        return gather(self.iter_path_batches(paths, batch_size, num_workers), len(paths), self.embed_dim, progress)
 
     # -- texts
     @torch.inference_mode()

@@ -15,7 +15,30 @@ import numpy as np
 from toolkit.heads.base import SavedHead
 
 
-class LinearProbe(SavedHead):
+class LinearWeights:
+    """What every linear head has (single-label LinearProbe, multi-label one-vs-rest): `coef_` (C, D) and
+    `intercept_` (C,) over L2-normalized features, their logits, and their tensors on disk. A mixin before the
+    head's SavedHead base, set up by `_set_weights` once `classes_` exists."""
+
+    def _set_weights(self, coef: np.ndarray, intercept: Optional[np.ndarray]) -> None:
+        n = len(self.classes_)
+        self.coef_ = np.asarray(coef, np.float32)
+        self.intercept_ = np.zeros(n, np.float32) if intercept is None else np.asarray(intercept, np.float32).ravel()
+        if self.coef_.ndim != 2 or self.coef_.shape[0] != n or self.intercept_.shape != (n,):
+            raise ValueError(f"coef {self.coef_.shape} / intercept {self.intercept_.shape} don't fit {n} classes")
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) L2-normalized features -> (n, C) logits (before the temperature / calibration)."""
+        return np.asarray(features, np.float32) @ self.coef_.T + self.intercept_
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "embed_dim": int(self.coef_.shape[1])}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+
+class LinearProbe(LinearWeights, SavedHead):
     """softmax((features @ coef_.T + intercept_) / temperature_) over `classes_`."""
 
     kind, type, default_method = "probe", "linear", "logreg"
@@ -24,23 +47,7 @@ class LinearProbe(SavedHead):
                  identity=None, method: Optional[str] = None, params: Optional[dict[str, Any]] = None,
                  metrics: Optional[dict[str, Any]] = None, **calibration: Any):
         super().__init__(classes, identity, method, params, metrics, **calibration)
-        self.coef_ = np.asarray(coef, np.float32)
-        self.intercept_ = np.zeros(len(self.classes_), np.float32) if intercept is None \
-            else np.asarray(intercept, np.float32).reshape(-1)
-        if self.coef_.ndim != 2 or self.coef_.shape[0] != len(self.classes_) \
-                or self.intercept_.shape != (len(self.classes_),):
-            raise ValueError(f"coef {self.coef_.shape} / intercept {self.intercept_.shape} don't fit "
-                             f"{len(self.classes_)} classes")
-
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) L2-normalized features -> (n, C) logits (before the temperature)."""
-        return np.asarray(features, np.float32) @ self.coef_.T + self.intercept_
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "embed_dim": int(self.coef_.shape[1])}
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef_, "intercept": self.intercept_}
+        self._set_weights(coef, intercept)
 
     def header(self) -> dict[str, Any]:
         return {"embed_dim": int(self.coef_.shape[1])}

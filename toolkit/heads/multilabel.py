@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from toolkit.heads.base import SavedHead
+from toolkit.heads.linear import LinearWeights
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -105,7 +106,7 @@ def _vector(value, default: float, n: int, name: str) -> np.ndarray:
     return v
 
 
-class MultiLabelLinearHead(MultiLabelHead):
+class MultiLabelLinearHead(LinearWeights, MultiLabelHead):
     """sigmoid(calibration(features @ coef_.T + intercept_)) per class: one-vs-rest logistic regression."""
 
     type, default_method = "multilabel-linear", "ovr-logreg"
@@ -113,21 +114,7 @@ class MultiLabelLinearHead(MultiLabelHead):
     def __init__(self, classes: Sequence[str], coef: np.ndarray, intercept: Optional[np.ndarray] = None,
                  **kwargs: Any):
         super().__init__(classes, **kwargs)
-        self.coef_ = np.asarray(coef, np.float32)
-        n = len(self.classes_)
-        self.intercept_ = np.zeros(n, np.float32) if intercept is None else np.asarray(intercept, np.float32).ravel()
-        if self.coef_.ndim != 2 or self.coef_.shape[0] != n or self.intercept_.shape != (n,):
-            raise ValueError(f"coef {self.coef_.shape} / intercept {self.intercept_.shape} don't fit {n} classes")
-
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) L2-normalized features -> (n, C) per-class logits (before calibration)."""
-        return np.asarray(features, np.float32) @ self.coef_.T + self.intercept_
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "embed_dim": int(self.coef_.shape[1])}
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef_, "intercept": self.intercept_}
+        self._set_weights(coef, intercept)
 
     def header(self) -> dict[str, Any]:
         return {"embed_dim": int(self.coef_.shape[1]), **self.multilabel_header()}
