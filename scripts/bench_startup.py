@@ -154,10 +154,12 @@ def run_cases(tmp: Path, runs: int, images: int, vit: bool, serve_only: bool, ou
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         models["ViT-B-32"] = ["--config", str(tmp / "vit-b-32.yaml")]
     prepare = {}
-    for name, model in models.items():  # the one-time export, timed on its own
-        t = time.perf_counter()
-        run_once(["predict", *model, *one], env)
-        prepare[name] = round(time.perf_counter() - t, 2)
+    for name, model in models.items():  # the one-time export (and this first run's answer), timed on its own
+        load = os.getloadavg()[0]
+        first = run_once(["predict", *model, *one], env)
+        prepare[name] = {"wall": round(first["wall"], 2), "rss_mb": round(first["rss_mb"]), "load": round(load, 2)}
+        print(f"first run (prepares the fast path), {name}: {first['wall']:.1f} s, {first['rss_mb']:.0f} MB peak, "
+              f"load average {load:.2f}", flush=True)
     cases = {"--help": (["--help"], False)}
     for name, model in models.items():
         cases[f"{name}, 1 image, labels seen before"] = (["predict", *model, *one], False)
@@ -166,6 +168,7 @@ def run_cases(tmp: Path, runs: int, images: int, vit: bool, serve_only: bool, ou
     results: dict[str, dict] = {}
     counter = 0
     for case, (args, new_labels) in cases.items():
+        load = os.getloadavg()[0]  # beside the absolute times: what else the machine was doing
         sides: dict[str, list] = {"fast": [], "torch": []}
         for _ in range(runs):
             for side in sides:
@@ -174,18 +177,39 @@ def run_cases(tmp: Path, runs: int, images: int, vit: bool, serve_only: bool, ou
                     counter += 1
                     extra += ["--label", f"a thing number {counter}", "--label", f"another thing {counter}"]
                 sides[side].append(run_once(args + extra, env))
-        results[case] = {side: summarize(r) for side, r in sides.items()}
+        results[case] = {**{side: summarize(r) for side, r in sides.items()}, "load_before": round(load, 2)}
         f, t = results[case]["fast"], results[case]["torch"]
         print(f"{case:<42} fast {f['wall_min']:.2f}/{f['wall_median']:.2f} s {f['rss_mb_median']:.0f} MB | "
               f"torch {t['wall_min']:.2f}/{t['wall_median']:.2f} s {t['rss_mb_median']:.0f} MB | "
               f"x{t['wall_median'] / f['wall_median']:.2f}", flush=True)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    doc = {"runs": runs, "prepare_s": prepare, "results": results, "load_average_after": load,
+    doc = {"runs": runs, "prepare": prepare, "results": results, "load_average_after": load,
            "cpus": os.cpu_count()}
     print(json.dumps(doc, indent=2))
+    print(markdown(doc))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(doc, indent=2))
+
+
+def markdown(doc: dict) -> str:
+    """The results as the table BENCHMARKS.md shows, with the load average each case started at."""
+    rows = ["| case | fast: wall min / median | fast: peak RSS | torch: wall min / median | torch: peak RSS | "
+            "torch / fast (median) | load avg |", "|---|---|---|---|---|---|---|"]
+    for case, r in doc["results"].items():
+        f, t = r["fast"], r["torch"]
+        same = case == "--help"
+        torch_cols = "(same command) | | " if same else \
+            f"{t['wall_min']:.2f} / {t['wall_median']:.2f} s | {t['rss_mb_median']:.0f} MB | " \
+            f"{t['wall_median'] / f['wall_median']:.1f}x "
+        rows.append(f"| {'`clipkit --help`' if same else case} | {f['wall_min']:.2f} / {f['wall_median']:.2f} s | "
+                    f"{f['rss_mb_median']:.0f} MB | {torch_cols}| {r['load_before']:.1f} |")
+    first = ", ".join(f"{name} {p['wall']:.0f} s / {p['rss_mb']} MB (load {p['load']:.1f})"
+                      for name, p in doc["prepare"].items())
+    rows.append(f"\nFirst run, which prepares the fast path (export, optimization, parity checks) and answers: {first}. "
+                f"{doc['runs']} runs per case and side, {doc['cpus']} CPUs; load average after: "
+                f"{doc['load_average_after']}.")
+    return "\n".join(rows)
 
 
 def bench_serve(tmp: Path, env: dict[str, str], runs: int, out: str | None) -> None:

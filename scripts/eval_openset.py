@@ -49,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 from _bench import ROOT, machine_note, suite_features, write_section
 from _detectors import detector_notes, detectors_table, picks_table, unknowns_by_detector
+from _tables import cell, cells, setting_name, stat
 
 METHODS = ("zeroshot", "logreg", "linear", "cache", "cache-f", "blend", "auto")
 SECTION = "## Calibration and open-set rejection (issue 16)"
@@ -188,36 +189,14 @@ def run(args, data: dict, extractor, cfg) -> dict:
 
 # ---------------------------------------------------------------- tables
 
-def stat(runs: list[dict], method: str, *path: str) -> tuple[float, float]:
-    """Mean and std over seeds of runs[i][method][path...] (None, e.g. no image accepted, is left out)."""
-    vals = []
-    for r in runs:
-        v = r[method]
-        for p in path:
-            v = v[p]
-        if v is not None:
-            vals.append(float(v))
-    return (float(np.mean(vals)), float(np.std(vals))) if vals else (float("nan"), float("nan"))
-
-
-def cell(runs, method, *path, scale: float = 100.0, digits: int = 1) -> str:
-    m, s = stat(runs, method, *path)
-    return "n/a" if np.isnan(m) else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
-
-
-def setting_name(shots: str) -> str:
-    return "all train" if shots == "all" else f"K={shots}"
-
-
 def calibration_table(res: dict) -> str:
     lines = ["| setting | method | known test acc. (%) | T | ECE (%) raw → calibrated | NLL raw → calibrated | "
              "Brier raw → calibrated |", "|---|---|---|---|---|---|---|"]
-    for shots, runs in res["runs"].items():
-        for m in runs[0]:
-            pair = [" → ".join(cell(runs, m, w, k, scale=s, digits=d) for w in WHEN)
-                    for k, s, d in (("ece", 100, 1), ("nll", 1, 2), ("brier", 1, 3))]
-            lines.append(f"| {setting_name(shots)} | {m} | {cell(runs, m, 'after', 'accuracy')} | "
-                         f"{cell(runs, m, 'temperature', scale=1, digits=2)} | " + " | ".join(pair) + " |")
+    for shots, runs, m in cells(res):
+        pair = [" → ".join(cell(runs, m, w, k, scale=s, digits=d) for w in WHEN)
+                for k, s, d in (("ece", 100, 1), ("nll", 1, 2), ("brier", 1, 3))]
+        lines.append(f"| {setting_name(shots)} | {m} | {cell(runs, m, 'after', 'accuracy')} | "
+                     f"{cell(runs, m, 'temperature', scale=1, digits=2)} | " + " | ".join(pair) + " |")
     return "\n".join(lines)
 
 
@@ -225,14 +204,13 @@ def openset_table(res: dict) -> str:
     lines = ["| setting | method | scores | threshold | acc. on accepted known (%) | known coverage (%) | "
              "unknowns rejected (%) | AUROC known vs unknown | known kept if half the unknowns are rejected (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for shots, runs in res["runs"].items():
-        for m in runs[0]:
-            for w in WHEN:
-                lines.append(f"| {setting_name(shots)} | {m} | {'raw' if w == 'before' else 'calibrated'} | "
-                             f"{cell(runs, m, w, 'threshold', scale=1, digits=2)} | "
-                             f"{cell(runs, m, w, 'accepted_accuracy')} | {cell(runs, m, w, 'coverage')} | "
-                             f"{cell(runs, m, w, 'unknown_rejected')} | {cell(runs, m, w, 'auroc', scale=1, digits=3)} | "
-                             f"{cell(runs, m, w, 'known_kept_at_half')} |")
+    for shots, runs, m in cells(res):
+        for w in WHEN:
+            lines.append(f"| {setting_name(shots)} | {m} | {'raw' if w == 'before' else 'calibrated'} | "
+                         f"{cell(runs, m, w, 'threshold', scale=1, digits=2)} | "
+                         f"{cell(runs, m, w, 'accepted_accuracy')} | {cell(runs, m, w, 'coverage')} | "
+                         f"{cell(runs, m, w, 'unknown_rejected')} | {cell(runs, m, w, 'auroc', scale=1, digits=3)} | "
+                         f"{cell(runs, m, w, 'known_kept_at_half')} |")
     return "\n".join(lines)
 
 
@@ -244,15 +222,10 @@ def unknowns_table(res: dict, shots: str) -> str:
     lines = ["| unknown class | " + " | ".join(methods) + " | zero-shot takes it for | logreg takes it for |",
              "|---|" + "---|" * (len(methods) + 2)]
     for k in runs[0][methods[0]]["after"]["unknown_rejected_by_class"]:
-        cells = [cell(runs, m, "after", "unknown_rejected_by_class", k, digits=0) for m in methods]
+        shares = [cell(runs, m, "after", "unknown_rejected_by_class", k, digits=0) for m in methods]
         taken = [runs[0][m]["after"]["unknown_taken_as"][k] if m in runs[0] else "-" for m in ("zeroshot", "logreg")]
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {taken[0]} | {taken[1]} |")
+        lines.append(f"| {k} | " + " | ".join(shares) + f" | {taken[0]} | {taken[1]} |")
     return "\n".join(lines)
-
-
-def _cells(res: dict):
-    """(setting label, runs, method) for every table row."""
-    return [(setting_name(shots), runs, m) for shots, runs in res["runs"].items() for m in runs[0]]
 
 
 def calibration_notes(res: dict) -> list[str]:
@@ -260,9 +233,9 @@ def calibration_notes(res: dict) -> list[str]:
     saturate (means over seeds)."""
     from toolkit.heads.calibration import T_BOUNDS
 
-    cells, worse, bound, sat = _cells(res), [], [], []
-    lowered = sum(stat(r, m, "after", "nll")[0] < stat(r, m, "before", "nll")[0] for _, r, m in cells)
-    for name, runs, m in cells:
+    rows, worse, bound, sat = [(setting_name(sh), r, m) for sh, r, m in cells(res)], [], [], []
+    lowered = sum(stat(r, m, "after", "nll")[0] < stat(r, m, "before", "nll")[0] for _, r, m in rows)
+    for name, runs, m in rows:
         (eb, _), (ea, _), (nb, _), (na, _) = (stat(runs, m, w, k) for k in ("ece", "nll") for w in WHEN)
         if ea > eb or na > nb:
             worse.append(f"{name} {m} (T {stat(runs, m, 'temperature')[0]:.2f}: ECE {100 * eb:.1f} → {100 * ea:.1f}%, "
@@ -273,7 +246,7 @@ def calibration_notes(res: dict) -> list[str]:
         share = stat(runs, m, "before", "saturated")[0]
         if share > 0.05:
             sat.append(f"{name} {m} {100 * share:.0f}%")
-    out = [f"temperature scaling lowered the mean test NLL in {lowered} of {len(cells)} rows"]
+    out = [f"temperature scaling lowered the mean test NLL in {lowered} of {len(rows)} rows"]
     if worse:
         out.append("it raised test ECE or NLL (a T fitted on val that doesn't carry over to test) in: " + "; ".join(worse))
     if bound:
@@ -287,22 +260,22 @@ def calibration_notes(res: dict) -> list[str]:
 
 def rejection_notes(res: dict) -> list[str]:
     """How far the top probability separates unknowns, whether the val target held on test, which unknowns pass."""
-    out, target, cells = [], res["target_precision"], _cells(res)
-    aurocs = {(name, m): stat(runs, m, "after", "auroc")[0] for name, runs, m in cells}
+    out, target, rows = [], res["target_precision"], [(setting_name(sh), r, m) for sh, r, m in cells(res)]
+    aurocs = {(name, m): stat(runs, m, "after", "auroc")[0] for name, runs, m in rows}
     (name, m), best = max(aurocs.items(), key=lambda kv: kv[1])
-    moved = max(abs(stat(r, m, "after", "auroc")[0] - stat(r, m, "before", "auroc")[0]) for _, r, m in cells)
+    moved = max(abs(stat(r, m, "after", "auroc")[0] - stat(r, m, "before", "auroc")[0]) for _, r, m in rows)
     out.append(f"best calibrated AUROC {best:.3f} ({name}, {m})" + (": no head's top probability tells these unknowns "
                "from the known classes well" if best < 0.65 else "") + f"; temperature moved a mean AUROC by up to "
                f"{moved:.3f} (it reorders top probabilities across images, so it can)")
-    under = [stat(runs, m, "after", "accepted_accuracy")[0] for _, runs, m in cells]
+    under = [stat(runs, m, "after", "accepted_accuracy")[0] for _, runs, m in rows]
     if min(under) < target:
         out.append(f"the {100 * target:.0f}% precision chosen on val held on test in {sum(u >= target for u in under)}"
-                   f" of {len(cells)} rows (calibrated; lowest {100 * min(under):.1f}%): {res['counts']['val']} val "
+                   f" of {len(rows)} rows (calibrated; lowest {100 * min(under):.1f}%): {res['counts']['val']} val "
                    "images fix the threshold, and the lowest one that reaches the target there is optimistic")
-    idle = [f"{name} {m}" for name, runs, m in cells if stat(runs, m, "after", "coverage")[0] >= 0.95
+    idle = [f"{name} {m}" for name, runs, m in rows if stat(runs, m, "after", "coverage")[0] >= 0.95
             and stat(runs, m, "after", "unknown_rejected")[0] < 0.1]
     if idle:
-        out.append(f"in {len(idle)} of {len(cells)} rows the calibrated threshold keeps 95%+ of known test images and "
+        out.append(f"in {len(idle)} of {len(rows)} rows the calibrated threshold keeps 95%+ of known test images and "
                    "rejects under 10% of unknowns: the head already reaches the target precision on known val, and "
                    "val holds no unknowns to ask for more")
     return out + unknown_notes(res)
@@ -340,9 +313,12 @@ DETECTORS_INTRO = """**Out-of-set detectors** (issue 22, toolkit.heads.openset):
 from the features (kNN: cosine to the k-th nearest training feature; Mahalanobis: class means, one shared
 covariance), from the head's logits (energy, max logit, top softmax probability: msp), or from the text side (MCM:
 top softmax of cosine to the class texts at temperature T; NegLabel: the class texts' softmax mass among class
-texts + the mined negative words of toolkit/heads/negative_words.txt). The pick is chosen without unknowns by
+texts + the mined negative words of toolkit/heads/negative_words.txt), or kNN + Mahalanobis (combined: the sum of
+the two, each z-normalised by its mean and std on known val). The pick is chosen without unknowns by
 holding each known class out in turn (toolkit.fitting.openset: built on the other classes' train features, scored
-on their val images against the held-out class's images) and thresholded to keep 95% of known val
+on their val images against the held-out class's images), among the kNN and combined settings (the default:
+the held-out classes flatter Mahalanobis and the logit and text scores alone, see the table), and thresholded
+to keep 95% of known val
 (`--keep-known 0.95`). AUROC: known test vs unknown images (0.5 = chance); FPR at 95% known kept: the share of
 unknowns accepted at the test threshold that keeps 95% of known test images (lower is better); "unknowns rejected
 at 90% known kept" likewise at 90%."""
@@ -354,7 +330,7 @@ def subsection(known: Sequence[str]) -> str:
 
 def markdown(res: dict, args, timings: dict) -> str:
     """This run's subsection (no headings inside, so write_section can replace it)."""
-    cmd = " ".join([".venv/bin/python scripts/eval_openset.py", *sys.argv[1:]])
+    cmd = " ".join([".venv/bin/python scripts/eval_openset.py", *res["command"][1:]])
     n = res["counts"]
     first = next(iter(res["runs"]))
     lines = [subsection(args.known), "", "```", cmd, "```", "",
@@ -365,7 +341,7 @@ def markdown(res: dict, args, timings: dict) -> str:
              f"seeds {', '.join(map(str, args.seeds))} (the K-shot draw and the fitting seed; val and test stay "
              f"fixed, so the std is the training's share of the noise, not the split's). Target precision "
              f"{args.target_precision:g}. Generated in {timings['generate_s']:.0f} s, encoded in "
-             f"{timings['extract_s']:.0f} s, total {timings['total_s']:.0f} s; {machine_note()}.", "",
+             f"{timings['extract_s']:.0f} s, total {timings['total_s']:.0f} s; {res.get('machine') or machine_note()}.", "",
              "**Calibration on the known test split** (T: the fitted temperature; accuracy doesn't change with T):",
              "", calibration_table(res), "", "**Open set** (known test + unknown images):", "", openset_table(res), "",
              f"**Which unknowns get through** ({setting_name(first)}, calibrated, share rejected in %):", "",
@@ -373,16 +349,16 @@ def markdown(res: dict, args, timings: dict) -> str:
     lines += [f"- {line}" for line in notes(res)]
     if any(r.get("detectors") for runs in res["runs"].values() for r in runs[0].values()):
         lines += ["", DETECTORS_INTRO, "", "**The held-out-class pick per head** (test figures; the threshold is the "
-                  "one saved with the head):", "", picks_table(res, setting_name), "",
-                  "**Every detector** (kNN, Mahalanobis, MCM and NegLabel use only features and text, so one row "
+                  "one saved with the head):", "", picks_table(res), "",
+                  "**Every detector** (kNN, Mahalanobis, combined, MCM and NegLabel use only features and text, so one row "
                   "serves every head; picked, bold: how many (head, seed) held-out-class selections picked it among "
-                  "the kNN settings, the default; best held out: how often it had the best held-out-class AUROC of "
+                  "the kNN and combined settings, the default; best held out: how often it had the best held-out-class AUROC of "
                   "all detectors, the pick if every kind were allowed):", "",
-                  detectors_table(res, setting_name), "",
+                  detectors_table(res), "",
                   f"**Which unknowns the pick still passes** ({setting_name(first)}, share rejected at the saved "
                   "threshold, %):", "", unknowns_by_detector(res, first, list(res["runs"][first][0])), "",
                   "Read from the means above (computed by the script):", ""]
-        lines += [f"- {line}" for line in detector_notes(res, setting_name)]
+        lines += [f"- {line}" for line in detector_notes(res)]
     return "\n".join(lines) + "\n"
 
 
@@ -419,6 +395,14 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                     help="skip the out-of-set detectors (issue 22): top-probability figures only")
     ap.add_argument("--json", type=Path, default=None, help="write every seed's figures here")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="render the tables (and --write) from a --json file of an earlier run, computing nothing")
+    ap.add_argument("--refresh-detectors", type=Path, default=None,
+                    help="an earlier run's --json: recompute its out-of-set figures from features and text (the "
+                         "pick included), keep its heads' figures and logit scores (nothing is fitted again)")
+    ap.add_argument("--features", type=Path, default=None,
+                    help="keep the suite's encoded images in this .npz (read back by later runs with the same "
+                         "options) instead of generating and encoding them every run")
     args = ap.parse_args(argv)
     args.classes = parse_classes(args.classes, "novel")
     args.known = parse_classes(args.known, "novel")
@@ -433,22 +417,86 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    t0 = time.perf_counter()
+def features(args):
+    """_bench.suite_features for these options, or (with --features) the encoded images kept in that .npz file:
+    written the first time, read back when it was made with the same config, classes, n and seed."""
+    options = json.dumps([args.config, list(args.classes), args.n, args.seed])
+    if args.features is not None and args.features.is_file():
+        from toolkit.config import load_config
+        from toolkit.encoder.features import FeatureExtractor
+
+        z = np.load(args.features)
+        if str(z["options"]) != options:
+            raise SystemExit(f"--features {args.features} was made with other options ({z['options']}); "
+                             "give another file")
+        cfg = load_config(args.config, {"model.device": "cpu"})
+        data = {s: (z[f"{s}_X"], z[f"{s}_k"].tolist()) for s in ("train", "val", "test")}
+        return data, FeatureExtractor.from_config(cfg.model), cfg, {k: float(z[k]) for k in ("generate_s", "extract_s")}
     data, extractor, cfg, timings = suite_features(args.config, "novel", args.classes, args.n, args.seed)
+    if args.features is not None:
+        args.features.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.features, options=options, **timings,
+                 **{f"{s}_{p}": np.asarray(v) for s, xk in data.items() for p, v in zip("Xk", xk)})
+    return data, extractor, cfg, timings
+
+
+def refresh_detectors(res: dict, args, data: dict, extractor, cfg) -> dict:
+    """An earlier run's document with every head's out-of-set figures brought up to date without fitting the
+    heads again: the scores from features and text (and so the pick) recomputed per setting and seed
+    (_detectors.detector_eval without a head), each head's own logit-score rows kept (_detectors.refresh)."""
+    from _detectors import detector_eval, refresh
+    from toolkit.demo import LABELS
+    from toolkit.fitting.probe import fewshot_indices
+    from toolkit.heads.openset import negative_embeddings
+    from toolkit.heads.prompts import resolve_templates
+    from toolkit.heads.zeroshot import ZeroShotHead
+
+    known, unknown = split_known(data, args.known)
+    zs = ZeroShotHead.from_extractor(extractor, [LABELS[k] for k in args.known], resolve_templates(cfg.prompts))
+    negatives = negative_embeddings(extractor)
+    X_tr, y_tr = known["train"]
+    for shots, runs in res["runs"].items():
+        for seed, r in zip(res["seeds"], runs):
+            rows = np.arange(len(y_tr)) if shots == "all" else fewshot_indices(np.arange(len(y_tr)), y_tr,
+                                                                               int(shots), seed)
+            shared = detector_eval(None, {**known, "train": (X_tr[rows], y_tr[rows])}, unknown, zs.coef_, negatives,
+                                   seed=seed, classes=zs.classes_)
+            for out in r.values():
+                if out.get("detectors"):
+                    out["detectors"] = refresh(out["detectors"], shared)
+    res["refreshed"] = {"command": sys.argv, "machine": machine_note()}
+    return res
+
+
+def compute(args) -> dict:
+    """Generate, encode, fit and score (`run`): the result document that --json keeps."""
+    t0 = time.perf_counter()
+    data, extractor, cfg, timings = features(args)
     runs = run(args, data, extractor, cfg)
     timings["total_s"] = time.perf_counter() - t0
     known, unknown = split_known(data, args.known)
-    res = {"runs": runs, "known": args.known, "unknown": list(dict.fromkeys(unknown[1].tolist())),
-           "counts": {**{s: int(len(y)) for s, (_, y) in known.items()}, "unknown": int(len(unknown[1]))},
-           "target_precision": args.target_precision, "seeds": args.seeds, "timings": timings,
-           "machine": machine_note(), "command": sys.argv}
+    return {"runs": runs, "known": args.known, "unknown": list(dict.fromkeys(unknown[1].tolist())),
+            "counts": {**{s: int(len(y)) for s, (_, y) in known.items()}, "unknown": int(len(unknown[1]))},
+            "target_precision": args.target_precision, "seeds": args.seeds, "timings": timings,
+            "machine": machine_note(), "command": sys.argv}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.from_json or args.refresh_detectors:  # the earlier run's own options (known set, seeds, ...)
+        res = json.loads((args.from_json or args.refresh_detectors).read_text())
+        given, args = args, parse_args(res["command"][1:])
+        args.write, args.json, args.features = given.write, given.json if given.refresh_detectors else None, \
+            given.features
+        if given.refresh_detectors:
+            res = refresh_detectors(res, args, *features(args)[:3])
+    else:
+        res = compute(args)
+    timings = res["timings"]
     print(calibration_table(res), openset_table(res), unknowns_table(res, args.shots[0]), sep="\n\n")
     print("\n".join(notes(res)))
     if args.detectors:
-
-        print(picks_table(res, setting_name), "\n".join(detector_notes(res, setting_name)), sep="\n\n")
+        print(picks_table(res), "\n".join(detector_notes(res)), sep="\n\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))

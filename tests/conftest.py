@@ -68,3 +68,12 @@ def image_dir(tmp_path) -> Path:
         folder = tmp_path / "imgs" / ("sub" if i >= 4 else "")
         Image.fromarray(arr).save(folder / f"img{i}.{'jpg' if i % 2 else 'png'}")
     return tmp_path / "imgs"
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite database, made once per session (its migrations take seconds): copy it with
+    tracking_fixtures.new_store(template, folder) for a fresh store."""
+    from tracking_fixtures import empty_store
+
+    return empty_store(tmp_path_factory.mktemp("mlflow-template-db"))

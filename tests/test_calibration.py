@@ -19,7 +19,7 @@ from toolkit.config import ProbeConfig
 from toolkit.errors import ConfigError
 from toolkit.predictor import Predictor, reject_mask, result_row
 
-from tracking_fixtures import COLORS, color_dataset, empty_store, new_store, write_config
+from tracking_fixtures import COLORS, color_dataset, new_store, write_config
 
 CLASSES = sorted(COLORS)
 
@@ -247,12 +247,12 @@ def test_http_predict_rejects_like_the_cli_with_a_per_request_override(tiny_mode
 # ---------------------------------------------------------------- eval-prompts, train-probe, MLflow, compare
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, tiny_model):
+def tracked(tmp_path_factory, tiny_model, mlflow_template_db):
     """eval-prompts (--save-head, --target-coverage) and train-probe (--target-precision) on the colour
     dataset, both logged to one fresh SQLite store."""
     d = tmp_path_factory.mktemp("calibrated")
     colors = color_dataset(d / "colors")
-    uri = new_store(empty_store(d), d / "mlflow")
+    uri = new_store(mlflow_template_db, d / "mlflow")
     cfg = write_config(d / "cfg.yaml", tiny_model, uri, d / "mlartifacts", register_head=False)
     run = CliRunner().invoke
     ev = run(main, ["eval-prompts", str(colors), "--config", str(cfg), "--store", str(d / "store"),
@@ -329,7 +329,13 @@ def test_eval_prompts_calibrates_and_saves_a_head_that_predicts_and_serves(track
     doc = json.loads(r.stdout)
     assert doc["mode"] == "zeroshot" and doc["labels"] == CLASSES
     assert doc["reject_below"] == pytest.approx(head.reject_below_)
-    assert all(row["rejected"] is (row["score"] < head.reject_below_) for row in doc["results"])
+    # the saved zero-shot head also gets the default "unfamiliar" detector (issue 22) and says so; a rejection
+    # is either under the calibrated threshold or unfamiliar, and says which
+    assert doc["unfamiliar"]["rule"] == "zeroshot_default"
+    assert all(row["rejected"] is (row["score"] < head.reject_below_ or row["reason"] == "unfamiliar")
+               for row in doc["results"])
+    assert all((row["reason"] == "low_confidence") is (row["score"] < head.reject_below_ and
+                                                       row["reason"] != "unfamiliar") for row in doc["results"])
 
     with TestClient(create_app(make_cfg(tiny_model), head=str(d / "zs-head"))) as c:
         wait_ready(c)
@@ -339,7 +345,7 @@ def test_eval_prompts_calibrates_and_saves_a_head_that_predicts_and_serves(track
         by_path = {row["path"]: row for row in doc["results"]}
         for p, row in zip(test_images, body["results"]):
             assert row["score"] == pytest.approx(by_path[str(p)]["score"], abs=1e-4)
-            assert row["rejected"] is (row["score"] < head.reject_below_) and (row["label"] is None) is row["rejected"]
+            assert row["rejected"] is by_path[str(p)]["rejected"] and (row["label"] is None) is row["rejected"]
 
 
 @pytest.mark.slow  # end to end: eval-prompts, train-probe and MLflow (~30 s)

@@ -99,9 +99,22 @@ def test_detectors_are_scored_per_head_with_the_heldout_pick(problem):
     res = eval_openset.evaluate(["zeroshot", "logreg"], known, separable, zs, cfg, detectors=True)
     for name, r in res.items():
         d = r["detectors"]
-        assert d["pick"].startswith("knn(") and d["pick"] in d["test"] and d["pick_any"] in d["heldout"]
+        assert d["pick"].startswith(("knn(", "combined(")) and d["pick"] in d["test"] and d["pick_any"] in d["heldout"]
         assert set(d["test"]) == set(d["heldout"])  # the same candidates, held out and on test
-        assert {n.split("(")[0] for n in d["test"]} >= {"knn", "mahalanobis", "energy", "mcm"}
+        assert {n.split("(")[0] for n in d["test"]} >= {"knn", "combined", "mahalanobis", "energy", "mcm"}
         assert d["test"][d["pick"]]["auroc"] > 0.8, (name, d["test"][d["pick"]])  # unknowns on axes of their own
         op = d["operating"]
         assert 0.8 <= op["known_kept"] <= 1 and set(op["unknown_rejected_by_class"]) == {"five", "six"}
+    # the head-independent figures recomputed without a head (--refresh-detectors): the same pick and feature /
+    # text rows as with one, and refresh() keeps each head's own logit rows
+    import _detectors
+    from _tables import cells
+
+    shared = _detectors.detector_eval(None, known, separable, zs.coef_, None, seed=cfg.seed, classes=zs.classes_)
+    assert not any(n.split("(")[0] in _detectors.LOGIT_SCORES for n in shared["test"])
+    for name, r in res.items():
+        new = _detectors.refresh(r["detectors"], shared)
+        assert new == r["detectors"]  # nothing changed in between, so nothing moves
+    doc = {"runs": {"16": [res]}}
+    assert [m for _, _, m in cells(doc, "detectors")] == ["zeroshot", "logreg"]
+    assert "**2/2**" in _detectors.detectors_table(doc)  # a head-independent pick: one row, both heads' picks

@@ -40,9 +40,11 @@ def fast(tiny_model, tmp_path_factory):
     xdg = tmp_path_factory.mktemp("xdg")
     root = cache_root({"XDG_CACHE_HOME": str(xdg)})
     lines: list[str] = []
-    torch_ex = open_extractor(_cfg(tiny_model), root, notify=lines.append)
+    first = open_extractor(_cfg(tiny_model), root, notify=lines.append)  # prepares, then runs it already
     onnx_ex = open_extractor(_cfg(tiny_model), root, notify=lines.append)
-    assert isinstance(onnx_ex, OnnxExtractor) and not isinstance(torch_ex, OnnxExtractor)
+    torch_ex = open_extractor(_cfg(tiny_model, engine="torch"), root, notify=lines.append)
+    assert isinstance(first, OnnxExtractor) and first.folder == onnx_ex.folder and isinstance(onnx_ex, OnnxExtractor)
+    assert not isinstance(torch_ex, OnnxExtractor)
     return {"torch": torch_ex, "onnx": onnx_ex, "root": root, "xdg": str(xdg), "lines": lines}
 
 
@@ -108,12 +110,35 @@ def test_first_batch_is_one_image(fast, image_dir):
 # ---------------------------------------------------------------- the entry: built once, rebuilt on change
 
 def test_prepared_once_and_said_so(fast):
-    assert len(fast["lines"]) == 1
-    assert fast["lines"][0].startswith("preparing the fast path for tiny-rn / tiny-rn.safetensors (once)")
+    lines = fast["lines"]
+    assert len(lines) == 4  # what it does, a progress line per tower, ready
+    assert lines[0].startswith("preparing the fast path for tiny-rn / tiny-rn.safetensors (once)")
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["image tower", "text tower"]
+    assert "checked against torch" in lines[1] and "is ready" in lines[3]
     entry = fast["onnx"].folder
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["parity"]["image"] < 1e-4 and meta["parity"]["text"] < 1e-4
-    assert {p.name for p in entry.iterdir()} >= {"image.onnx", "text.onnx", "meta.json", "bpe_merges.txt"}
+    names = {p.name for p in entry.iterdir()}
+    assert names >= {"image.onnx", "image.data", "text.onnx", "text.data", "meta.json", "bpe_merges.txt"}
+    assert not any(name.endswith(".raw.onnx") for name in names)  # the unoptimized exports are gone
+
+
+def test_entry_holds_optimized_graphs(fast):
+    """The saved graphs are ONNX Runtime's optimized ones, weights beside them and the identity kept, run as they
+    are (their answers against torch: test_fast_path_gives_the_torch_answers)."""
+    import onnx
+
+    from toolkit.encoder.onnx import OnnxImageEncoder
+
+    entry = fast["onnx"].folder
+    for tower in ("image", "text"):
+        graph = onnx.load(str(entry / f"{tower}.onnx"), load_external_data=False)
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+        assert (entry / f"{tower}.onnx").stat().st_size < (entry / f"{tower}.data").stat().st_size
+        assert any(node.domain == "com.microsoft" for node in graph.graph.node)  # ORT's fused kernels
+    session = OnnxImageEncoder(entry / "image.onnx", optimized=True)
+    assert session.identity == fast["onnx"].identity.to_dict()
+    assert session.session.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"
 
 
 def test_changed_weights_rebuild_the_entry(tiny_model, fast):
@@ -189,3 +214,32 @@ def test_cli_fast_path_output_equals_the_torch_path(fast, tiny_model, image_dir)
     for g, w in zip(got["results"], want["results"]):
         assert abs(g["score"] - w["score"]) < TOLERANCE
     assert {k: v for k, v in got.items() if k != "results"} == {k: v for k, v in want.items() if k != "results"}
+
+
+def test_predict_video_fast_path_equals_the_torch_path(fast, tiny_model, tmp_path, monkeypatch):
+    """`clipkit predict-video` scores frames through the fast path by default: same document as --engine torch
+    (probabilities within the parity tolerance), and its prompts land in the fast path's cache."""
+    from toolkit.cli import main
+    from toolkit.demo.video import write_video
+    from toolkit.encoder.text_cache import TextEmbeddingCache
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, [("standing", 0.5), ("squat", 1, 1.0)], seed=2, size=(48, 48), fps=8)
+    monkeypatch.setenv("XDG_CACHE_HOME", fast["xdg"])  # the fixture's prepared entry: nothing is exported here
+    labels = ["a person doing a video squat", "a person standing in a video"]
+    args = ["predict-video", str(clip), "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
+            "--device", "cpu", "--batch-size", "4", "--no-progress", "--format", "json",
+            "--label", labels[0], "--label", labels[1], "--templates", "none"]
+    docs = {}
+    for engine in ("auto", "torch"):
+        run = CliRunner().invoke(main, [*args, "--engine", engine])
+        assert run.exit_code == 0, run.output
+        docs[engine] = json.loads(run.stdout)
+    assert "preparing" not in run.stderr
+    got, want = docs["auto"], docs["torch"]
+    assert len(got["frames"]) == len(want["frames"]) >= 10
+    for g, w in zip(got["frames"], want["frames"]):
+        assert g["raw_label"] == w["raw_label"]
+        np.testing.assert_allclose([g["scores"][c] for c in labels], [w["scores"][c] for c in labels], atol=TOLERANCE)
+    assert [s["label"] for s in got["segments"]] == [s["label"] for s in want["segments"]]
+    assert TextEmbeddingCache(fast["onnx"].folder / "texts.safetensors").lookup(labels).keys() == set(labels)

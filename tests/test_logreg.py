@@ -95,18 +95,44 @@ def test_sweep_picks_a_sensible_C(sweep_data):
 
 
 def test_the_coarse_grid_stops_once_val_accuracy_has_clearly_peaked():
-    from toolkit.fitting.logreg import STOP_AFTER, _clearly_below
+    from toolkit.fitting.logreg import _peaked
 
     x, y = synthetic(1200, 64, 4, noise=6.0, seed=3)  # 200 noisy training images in 64 dims: large Cs overfit
     grid = log_grid(1e-4, 1e6, 11)
     result = sweep_c(x[:200], y[:200], x[200:600], y[200:600], grid, refine_rounds=0)
     tried = [r["value"] for r in result.sweep]
-    assert len(tried) < len(grid)  # noisy data peaks early: the largest Cs are never fitted
-    # it stopped exactly when the last STOP_AFTER Cs were clearly below the best seen so far
-    rows = {r["value"]: (r["val_accuracy"], r["val_loss"], np.zeros(400)) for r in result.sweep}
-    prefix = lambda k: {c: rows[c] for c in tried[:k]}  # noqa: E731
-    assert all(_clearly_below(prefix(len(tried) - i), tried[-1 - i]) for i in range(STOP_AFTER))
-    assert not all(_clearly_below(prefix(len(tried) - 1 - i), tried[-2 - i]) for i in range(STOP_AFTER))
+    assert len(tried) < len(grid) and tried == grid[:len(tried)]  # noisy data peaks early: large Cs never fitted
+    # it stopped at the first C where the rule holds, and the rule held there
+    accs = [r["val_accuracy"] for r in result.sweep]
+    assert _peaked(accs, 400) and not any(_peaked(accs[:k], 400) for k in range(1, len(accs)))
+    # the rule: two Cs in a row without a new best (by more than one image), or one clearly below the best,
+    # once the best is clearly above the smallest C's; never while still at chance
+    assert _peaked([0.25, 0.6, 0.8, 0.8, 0.801], 400) and not _peaked([0.25, 0.6, 0.8, 0.8], 400)
+    assert _peaked([0.25, 0.6, 0.8, 0.7], 400) and not _peaked([0.25, 0.6, 0.8, 0.79], 400)
+    assert not _peaked([0.25, 0.25, 0.25, 0.25], 400) and not _peaked([0.25, 0.26, 0.25, 0.25], 400)
+
+
+def test_small_cs_take_the_first_order_solution_and_large_data_sweeps_on_a_subset():
+    """Cs whose logits would stay tiny predict alike: not fitted (0 iterations). Past SWEEP_SAMPLES training
+    rows C is chosen on a fixed subset, and the final fit still uses every row."""
+    import toolkit.fitting.logreg as logreg
+
+    xtr, ytr, xva, yva, xte, yte = (a for pair in (synthetic(1500, 32, 3, 3.0, seed=5),) for a in
+                                    (pair[0][:1000], pair[1][:1000], pair[0][1000:1300], pair[1][1000:1300],
+                                     pair[0][1300:], pair[1][1300:]))
+    grid = log_grid(1e-6, 1e2, 9)
+    full = sweep_c(xtr, ytr, xva, yva, grid)
+    assert full.params["sweep_rows"] == 1000 and full.sweep[0]["n_iter"] == 0 and full.sweep[-1]["value"] > 1e-3
+    assert all(r["n_iter"] > 0 for r in full.sweep if r["value"] >= 1e-2)
+    default = logreg.SWEEP_SAMPLES
+    try:
+        logreg.SWEEP_SAMPLES = 400
+        sub = sweep_c(xtr, ytr, xva, yva, grid, refit=False, final_tol=TIGHT_TOL)
+    finally:
+        logreg.SWEEP_SAMPLES = default
+    assert sub.params["sweep_rows"] == 400
+    cold = fit_fixed_c(xtr, ytr, sub.params["C"], tol=TIGHT_TOL)  # the final weights: all 1000 rows at that C
+    np.testing.assert_allclose(proba(sub, xte), proba(cold, xte), atol=1e-3)
 
 
 def test_tolerances_follow_the_datas_gradient_scale():

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.errors import ConfigError, HeadError
-from toolkit.fitting.openset import auroc, fit_openset
+from toolkit.fitting.openset import Candidate, auroc, build_detector, fit_openset
 from toolkit.heads.base import load_head
 from toolkit.heads.linear import LinearProbe
 from toolkit.heads.openset import (DETECTORS, OpenSetDetector, class_gaussian, energy_score, knn_similarity,
@@ -54,7 +54,15 @@ def test_every_score_separates_planted_unknowns(planted):
         "mcm": (mcm_score(X_te, text, 0.1), mcm_score(unknown, text, 0.1)),
         "neglabel": (neglabel_score(X_te, text, negatives, 0.1), neglabel_score(unknown, text, negatives, 0.1)),
     }
+    combined = build_detector(Candidate("combined", {"k": 5}), X_tr, y_tr, N_KNOWN, None, None, split["val"][0])
+    scores["combined"] = (combined.score(X_te), combined.score(unknown))
     assert set(scores) == set(DETECTORS)
+    # its parts are z-normalised on the known val images it was given: the sum has mean 0 there, and it is the
+    # sum of the two parts' z-scores everywhere
+    assert abs(combined.score(split["val"][0]).mean()) < 1e-4
+    loc, scale = combined.params["loc"], combined.params["scale"]
+    np.testing.assert_allclose(combined.score(unknown), (scores["knn"][1] - loc[0]) / scale[0]
+                               + (scores["mahalanobis"][1] - loc[1]) / scale[1], rtol=1e-4, atol=1e-4)
     for kind, (known, unk) in scores.items():
         assert auroc(known, unk) > 0.95, kind  # higher = more familiar, for every score
     # unknowns drawn like a known class can't be told apart: chance, not a detector artefact
@@ -75,10 +83,11 @@ def test_heldout_class_selection_chooses_a_knn_setting_and_keeps_the_known_share
     fit = fit_openset(*split["train"], *split["val"], head.classes_, head.decision_function, text, negatives,
                       keep_known=0.9)
     rep = fit.report()
-    # every kind was scored held out; the pick comes from the kNN settings (the default choice)
+    # every kind was scored held out; the pick comes from the kNN and kNN + Mahalanobis settings (the default)
     assert {name.split("(")[0] for name in rep["candidates"]} == set(DETECTORS)
-    assert rep["detector"] == "knn" and rep["chosen"] == max(
-        (n for n in rep["candidates"] if n.startswith("knn")), key=rep["candidates"].get)
+    assert rep["detector"] in ("knn", "combined") and rep["chosen"] == max(
+        (n for n in rep["candidates"] if n.startswith(("knn", "combined"))), key=rep["candidates"].get)
+    assert rep["selection"]["chosen_from"] == ["combined", "knn"]
     assert rep["heldout_auroc"] > 0.9 and set(fit.candidates[fit.chosen]["per_class"]) == set(head.classes_)
     det = fit.detector
     kept = 1 - det.unfamiliar(split["val"][0]).mean()
@@ -111,6 +120,11 @@ def test_detector_saved_with_the_head_and_old_heads_still_load(planted, tmp_path
     assert json.loads((tmp_path / "new" / "head.json").read_text())["openset"]["arrays"] == {"bank": [120, DIM]}
     assert loaded.describe()["openset"]["kind"] == "knn"
     assert load_head(tmp_path / "old").openset_ is None and head.openset_ is None  # the original is unchanged
+    comb = build_detector(Candidate("combined", {"k": 5}), *split["train"], N_KNOWN, None, None, split["val"][0])
+    with_detector(head, comb.with_threshold(0.0)).save(tmp_path / "combined")  # params loc, scale round-trip
+    back = load_head(tmp_path / "combined").openset_
+    assert back.kind == "combined" and back.params == comb.params and back.threshold_ == 0.0
+    np.testing.assert_allclose(back.score(unknown), comb.score(unknown), rtol=1e-5)
     doc = json.loads((tmp_path / "new" / "head.json").read_text())
     doc["openset"]["arrays"]["bank"] = [7, DIM]  # head.json and the tensor disagree: refused, in one line
     (tmp_path / "new" / "head.json").write_text(json.dumps(doc))
@@ -158,6 +172,26 @@ def test_zeroshot_default_mcm_threshold_from_text(tiny_extractor, tmp_path):
     assert with_zeroshot_default(head, tiny_extractor) is head  # a head with a detector keeps its own
 
 
+def test_saved_zeroshot_head_gets_the_default_detector_and_says_so(tiny_extractor, tmp_path):
+    from toolkit.config import Config
+    from toolkit.heads.zeroshot import ZeroShotHead
+    from toolkit.predictor import build_predictor, image_document
+
+    ZeroShotHead.from_extractor(tiny_extractor, ["a red thing", "a blue thing"], ["{}"]).save(tmp_path / "zs")
+    cfg = Config()
+    pred = build_predictor(cfg, head=str(tmp_path / "zs"), extractor=tiny_extractor, cache_dir=tmp_path / "neg")
+    assert pred.head.openset_.kind == "mcm" and pred.head.openset_.threshold_ is not None
+    assert len(list((tmp_path / "neg").glob("negatives-*.npy"))) == 1  # the words, cached on disk for next time
+    doc = image_document(pred, [])
+    assert doc["unfamiliar"] == {"detector": "mcm", "threshold": pred.head.openset_.threshold_,
+                                 "rule": "zeroshot_default"}
+    # request-time labels on the served head get it too; prompts.unfamiliar off: none, and the document says so
+    assert pred.head_for(["a green thing", "a grey thing"]).openset_.selection_["rule"] == "zeroshot_default"
+    off = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"unfamiliar": "off"})})
+    plain = build_predictor(off, head=str(tmp_path / "zs"), extractor=tiny_extractor)
+    assert plain.head.openset_ is None and image_document(plain, [])["unfamiliar"] is None
+
+
 # ---------------------------------------------------------------- CLI and a real server
 
 def _model_args(model: dict) -> list[str]:
@@ -190,8 +224,11 @@ def keep_known_head(tiny_model, tmp_path_factory):
 def test_train_probe_keep_known_saves_and_reports_the_detector(keep_known_head):
     tmp, output = keep_known_head
     doc = json.loads((tmp / "head" / "head.json").read_text())["openset"]
-    assert doc["kind"] == "knn" and doc["selection"]["rule"] == "keep_known" and doc["selection"]["target"] == 0.9
+    assert doc["kind"] in ("knn", "combined") and doc["selection"]["rule"] == "keep_known"
+    assert doc["selection"]["target"] == 0.9
     report = json.loads((tmp / "head" / "report" / "report.json").read_text())["metrics"]["calibration"]["openset"]
+    # the zero-shot baseline's texts and the negative words make MCM and NegLabel candidates too
+    assert {n.split("(")[0] for n in report["candidates"]} >= {"knn", "combined", "mcm", "neglabel"}
     assert report["threshold"] == doc["threshold"] and 0 <= report["heldout_auroc"] <= 1
     assert report["selection"]["val_known_kept"] >= 0.9 - 1e-9
     line = next(x for x in output.splitlines() if x.startswith("unfamiliar"))
@@ -233,6 +270,7 @@ def test_reason_through_the_cli_and_a_real_server(keep_known_head, tiny_model, i
         files = [("files", (p.name, p.read_bytes())) for p in sorted(image_dir.rglob("*.png"))]
         doc = httpx.post(f"{server.url}/v1/predict", files=files, timeout=60).json()
         assert [(x["rejected"], x["reason"], x["label"]) for x in doc["results"]] == [(True, "unfamiliar", None)] * 3
+        assert doc["unfamiliar"]["threshold"] == 2.0 and doc["unfamiliar"]["rule"] == "keep_known"
         info = httpx.get(f"{server.url}/v1/info", timeout=30).json()
         assert info["head"]["openset"]["threshold"] == 2.0
     finally:

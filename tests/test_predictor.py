@@ -75,7 +75,7 @@ def test_result_rows_and_the_image_document(zs_predictor, feats):
     assert [t["label"] for t in row["top_k"]] == ["b", "c"]
     rows = zs_predictor.predict_features(feats, top_k=1)
     doc = image_document(zs_predictor, rows)
-    assert set(doc) == {"model", "pretrained", "mode", "labels", "reject_below", "results"}
+    assert set(doc) == {"model", "pretrained", "mode", "labels", "reject_below", "unfamiliar", "results"}
     assert doc["reject_below"] is None and not any(r["rejected"] for r in rows)
     assert doc["labels"] == LABELS and doc["mode"] == "zeroshot" and len(doc["results"]) == 5
     assert image_document(zs_predictor, [], ["a cat", "a dog"])["labels"] == ["a cat", "a dog"]

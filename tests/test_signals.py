@@ -23,16 +23,11 @@ from click.testing import CliRunner
 from toolkit.cli import main
 from toolkit.data.store import LOCK, FeatureStore, write_store
 
-from tracking_fixtures import color_dataset, empty_store, new_store, write_config
+from tracking_fixtures import color_dataset, new_store, write_config
 
 CLIPKIT = str(Path(sys.executable).with_name("clipkit"))
 CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 WAIT_S = 240  # bound on every wait (model loads on a busy 2-core machine are slow; a pass takes far less)
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    return empty_store(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +156,8 @@ def _assert_killed(uri: str, run_id: str, name: str) -> None:
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
 
 
-def _tracked(tmp_path, template_db, tiny_model, **probe) -> tuple[str, Path, Path]:
-    uri = new_store(template_db, tmp_path / "mlflow")
+def _tracked(tmp_path, mlflow_template_db, tiny_model, **probe) -> tuple[str, Path, Path]:
+    uri = new_store(mlflow_template_db, tmp_path / "mlflow")
     cfg = write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "mlartifacts")
     doc = yaml.safe_load(cfg.read_text())
     doc["probe"].update(probe)
@@ -173,8 +168,8 @@ def _tracked(tmp_path, template_db, tiny_model, **probe) -> tuple[str, Path, Pat
 # ---------------------------------------------------------------- train-probe
 
 @pytest.mark.slow
-def test_train_probe_logreg_sigterm_ends_the_run_killed(tmp_path, template_db, tiny_model, big_store):
-    uri, db, cfg = _tracked(tmp_path, template_db, tiny_model, c_steps=40)
+def test_train_probe_logreg_sigterm_ends_the_run_killed(tmp_path, mlflow_template_db, tiny_model, big_store):
+    uri, db, cfg = _tracked(tmp_path, mlflow_template_db, tiny_model, c_steps=40)
     head = tmp_path / "head"
     cli = Clipkit(["train-probe", big_store, "--config", cfg, "--out", head, "--no-progress"], tmp_path / "w")
     run_id = cli.wait_for(lambda: _running_run(db), "a RUNNING MLflow run")
@@ -186,10 +181,10 @@ def test_train_probe_logreg_sigterm_ends_the_run_killed(tmp_path, template_db, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_train_probe_linear_signal_inside_lightning(tmp_path, template_db, tiny_model, colors_store, signum):
+def test_train_probe_linear_signal_inside_lightning(tmp_path, mlflow_template_db, tiny_model, colors_store, signum):
     """Inside Trainer.fit: Lightning turns the interrupt into SystemExit (code 1 for Ctrl-C, no code at all
     for its own SIGTERM handling); the run still ends KILLED and the process 143 / 130."""
-    uri, db, cfg = _tracked(tmp_path, template_db, tiny_model, max_epochs=100_000, patience=100_000)
+    uri, db, cfg = _tracked(tmp_path, mlflow_template_db, tiny_model, max_epochs=100_000, patience=100_000)
     head = tmp_path / "head"
     cli = Clipkit(["train-probe", colors_store.path, "--config", cfg, "--out", head, "--method", "linear",
                    "--progress"], tmp_path / "w", tty=True)
@@ -227,8 +222,8 @@ print("finished")
 # ---------------------------------------------------------------- eval-prompts
 
 @pytest.mark.slow
-def test_eval_prompts_sigterm_ends_the_open_run_killed(tmp_path, template_db, tiny_model, big_store):
-    uri, db, cfg = _tracked(tmp_path, template_db, tiny_model)
+def test_eval_prompts_sigterm_ends_the_open_run_killed(tmp_path, mlflow_template_db, tiny_model, big_store):
+    uri, db, cfg = _tracked(tmp_path, mlflow_template_db, tiny_model)
     sets = {f"set{i}": {"templates": [f"a photo of {{}}, take {i}.", f"{{}} number {i}."]} for i in range(8)}
     (tmp_path / "sets.yaml").write_text(yaml.safe_dump({"prompt_sets": sets}))
     cli = Clipkit(["eval-prompts", big_store, "--config", cfg, "--prompt-sets", tmp_path / "sets.yaml",
@@ -276,13 +271,13 @@ def test_extraction_interrupted_leaves_a_resumable_store(tmp_path, tiny_model, m
 
 # ---------------------------------------------------------------- compare: unfinished runs are counted
 
-def test_compare_says_how_many_unfinished_runs_it_left_out(tmp_path, template_db):
+def test_compare_says_how_many_unfinished_runs_it_left_out(tmp_path, mlflow_template_db):
     import mlflow
 
     from toolkit.tracking import adapter as tracking
     from toolkit.config import load_config
 
-    uri = new_store(template_db, tmp_path / "mlflow")
+    uri = new_store(mlflow_template_db, tmp_path / "mlflow")
     cfg = load_config(None, {"tracking.uri": uri, "tracking.artifact_location": str(tmp_path / "art")})
     with tracking.tracked_run(cfg, "colors", "prompt", "prompt:good") as run:
         run.metrics({"accuracy": 0.9, "balanced_accuracy": 0.9, "macro_f1": 0.9})
@@ -301,7 +296,7 @@ def test_compare_says_how_many_unfinished_runs_it_left_out(tmp_path, template_db
     assert client.get_run(killed).data.tags["signal"] == "SIGINT"
 
 
-def test_a_signal_inside_an_mlflow_call_waits_for_it_to_finish(tmp_path, template_db, monkeypatch):
+def test_a_signal_inside_an_mlflow_call_waits_for_it_to_finish(tmp_path, mlflow_template_db, monkeypatch):
     """SIGTERM arriving while MLflow writes (here: inside log_params) is held until the call returns, so the
     SQLite transaction completes and the run can still be ended KILLED with its reason."""
     import mlflow
@@ -310,7 +305,7 @@ def test_a_signal_inside_an_mlflow_call_waits_for_it_to_finish(tmp_path, templat
     from toolkit.cli.common import Interrupted, signals_as_interrupts
     from toolkit.config import load_config
 
-    uri = new_store(template_db, tmp_path / "mlflow")
+    uri = new_store(mlflow_template_db, tmp_path / "mlflow")
     cfg = load_config(None, {"tracking.uri": uri, "tracking.artifact_location": str(tmp_path / "art")})
     log_params = mlflow.log_params
 
@@ -333,10 +328,10 @@ def test_a_signal_inside_an_mlflow_call_waits_for_it_to_finish(tmp_path, templat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["train-probe", "eval-prompts"])
-def test_no_temporary_folder_outlives_the_command(tmp_path, template_db, tiny_model, colors, command):
+def test_no_temporary_folder_outlives_the_command(tmp_path, mlflow_template_db, tiny_model, colors, command):
     """MLflow logging (and eval-prompts) use temporary folders; train-probe writes its report straight under
     --out: with TMPDIR an empty folder, it is empty again afterwards."""
-    uri, _, cfg = _tracked(tmp_path, template_db, tiny_model)
+    uri, _, cfg = _tracked(tmp_path, mlflow_template_db, tiny_model)
     extra = ["--out", tmp_path / "head"] if command == "train-probe" else []
     cli = Clipkit([command, colors, "--config", cfg, "--store", tmp_path / "store", *extra, "--no-progress"],
                   tmp_path / "w")

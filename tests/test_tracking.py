@@ -18,14 +18,9 @@ from toolkit.evaluation.compare import rank
 from toolkit.config import load_config
 from toolkit.errors import DataError, TrackingError
 
-from tracking_fixtures import COLORS, PROMPT_SETS, color_dataset, empty_store, new_store, write_config
+from tracking_fixtures import COLORS, PROMPT_SETS, color_dataset, new_store, write_config
 
 CLASSES = sorted(COLORS)
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    return empty_store(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +52,13 @@ def _invoke(args, env=None):
 # ---------------------------------------------------------------- a populated store shared by several tests
 
 @pytest.fixture(scope="module")
-def populated(tmp_path_factory, template_db, tiny_model, colors):
+def populated(tmp_path_factory, mlflow_template_db, tiny_model, colors):
     """Two prompt runs (eval-prompts) and one probe run (train-probe) on the colour dataset, in one SQLite store."""
     from toolkit.heads.linear import LinearProbe
     from toolkit.data.store import FeatureStore
 
     d = tmp_path_factory.mktemp("populated")
-    uri = new_store(template_db, d)
+    uri = new_store(mlflow_template_db, d)
     cfg_path = write_config(d / "cfg.yaml", tiny_model, uri, d / "mlartifacts", registered_model="colors-head")
     (d / "sets.yaml").write_text(PROMPT_SETS)
     res = _invoke(["eval-prompts", colors, "--config", cfg_path, "--prompt-sets", d / "sets.yaml",
@@ -258,13 +253,13 @@ def test_compare_unknown_metric_names_the_known_ones(populated):
 
 # ---------------------------------------------------------------- failures and reachability
 
-def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, tiny_model, tiny_extractor, colors):
+def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, mlflow_template_db, tiny_model, tiny_extractor, colors):
     from toolkit.tracking import records as run_records
     from toolkit.data.datasets import LabelledDataset
     from toolkit.fitting.probe import train_probe
     from toolkit.data.extraction import extract_store
 
-    uri = new_store(template_db, tmp_path)
+    uri = new_store(mlflow_template_db, tmp_path)
     cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
     paths = sorted(str(p) for p in (colors / "train").rglob("*.png"))
     labels = [Path(p).parent.name for p in paths]
@@ -280,12 +275,12 @@ def test_a_failing_probe_run_ends_failed_with_the_error(tmp_path, template_db, t
     assert not [x for x in _runs(uri, "clipkit-broken") if x.info.status == "FINISHED"]
 
 
-def test_a_failing_prompt_run_ends_failed_and_compare_ignores_it(tmp_path, template_db, tiny_model):
+def test_a_failing_prompt_run_ends_failed_and_compare_ignores_it(tmp_path, mlflow_template_db, tiny_model):
     from toolkit.tracking import records as run_records
     from toolkit.tracking import adapter as tracking
     from toolkit.fitting.prompt_eval import PromptSet
 
-    uri = new_store(template_db, tmp_path)
+    uri = new_store(mlflow_template_db, tmp_path)
     cfg = load_config(write_config(tmp_path / "cfg.yaml", tiny_model, uri, tmp_path / "art"))
     ps = PromptSet("p", {c: c for c in CLASSES}, ["{}"])
     with pytest.raises(KeyError):

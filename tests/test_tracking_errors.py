@@ -18,14 +18,9 @@ from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.errors import TrackingError
 
-from tracking_fixtures import color_dataset, empty_store, write_config
+from tracking_fixtures import color_dataset, write_config
 
 CLIPKIT = str(Path(sys.executable).with_name("clipkit"))
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    return empty_store(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +59,10 @@ def _error_lines(stderr: str) -> list[str]:
 
 # ---------------------------------------------------------------- the cause, from real backend errors
 
-def test_read_only_database_in_process(template_db, tmp_path, in_tmp, capfd):
+def test_read_only_database_in_process(mlflow_template_db, tmp_path, in_tmp, capfd):
     """tracked_run against a real read-only database: one TrackingError naming the cause; MLflow's own
     SQLAlchemy traceback (which it logs before raising) is not printed."""
-    shutil.copy(template_db, tmp_path / "mlflow.db")
+    shutil.copy(mlflow_template_db, tmp_path / "mlflow.db")
     cfg = load_config(None, {"tracking.uri": _ro_uri(tmp_path / "mlflow.db"),
                              "tracking.artifact_location": str(tmp_path / "art")})
     tracking.check_tracking(cfg.tracking)  # the file itself is writable: only SQLite's mode says no
@@ -112,11 +107,11 @@ def test_compare_names_the_cause_in_one_line(tmp_path, make_uri, fragment):
     assert not (tmp_path / "missing").exists()  # nothing created on the way
 
 
-def test_a_database_deleted_mid_run_is_named_not_called_read_only(template_db, tmp_path):
+def test_a_database_deleted_mid_run_is_named_not_called_read_only(mlflow_template_db, tmp_path):
     """The SQLite file removed while a run logs: SQLite says "readonly database" (the file it has open is gone)
     or a new connection finds a new, empty file ("no such table"); either way the user is told it was deleted."""
     db = tmp_path / "mlflow.db"
-    shutil.copy(template_db, db)
+    shutil.copy(mlflow_template_db, db)
     cfg = load_config(None, {"tracking.uri": f"sqlite:///{db}", "tracking.artifact_location": str(tmp_path / "a")})
     with pytest.raises(TrackingError) as e:
         with tracking.tracked_run(cfg, "colors", "probe") as run:
@@ -126,9 +121,9 @@ def test_a_database_deleted_mid_run_is_named_not_called_read_only(template_db, t
     assert "read-only" not in e.value.message and "\n" not in e.value.message
 
 
-def test_compare_reads_a_read_only_database(template_db, tmp_path, in_tmp):
+def test_compare_reads_a_read_only_database(mlflow_template_db, tmp_path, in_tmp):
     """Ranking only reads: a read-only store is not refused for being read-only."""
-    shutil.copy(template_db, tmp_path / "mlflow.db")
+    shutil.copy(mlflow_template_db, tmp_path / "mlflow.db")
     res = CliRunner().invoke(main, ["compare", "--tracking-uri", _ro_uri(tmp_path / "mlflow.db"), "--no-plot"])
     assert res.exit_code == 4 and "no prompt or probe runs" in res.output and "read-only" not in res.output
 
@@ -136,9 +131,9 @@ def test_compare_reads_a_read_only_database(template_db, tmp_path, in_tmp):
 # ---------------------------------------------------------------- real subprocesses
 
 @pytest.mark.slow
-def test_train_probe_into_a_read_only_database_subprocess(template_db, tiny_model, store, tmp_path):
+def test_train_probe_into_a_read_only_database_subprocess(mlflow_template_db, tiny_model, store, tmp_path):
     """`clipkit train-probe` tracking into SQLite's read-only mode: exit 4, one line, no traceback, no head."""
-    shutil.copy(template_db, tmp_path / "mlflow.db")
+    shutil.copy(mlflow_template_db, tmp_path / "mlflow.db")
     cfg = write_config(tmp_path / "cfg.yaml", tiny_model, _ro_uri(tmp_path / "mlflow.db"), tmp_path / "art")
     run = subprocess.run([CLIPKIT, "train-probe", str(store), "--config", str(cfg), "--out", str(tmp_path / "head")],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -159,10 +154,10 @@ def _without_dac_override() -> list[str]:
 
 
 @pytest.mark.slow
-def test_read_only_database_file_subprocess(template_db, tiny_model, store, tmp_path):
+def test_read_only_database_file_subprocess(mlflow_template_db, tiny_model, store, tmp_path):
     """A 0444 database file in a writable folder: refused before any model load, in one line."""
     db = tmp_path / "mlflow.db"
-    shutil.copy(template_db, db)
+    shutil.copy(mlflow_template_db, db)
     db.chmod(0o444)
     cfg = write_config(tmp_path / "cfg.yaml", tiny_model, f"sqlite:///{db}", tmp_path / "art")
     run = subprocess.run([*_without_dac_override(), CLIPKIT, "train-probe", str(store), "--config", str(cfg),

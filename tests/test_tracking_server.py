@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 
-from tracking_fixtures import color_dataset, empty_store, write_config
+from tracking_fixtures import color_dataset, write_config
 
 STARTUP_S = 180  # bound on the server's start (a loaded 2-core machine takes ~30 s)
 
@@ -59,9 +59,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture()
-def mlflow_server(tmp_path):
-    db = empty_store(tmp_path)  # migrated up front, so the server starts faster
-    shutil.move(db, tmp_path / "server.db")
+def mlflow_server(tmp_path, mlflow_template_db):
+    shutil.copy(mlflow_template_db, tmp_path / "server.db")  # migrated up front, so the server starts faster
     port = _free_port()
     log = tmp_path / "server.log"
     cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",

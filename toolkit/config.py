@@ -57,6 +57,9 @@ class PromptConfig(_Section):
     labels: Optional[list[str]] = None  # wins over labels_file when given; neither: the exercise labels (labels.py)
     labels_file: Optional[str] = None  # one label per line; '#' starts a comment
     templates: str = "people"  # none | people | openai_imagenet | path to a file with one '{}' template per line
+    # multi-label zero-shot: a file of 'class | negative prompt' lines ('* | text': every class not named);
+    # None: every class against "something else" (heads/prompts.py load_negatives)
+    negatives_file: Optional[str] = None
     # A zero-shot head built from labels (no images to choose a detector on) rejects "unfamiliar" images by MCM
     # (max softmax of cosines, T = 1) under a threshold from the model's text-to-text scores of the negative
     # words (toolkit/heads/openset.py); off: no out-of-set rejection.
@@ -77,7 +80,7 @@ class ProbeConfig(_Section):
     # the heads get per-class calibration (none | temperature | platt) and per-class thresholds chosen on val
     multi_label: Optional[bool] = None
     class_calibration: Literal["none", "temperature", "platt"] = "platt"
-    per_class_c: bool = True
+    per_class_c: bool = False  # multi-label logreg: one C per class (False: one shared C, better on the demo suite)
     init: Literal["random", "zeroshot"] = "random"
     # logreg: log-spaced C sweep on val, then refined around the best, as in the CLIP paper.
     c_min: float = 1e-6
@@ -119,8 +122,9 @@ class ProbeConfig(_Section):
     target_precision: Optional[float] = Field(None, gt=0, le=1)
     target_coverage: Optional[float] = Field(None, gt=0, le=1)
     reject_below: Optional[float] = Field(None, ge=0, le=1)
-    # "Unfamiliar" (out-of-set) rejection: a detector (kNN, Mahalanobis, energy, MCM, NegLabel; fitting/openset.py)
-    # chosen by holding each known class out in turn, its threshold keeping this share of known val. None: none.
+    # "Unfamiliar" (out-of-set) rejection: a detector (kNN or kNN + Mahalanobis; Mahalanobis, energy, MCM, NegLabel
+    # are scored too; fitting/openset.py) chosen by holding each known class out in turn, its threshold keeping
+    # this share of known val. None: none.
     keep_known: Optional[float] = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -38,9 +38,11 @@ class Predictor:
     """Features (or images) in, (classes, probabilities) out. One extractor, one default head, and for a
     zero-shot head a bounded cache of heads for other label sets."""
 
-    def __init__(self, extractor, head: Head, max_label_sets: int = 64, unfamiliar: str = "mcm"):
+    def __init__(self, extractor, head: Head, max_label_sets: int = 64, unfamiliar: str = "mcm",
+                 cache_dir: Optional[str | Path] = None):
         check_head_matches(head, extractor.identity)
         self.unfamiliar = unfamiliar  # zero-shot heads for request labels: "mcm" default detector, or "off"
+        self.cache_dir = cache_dir  # where the negative-word embeddings of the default detector are kept (None: not)
         self.extractor, self.head = extractor, head
         self._heads: OrderedDict[tuple[str, ...], Head] = OrderedDict([(tuple(head.classes_), head)])
         self._max_label_sets = max_label_sets
@@ -78,7 +80,7 @@ class Predictor:
         key = tuple(validate_labels(labels, "the request's labels"))
         head = ZeroShotHead.from_extractor(self.extractor, key, self.head.templates)
         if self.unfamiliar == "mcm":  # request-time labels: MCM with a text-derived threshold (heads.openset)
-            head = with_zeroshot_default(head, self.extractor)
+            head = with_zeroshot_default(head, self.extractor, self.cache_dir)
         with self._heads_lock:
             self._heads[key] = head
             while len(self._heads) > self._max_label_sets:
@@ -239,13 +241,26 @@ def multilabel_row(classes: Sequence[str], probs: np.ndarray, top_k: Optional[in
 def image_document(predictor: Predictor, results: list[dict[str, Any]], labels: Optional[Sequence[str]] = None,
                    reject_below: Optional[float] = None, head: Optional[Head] = None) -> dict[str, Any]:
     """The image result document of `clipkit predict --format json` and `POST /v1/predict`:
-    {model, pretrained, mode, labels, reject_below, results: [...]}; `reject_below` is the threshold applied
+    {model, pretrained, mode, labels, reject_below, unfamiliar, results: [...]}; `unfamiliar`: the head's
+    out-of-set detector in brief (`unfamiliar_summary`); `reject_below` is the threshold applied
     (None: no rejection), passed by the caller who applied it; `head`: the head that scored them, when the
     caller holds it (else head_for(labels))."""
     ident = predictor.identity
-    classes = list((head or predictor.head_for(labels)).classes_)
-    return {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode, "labels": classes,
-            "reject_below": reject_below, "results": results}
+    head = head or predictor.head_for(labels)
+    return {"model": ident.model, "pretrained": ident.pretrained, "mode": predictor.mode,
+            "labels": list(head.classes_), "reject_below": reject_below, "unfamiliar": unfamiliar_summary(head),
+            "results": results}
+
+
+def unfamiliar_summary(head) -> Optional[dict[str, Any]]:
+    """Which out-of-set detector the head applies, in brief: {detector, threshold, rule} (rule: how it was
+    chosen: keep_known / target_precision by held-out classes, zeroshot_default for labels without images);
+    None when it has none (nothing is rejected as unfamiliar)."""
+    det = getattr(head, "openset_", None)
+    if det is None:
+        return None
+    name = det.kind + ("" if "k" not in det.params else f"(k={det.params['k']})")
+    return {"detector": name, "threshold": det.threshold_, "rule": det.selection_.get("rule")}
 
 
 def serving_head(cfg: Config, head: Optional[str] = None, mode: Optional[str] = None) -> Optional[str]:
@@ -267,12 +282,18 @@ def serving_head(cfg: Config, head: Optional[str] = None, mode: Optional[str] = 
     return head
 
 
-def build_predictor(cfg: Config, head=None, extractor=None, open_extractor=None) -> Predictor:
+def build_predictor(cfg: Config, head=None, extractor=None, open_extractor=None,
+                    cache_dir: Optional[str | Path] = None) -> Predictor:
     """The Predictor for a config: a probe head when `head` is given (a loaded head or a local folder),
     else zero-shot on the config's prompts. The head and the prompts are checked before the (slow) model
     load, so bad input fails in milliseconds. With a head and no model given, the head's own model is built
     (identity.adopt_model). `open_extractor(model_config)` builds the extractor (default: the torch
-    FeatureExtractor; `clipkit predict` passes encoder.fast's, which may give an ONNX Runtime one)."""
+    FeatureExtractor; `clipkit predict` passes encoder.fast's, which may give an ONNX Runtime one).
+
+    A zero-shot head (the config's labels, or a saved zero-shot head without a detector of its own) gets the
+    default "unfamiliar" detector unless prompts.unfamiliar is off (heads.openset.zeroshot_default); the
+    negative words it is set on are encoded once per model and kept in `cache_dir` (the edges pass
+    runtime.cache_root() / "negatives"; None: encoded once per process)."""
     if isinstance(head, (str, Path)):
         head = load_head(head)
     if head is not None and extractor is None:
@@ -286,11 +307,10 @@ def build_predictor(cfg: Config, head=None, extractor=None, open_extractor=None)
         from toolkit.encoder.features import FeatureExtractor
 
         extractor = FeatureExtractor.from_config(cfg.model)
-    if head is not None:
-        return Predictor(extractor, head)
-    from toolkit.heads.zeroshot import ZeroShotHead
+    if head is None:
+        from toolkit.heads.zeroshot import ZeroShotHead
 
-    head = ZeroShotHead.from_extractor(extractor, labels, templates)
-    if cfg.prompts.unfamiliar == "mcm":  # labels without images to choose a detector on (heads.openset)
-        head = with_zeroshot_default(head, extractor)
-    return Predictor(extractor, head, unfamiliar=cfg.prompts.unfamiliar)
+        head = ZeroShotHead.from_extractor(extractor, labels, templates)
+    if cfg.prompts.unfamiliar == "mcm":  # labels without images to choose a detector on (heads.openset); a head
+        head = with_zeroshot_default(head, extractor, cache_dir)  # with its own detector, or a probe, keeps it
+    return Predictor(extractor, head, unfamiliar=cfg.prompts.unfamiliar, cache_dir=cache_dir)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import click
 
 from toolkit.cli.common import FRACTION, build_config, head_options, local_head, model_options, show_progress
+from toolkit.cli.multilabel import negatives_option
 from toolkit.cli.outputs import overwrite_option, refuse_existing
 from toolkit.errors import ConfigError
 
@@ -81,6 +82,10 @@ def _write(out: Path, result: dict[str, Any], rows: list[dict[str, Any]], paths,
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for evaluation.json, predictions.csv, confusion_matrix.png and errors.html (a gallery "
                    "of the mistakes, most confident first).")
+@negatives_option
+@click.option("--multi-label", "multi_label", is_flag=True, default=None,
+              help="DATA is multi-label (recognised from a CSV `labels` column or JSON Lines without it): mAP, "
+                   "micro/macro F1, per-class AP and thresholds.")
 @overwrite_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
@@ -105,7 +110,17 @@ def evaluate(data: str, head: Optional[str], config_path: Optional[str], split: 
     if out:
         refuse_existing(out, overwrite, "--out")
     tracking_uri = flags.pop("tracking_uri", None)
-    cfg = build_config(config_path, tracking_uri=tracking_uri, **flags)
+    more = {"probe.multi_label": flags.pop("multi_label", None), "prompts.negatives_file": flags.pop("negatives_file", None)}
+    cfg = build_config(config_path, tracking_uri=tracking_uri, **flags, **more)
+    from toolkit.cli.multilabel import (data_is_multilabel, evaluate_multilabel_data, refuse_multilabel_head,
+                                        refuse_negatives)
+
+    if data_is_multilabel(data, cfg):  # labels separated by '|': mAP, per-class F1 and thresholds
+        if reject_below is not None:
+            raise ConfigError("--reject-below is a single-label \"none of these\" rule, but DATA is multi-label: "
+                              "each class has its own threshold (saved with the head); drop --reject-below")
+        return evaluate_multilabel_data(data, head, split, cfg, out, fmt, show_progress(progress))
+    refuse_negatives(cfg)
     paths, truth, store, classes = _split_rows(data, split, cfg)
     if not paths:
         raise ConfigError(f"DATA '{data}' has no labelled images in the {split} split; pick another --split "
@@ -114,6 +129,7 @@ def evaluate(data: str, head: Optional[str], config_path: Optional[str], split: 
     if folder is None:
         cfg.prompts.labels, cfg.prompts.labels_file = list(classes), None
     predictor = build_predictor(cfg, folder)
+    refuse_multilabel_head(predictor.head)
     missing = sorted(set(truth) - set(predictor.labels))
     if missing:
         raise ConfigError(f"DATA '{data}' has classes the head doesn't know ({', '.join(map(repr, missing[:5]))}); "

@@ -155,7 +155,8 @@ def predict(paths: tuple[str, ...], store_path: Optional[str], config_path: Opti
     files = [str(f.absolute()) for f in found.files]  # one path rule for every output: absolute
     if found.skipped:
         click.echo(skipped_note(found.skipped), err=True)
-    predictor = build_predictor(cfg, head=local_head(head, cfg), open_extractor=_open_extractor)
+    predictor = build_predictor(cfg, head=local_head(head, cfg), open_extractor=_open_extractor,
+                                cache_dir=_negatives_cache())
     show = show_progress(progress)
     rows = predictor.iter_paths(files, top_k=top_k, progress=show and len(files) > 1, reject_below=reject_below)
     doc = image_document(predictor, [], reject_below=predictor.threshold(reject_below))
@@ -171,6 +172,13 @@ def predict(paths: tuple[str, ...], store_path: Optional[str], config_path: Opti
     if failed:
         click.echo(f"error: {failed} of {len(results)} inputs failed (see their error entries)", err=True)
         sys.exit(1)
+
+
+def _negatives_cache():
+    """Where the default "unfamiliar" detector keeps its negative-word embeddings (once per model)."""
+    from toolkit.runtime import cache_root
+
+    return cache_root() / "negatives"
 
 
 def _open_extractor(model_cfg, check=None):
@@ -220,7 +228,7 @@ def _predict_store(store_path: str, cfg, head: Optional[str], top_k: int, fmt: s
     loaded = load_head(local_head(head, cfg)) if head else None
     if loaded is None:  # zero-shot on the store's model, unless one was given
         cfg = adopt_model(cfg, store.identity, f"store '{store_path}'")
-    predictor = build_predictor(cfg, head=loaded, open_extractor=_open_extractor)
+    predictor = build_predictor(cfg, head=loaded, open_extractor=_open_extractor, cache_dir=_negatives_cache())
     doc = {**image_document(predictor, [], reject_below=predictor.threshold(reject_below)), "store": printable(str(store.path))}
     rows = predict_store(predictor, store, top_k=top_k, reject_below=reject_below)
     for piece in stream_results(doc, rows, fmt, top_k, unknown_label):

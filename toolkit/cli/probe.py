@@ -10,6 +10,7 @@ from toolkit.errors import ConfigError
 from toolkit.cli.common import (build_config, extraction_options, model_options, probe_overrides, prompt_options,
                                 rejection_options, show_progress, split_options, with_rejection)
 from toolkit.cli.outputs import overwrite_option, refuse_existing
+from toolkit.cli.multilabel import negatives_option
 
 
 def _load_extractor(cfg):
@@ -206,6 +207,7 @@ def _c_grid(value: Optional[str]) -> Optional[list[float]]:
               help="Save an out-of-set detector with the head, chosen by holding each class out in turn, its "
                    "threshold keeping this share of known val (e.g. 0.95): images far from everything it was "
                    "trained on are rejected as \"unfamiliar\".")
+@negatives_option
 @click.option("--experiment", default=None, help="MLflow experiment name. [default: from the dataset name]")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
               "sqlite:///mlflow.db]")
@@ -260,6 +262,7 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
     click.get_current_context().with_resource(fsio.held_lock(fsio.sibling_lock(out), f"head folder '{out}'"))
     refuse_existing(out, overwrite, "--out")  # before any work: a rerun never replaces a head silently
     labels_given = bool(flags.get("labels") or flags.get("labels_file"))
+    flags["prompts.negatives_file"] = flags.pop("negatives_file", None)
     overrides = probe_overrides(flags, method=method, finetune=finetune, init=init, fewshot=fewshot,
                                  c_grid=_c_grid(c_grid), keep_known=keep_known)
     overrides.update({"tracking.experiment": experiment, "tracking.uri": tracking_uri,
@@ -271,14 +274,20 @@ def train_probe(data: str, out: str, config_path: Optional[str], method: Optiona
         tracking.check_tracking(cfg.tracking)  # fail in seconds, before any encoding
     show = show_progress(progress)
     store, extractor, name = store_and_extractor(data, cfg, cache_root() / "stores", store_dir, show)
-    from toolkit.cli.multilabel import is_multilabel, run_multilabel
+    from toolkit.cli.multilabel import is_multilabel, refuse_negatives, run_multilabel
 
     if is_multilabel(store):  # labels separated by '|': one-vs-rest heads, per-class thresholds
         return run_multilabel(cfg, store, extractor, name, Path(out))
+    refuse_negatives(cfg)
     zeroshot = baseline_head(extractor, store.classes, cfg.prompts, labels_given)
+    negatives = None
+    if cfg.probe.keep_known is not None:  # NegLabel among the out-of-set candidates: its words, once per model
+        from toolkit.heads.openset import negative_embeddings
+
+        negatives = negative_embeddings(extractor, cache_root() / "negatives")
     out_dir = Path(out)
     with run_records.probe_run(cfg, name, store=store) as run:
-        result = fit(store, cfg.probe, zeroshot, progress=show,
+        result = fit(store, cfg.probe, zeroshot, progress=show, negatives=negatives,
                      step=(lambda text: click.echo(f"{text} ...", err=True)) if show else None)
         result.head.save(out_dir)  # atomically, replacing the folder: the report goes in after
         result.report_dir = write_report(result, out_dir / "report")

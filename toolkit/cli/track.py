@@ -11,6 +11,7 @@ import click
 from toolkit.fitting.prompt_eval import SPLIT_CHOICES
 from toolkit.cli.common import (build_config, model_options, probe_overrides, rejection_options, show_progress,
                                 split_options, with_rejection)
+from toolkit.cli.multilabel import negatives_option
 from toolkit.cli.outputs import overwrite_option, refuse_existing
 
 def tracking_options(f: Callable) -> Callable:
@@ -75,6 +76,7 @@ def _save_head(evals: list, out: str) -> str:
 @click.option("--save-head", "save_head", default=None, type=click.Path(file_okay=False),
               help="Save the calibrated zero-shot head (the best prompt set on val) to this folder, for "
                    "`clipkit predict --head` / `clipkit serve --head`.")
+@negatives_option
 @tracking_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
@@ -96,6 +98,12 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     threshold (chosen on val); --save-head OUT saves the calibrated head (answering with the class names).
 
     \b
+    Multi-label DATA (labels separated by '|'): each class is scored on its own, its prompt against a negative
+    prompt (--negatives FILE gives each class its own; default "something else"), calibrated (Platt) and
+    thresholded per class on val (best F1, or --target-precision P); mAP, micro/macro F1 and per-class AP
+    and thresholds are reported and logged (`clipkit compare --metric map`).
+
+    \b
     Examples:
       clipkit eval-prompts out/demo --config configs/demo.yaml --templates none --templates people
       clipkit eval-prompts out/demo --config configs/demo.yaml --prompt-sets configs/prompt_sets.yaml
@@ -112,14 +120,16 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
 
     if save_head:
         refuse_existing(save_head, overwrite, "--save-head")  # before any work, as every command's output
-    overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track)}
+    overrides = {**probe_overrides(flags), **tracking_overrides(experiment, tracking_uri, no_track),
+                 "prompts.negatives_file": flags.pop("negatives_file", None)}
     cfg = build_config(config_path, **overrides, **flags)
     cfg = with_rejection(cfg, target_precision, target_coverage, reject_below)
     rule = {k: getattr(cfg.probe, k) for k in ("target_precision", "target_coverage", "reject_below")}
     opened = open_data(data, cfg.probe)
-    from toolkit.cli.multilabel import refuse_multilabel
+    from toolkit.cli.multilabel import check_multilabel_prompts, eval_prompts_multilabel, opened_multilabel
 
-    refuse_multilabel(opened, "eval-prompts")  # its prompt sets pick one class per image
+    multi = opened_multilabel(opened)  # one run per prompt set, each class scored on its own
+    check_multilabel_prompts(cfg, multi, save_head)
     classes, name = opened[2], opened[3]
     sets = load_prompt_sets(prompt_sets, classes) if prompt_sets else []
     if templates or labels_files or not sets:
@@ -130,6 +140,8 @@ def eval_prompts(data: str, config_path: Optional[str], templates: tuple[str, ..
     # the same store cache train-probe uses, so images are encoded once
     store, extractor, _ = store_and_extractor(data, cfg, cache_root() / "stores", store_path,
                                               show_progress(progress), opened)
+    if multi:
+        return eval_prompts_multilabel(cfg, name, sets, store, extractor, split, fmt, save_head)
     rows, evals = [], []
     for ps in sets:
         with run_records.prompt_run(cfg, name, ps, store) as run:

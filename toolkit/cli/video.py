@@ -52,6 +52,9 @@ def render_table(doc: dict[str, Any]) -> str:
                      f"{s['mean_score']:>6.3f} {s.get('reps', ''):>5}")
     if doc["reps"]:
         lines += ["", "reps: " + ", ".join(f"{lb} {n}" for lb, n in doc["reps"].items())]
+    for lb, segs in (doc.get("label_segments") or {}).items():  # multi-label: each label's own on/off segments
+        lines.append(f"{lb}: " + (", ".join(f"{s['start_s']:.2f}-{s['end_s']:.2f} s" + (
+            f" ({s['reps']} reps)" if "reps" in s else "") for s in segs) or "never on"))
     if doc["reject_below"]:
         n = sum(f["rejected"] for f in doc["frames"])
         lines.append(f"'{doc['settings']['unknown_label']}': {n} of {len(doc['frames'])} frames "
@@ -134,9 +137,12 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
 @click.option("--annotate", "annotate_path", type=click.Path(dir_okay=False), default=None,
               help="Write an MP4 copy of the video with the label, score and rep count on each frame.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default=None,
+              help="auto: frames through ONNX Runtime on the CPU where the model allows (as `clipkit predict`), "
+                   "else torch; onnx: that or an error; torch: always PyTorch. [default: the config's model.engine]")
 def predict_video(video: str, config_path: Optional[str], head: Optional[str], fmt: str, plot_path: Optional[str],
                   annotate_path: Optional[str], progress: Optional[bool], repetitive: tuple[str, ...],
-                  **flags: Any) -> None:
+                  engine: Optional[str], **flags: Any) -> None:
     """Classify a video frame by frame: smoothed scores, segments and repetition counts.
 
     \b
@@ -163,6 +169,7 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     over --window: a frame between two poses, or one confused frame, in a set stays accepted.
     JSON has every frame (raw and smoothed scores), the segments and the reps; CSV has the frames.
     """
+    from toolkit.cli.predict import _negatives_cache, _open_extractor
     from toolkit.predictor import build_predictor
     from toolkit.video.overlay import annotate_video
     from toolkit.video.pipeline import predict_video as run, probe_video
@@ -175,13 +182,16 @@ def predict_video(video: str, config_path: Optional[str], head: Optional[str], f
     explicit = {k: flags.pop(k) for k in video_keys}
     explicit.update(repetitive=labels or None, rest_for=rest_for or None)
     overrides = {f"video.{k}": v for k, v in explicit.items() if k != "rest_for"}
+    overrides["model.engine"] = engine
     cfg = build_config(config_path, **flags, **overrides)
     if explicit["stride"] is not None:
         cfg.video.fps = None  # --stride replaces the default (or configured) fps sampling
     if rest_for:
         cfg.video.rest_for = {**cfg.video.rest_for, **rest_for}
     probe_video(video)  # not a video / no video stream: fail before the (slow) model load
-    predictor = build_predictor(cfg, head=local_head(head, cfg))
+    # frames through encoder.fast's choice (ONNX Runtime where it applies, as `clipkit predict` and the server)
+    predictor = build_predictor(cfg, head=local_head(head, cfg), open_extractor=_open_extractor,
+                                cache_dir=_negatives_cache())
     check_video_labels(cfg.video, predictor.labels, explicit)
     show = show_progress(progress)
     doc = run(predictor, video, cfg.video, progress=show)

@@ -4,7 +4,9 @@ A cold `clipkit predict` used to spend 5-9 s importing torch and open_clip for a
 work. Here the model's image and text towers are exported to ONNX once, the first time a model is used
 (`prepare`, which needs torch that one time and says so on stderr), into clipkit's cache:
 
-    <cache_root>/fast/<identity hash>/   image.onnx, text.onnx, meta.json (identity, preprocessing, logit scale,
+    <cache_root>/fast/<identity hash>/   image.onnx + image.data, text.onnx + text.data (the graphs as ONNX
+                                         Runtime optimized them, weights beside them: a run loads them without
+                                         optimizing again), meta.json (identity, preprocessing, logit scale,
                                          tokenizer), bpe_merges.txt (CLIP's vocabulary), texts.safetensors (prompt
                                          embeddings seen so far, text_cache.py)
     <cache_root>/fast/index/<config hash>.json   the model config (name, weights, activation, cache folder)
@@ -27,6 +29,7 @@ import json
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -36,8 +39,9 @@ import numpy as np
 from toolkit.errors import ConfigError, InputError, ModelError
 from toolkit.identity import ExtractorIdentity
 
-FAST_FORMAT = 1  # bump when the entry layout or what is exported changes: old entries are rebuilt
+FAST_FORMAT = 2  # bump when the entry layout or what is exported changes: old entries are rebuilt
 IMAGE, TEXT, META, VOCAB, TEXTS = "image.onnx", "text.onnx", "meta.json", "bpe_merges.txt", "texts.safetensors"
+IMAGE_DATA = "image.data"  # the image graph's weights (onnx.save_optimized)
 TOKENIZER_PROBES = ["a photo of a dog.", "Ünïcödé café &amp; naïve", "  two\tspaces\nand lines ", "I'm 12.5 m; can't!",
                     "emoji 🏋️ squat", "x" * 300]
 
@@ -77,7 +81,7 @@ def open_extractor(cfg: Any, cache_root: Path, notify: Callable[[str], None] = _
         if isinstance(entry, Path):
             return OnnxExtractor(entry, cfg, keep_text_tower=long_lived)
         if entry is None:
-            return prepare(cfg, cache_root, index, notify, check)
+            return prepare(cfg, cache_root, index, notify, check, long_lived)
         reason = entry  # recorded as unsupported
     if cfg.engine == "onnx":
         raise ConfigError(f"engine onnx can't run this model: {reason}; set {{field}} auto or torch", field="engine")
@@ -98,15 +102,19 @@ def _abs(value: Optional[str]) -> Optional[str]:
 
 def config_key(cfg: Any) -> str:
     """Hash of what decides the model: name and weights (existing paths made absolute), activation, cache
-    folder, and the versions of this format and of open_clip (read from its metadata, not imported)."""
+    folder, and the versions of this format, of open_clip and of onnxruntime (whose optimized graphs the entry
+    holds), read from their metadata, not imported."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        oc = version("open_clip_torch")
-    except PackageNotFoundError:
-        oc = None
+    def _version(package: str) -> Optional[str]:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
     doc = {"name": _abs(cfg.name), "pretrained": _abs(cfg.pretrained), "quick_gelu": cfg.quick_gelu,
-           "cache_dir": _abs(cfg.cache_dir), "format": FAST_FORMAT, "open_clip": oc}
+           "cache_dir": _abs(cfg.cache_dir), "format": FAST_FORMAT, "open_clip": _version("open_clip_torch"),
+           "onnxruntime": _version("onnxruntime")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -130,7 +138,7 @@ def lookup(index: Path) -> Path | str | None:
     if doc.get("unsupported"):
         return str(doc["unsupported"])
     folder = index.parent.parent / str(doc.get("entry"))
-    if not all((folder / name).is_file() for name in (IMAGE, META)):
+    if not all((folder / name).is_file() for name in (IMAGE, IMAGE_DATA, META)):
         return None
     return folder
 
@@ -154,12 +162,14 @@ def _source_files(cfg: Any) -> list[str]:
 # ---------------------------------------------------------------- building an entry (torch, once per model)
 
 def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], None] = _stderr,
-            check: Optional[Callable[[Any], None]] = None) -> Any:
-    """Build the fast path's entry for `cfg` with the torch model, and return that (fp32, CPU) torch
-    extractor for this run. A model the fast path can't take is recorded in the index (later runs go
-    straight to torch) and, with engine onnx, is a ConfigError."""
+            check: Optional[Callable[[Any], None]] = None, long_lived: bool = False) -> Any:
+    """Build the fast path's entry for `cfg` with the torch model and return the OnnxExtractor over it, the
+    torch model freed (so this run already fills the prompt cache). A model the fast path can't take is
+    recorded in the index (later runs go straight to torch), and this run gets the (fp32, CPU) torch extractor;
+    with engine onnx it is a ConfigError."""
     from toolkit.fsio import write_text
 
+    started = time.perf_counter()
     torch_cfg = cfg.model_copy(update={"device": "cpu", "precision": "fp32", "compile": False})
     extractor = _torch_extractor(torch_cfg)
     if check is not None:
@@ -170,7 +180,7 @@ def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], Non
     stamps = {p: _stamp(p) for p in _source_files(torch_cfg)}
     try:
         meta = _check_supported(extractor)
-        entry = _write_entry(extractor, meta, cache_root / "fast")
+        entry = _write_entry(extractor, meta, cache_root / "fast", notify)
         doc = {"entry": entry.name, "stamps": stamps, "model": label}
     except ImportError as e:  # onnx missing: not the model's fault, so nothing is recorded
         if cfg.engine == "onnx":
@@ -190,7 +200,12 @@ def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], Non
         write_text(index, json.dumps(doc, indent=2))
     except OSError as e:  # a read-only cache: this run still answers, the next prepares again
         notify(f"can't write the fast path's index under {index.parent} ({e.strerror}); it runs with torch")
-    return extractor
+        return extractor
+    if "entry" not in doc:
+        return extractor
+    notify(f"  the fast path for {label} is ready ({time.perf_counter() - started:.0f} s in all)")
+    del extractor  # the torch model: this run goes on with ONNX Runtime, as later ones will
+    return OnnxExtractor(entry, cfg, keep_text_tower=long_lived)
 
 
 def _check_supported(extractor: Any) -> dict[str, Any]:
@@ -220,28 +235,49 @@ def _tokenizer_meta(extractor: Any) -> dict[str, Any]:
             "cut": tower is not None, "pad_id": int(tower.pad_id) if tower is not None else 0}
 
 
-def _write_entry(extractor: Any, meta: dict[str, Any], root: Path) -> Path:
-    """Export both towers into a temporary folder, check them against torch, and swap it in as the entry."""
-    from toolkit.encoder.onnx import (OnnxImageEncoder, OnnxTextEncoder, export_image_encoder,
-                                      export_text_encoder, parity, text_parity)
+def _write_entry(extractor: Any, meta: dict[str, Any], root: Path, notify: Callable[[str], None]) -> Path:
+    """Export both towers into a temporary folder, save ONNX Runtime's optimized graphs, check those against
+    torch, and swap the folder in as the entry. One progress line on stderr per tower."""
     from toolkit.encoder.bpe import write_plain
     from toolkit.fsio import atomic_dir
 
     key = json.dumps({"identity": meta["identity"], "format": FAST_FORMAT}, sort_keys=True)
     folder = root / hashlib.sha256(key.encode()).hexdigest()[:20]
     with atomic_dir(folder) as tmp:
-        image = OnnxImageEncoder(export_image_encoder(extractor, tmp / IMAGE))
-        text = OnnxTextEncoder(export_text_encoder(extractor, tmp / TEXT))
-        err_image = parity(extractor, image)
-        err_text = text_parity(extractor, text, [t.strip() or "a" for t in TOKENIZER_PROBES[:5]])
-        if not (err_image < 1e-4 and err_text < 1e-4):
-            raise ModelError(f"the ONNX graphs differ from torch by {max(err_image, err_text):.1e} (max |diff|)")
-        del image, text
+        err_image = _build_tower(extractor, tmp, "image", notify)
+        err_text = _build_tower(extractor, tmp, "text", notify)
         write_plain(meta["tokenizer"]["vocab"], tmp / VOCAB)
         meta = {**meta, "tokenizer": {**meta["tokenizer"], "vocab": VOCAB},
                 "parity": {"image": err_image, "text": err_text}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def _build_tower(extractor: Any, folder: Path, tower: str, notify: Callable[[str], None]) -> float:
+    """Export one tower to `folder`/<tower>.onnx as ONNX Runtime optimized it (its weights in <tower>.data),
+    check it against torch, and return the max |diff|; ModelError past 1e-4."""
+    from toolkit.encoder import onnx as graphs
+
+    t0 = time.perf_counter()
+    raw = folder / f"{tower}.raw.onnx"
+    out = folder / (IMAGE if tower == "image" else TEXT)
+    if tower == "image":
+        graphs.export_image_encoder(extractor, raw)
+    else:
+        graphs.export_text_encoder(extractor, raw)
+    t1 = time.perf_counter()
+    graphs.save_optimized(raw, out)
+    raw.unlink()
+    if tower == "image":
+        err = graphs.parity(extractor, graphs.OnnxImageEncoder(out, optimized=True))
+    else:
+        texts = [t.strip() or "a" for t in TOKENIZER_PROBES[:5]]
+        err = graphs.text_parity(extractor, graphs.OnnxTextEncoder(out, optimized=True), texts)
+    if not err < 1e-4:
+        raise ModelError(f"the ONNX {tower} graph differs from torch by {err:.1e} (max |diff|)")
+    notify(f"  {tower} tower: exported in {t1 - t0:.0f} s, optimized and checked against torch in "
+           f"{time.perf_counter() - t1:.0f} s (max |diff| {err:.0e})")
+    return err
 
 
 # ---------------------------------------------------------------- running an entry (numpy + onnxruntime)
@@ -298,7 +334,7 @@ class OnnxExtractor:
         tok = self.meta["tokenizer"]
         tokens = BpeTokenizer(self.folder / tok["vocab"], tok["context_length"])(texts)
         order = np.argsort(-(tokens != tok["pad_id"]).sum(axis=1), kind="stable")  # longest first
-        session = self._text or OnnxTextEncoder(self.folder / TEXT)
+        session = self._text or OnnxTextEncoder(self.folder / TEXT, optimized=True)
         fresh: dict[str, np.ndarray] = {}
         for i in range(0, len(texts), batch_size):
             rows = order[i:i + batch_size]
@@ -314,7 +350,7 @@ class OnnxExtractor:
         if self._image is None:
             from toolkit.encoder.onnx import OnnxImageEncoder
 
-            self._image = OnnxImageEncoder(self.folder / IMAGE)
+            self._image = OnnxImageEncoder(self.folder / IMAGE, optimized=True)
         return self._image
 
     def encode_arrays(self, batch: np.ndarray) -> np.ndarray:

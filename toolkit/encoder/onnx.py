@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def _text_module(extractor: Any) -> Any:
 
     from toolkit.encoder.accel import CausalTextTower
 
-    model = _sdpa_copy(extractor.model)
+    model = extractor.model
     causal = CausalTextTower.find(model)
 
     class NormalizedTextTower(torch.nn.Module):
@@ -74,16 +75,21 @@ def _text_module(extractor: Any) -> Any:
     return NormalizedTextTower(model).eval()
 
 
-def _sdpa_copy(model: Any) -> Any:
-    """A copy of `model` whose self-attention runs as accel.sdpa_self_attention (same parameters and math):
-    traced, nn.MultiheadAttention bakes the example's sequence length into its reshapes."""
-    import copy
-
+@contextmanager
+def _sdpa_attention(model: Any) -> Iterator[None]:
+    """While exporting, `model`'s self-attention runs as accel.sdpa_self_attention (same parameters and math):
+    traced, nn.MultiheadAttention bakes the example's sequence length into its reshapes. Switched in place and
+    back afterwards (a copy of the model cost ViT-B-32's export ~600 MB)."""
     from toolkit.encoder.accel import use_sdpa_self_attention
 
-    model = copy.deepcopy(model)
+    already = {id(m) for m in model.modules() if "attention" in vars(m)}
     use_sdpa_self_attention(model)
-    return model
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            if id(m) not in already and "attention" in vars(m):
+                del m.attention
 
 
 def export_image_encoder(extractor: Any, out: str | Path, opset: int = 17) -> Path:
@@ -100,7 +106,8 @@ def export_text_encoder(extractor: Any, out: str | Path, opset: int = 17) -> Pat
     takes (n, L) tokens for any L up to the context length; another takes (n, context_length)."""
     example = extractor.tokenizer(["a photo of a dog", "a cat"])
     axes = {0: "batch", 1: "length"} if extractor._text_tower is not None else {0: "batch"}
-    return _export(extractor, _text_module(extractor), example, out, opset, TEXT_INPUT, TEXT_OUTPUT, axes)
+    with _sdpa_attention(extractor.model):
+        return _export(extractor, _text_module(extractor), example, out, opset, TEXT_INPUT, TEXT_OUTPUT, axes)
 
 
 def _export(extractor: Any, module: Any, example: Any, out: str | Path, opset: int, input_name: str,
@@ -138,19 +145,45 @@ def _export(extractor: Any, module: Any, example: Any, out: str | Path, opset: i
 
 
 def _add_metadata(path: str, props: dict[str, str]) -> None:
+    """Append metadata entries to the ONNX file at `path` without parsing it: a protobuf message followed by
+    another is their merge, so the bytes of a ModelProto holding only `metadata_props` are appended. (Loading and
+    re-saving ViT-B-32's 351 MB graph for this took ~8 s and ~700 MB of memory.)"""
     import onnx
 
-    model = onnx.load(path)
+    extra = onnx.ModelProto()
     for key, value in props.items():
-        entry = model.metadata_props.add()
+        entry = extra.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(model, path)
+    with open(path, "ab") as f:
+        f.write(extra.SerializeToString())
+
+
+def save_optimized(src: str | Path, out: str | Path) -> Path:
+    """Write ONNX Runtime's optimized form of the graph at `src` to `out`, its weights beside it in
+    `<out stem>.data`. Loaded with `optimized=True` it skips the graph optimizations every load otherwise repeats
+    (ViT-B-32's image tower: session ready in ~0.3 s instead of ~2-4 s, scripts/bench_startup.py). Optimized at
+    level EXTENDED, not ALL: ALL adds layout changes tied to this CPU, and the cache may be shared."""
+    import onnxruntime as ort
+
+    out = Path(out)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(out)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{out.stem}.data")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    try:
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelError(f"ONNX Runtime could not optimize '{src}' ({str(e).splitlines()[0][:200]})") from None
+    return out
 
 
 class _Session:
     """An ONNX Runtime CPU session over an exported graph, and the identity stored in it."""
 
-    def __init__(self, path: str | Path, threads: Optional[int] = None):
+    def __init__(self, path: str | Path, threads: Optional[int] = None, optimized: bool = False):
+        """`optimized`: the graph is save_optimized's output, so ONNX Runtime runs it as it is."""
         import onnxruntime as ort
 
         if not Path(path).is_file():
@@ -158,7 +191,8 @@ class _Session:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        opts.graph_optimization_level = level.ORT_DISABLE_ALL if optimized else level.ORT_ENABLE_ALL
         # No pre-packed copies of the matmul weights: ViT-B-32's image tower then peaks at 434 MB instead of
         # 632 MB (scripts/bench_startup.py), at no measurable cost in speed on the 2-core CPU.
         opts.add_session_config_entry("session.disable_prepacking", "1")

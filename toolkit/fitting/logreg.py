@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from toolkit.errors import ConfigError
+from toolkit.fitting.lbfgs import PathLBFGS
 from toolkit.fitting.result import FitResult
 from toolkit.runtime import resolve_device, torch_threads
 
@@ -35,9 +36,12 @@ TOL = 1e-4  # L-BFGS stops when max |gradient| of the per-sample objective is be
 # (scripts/bench_probe.py --grid, BENCHMARKS.md).
 SWEEP_DROP = 0.1  # each C of the sweep is fitted until its gradient is a tenth of where its warm start left it
 SWEEP_FLOOR = 0.01  # ... or below 0.01 x scale: choosing C needs val accuracy, not the last digits of the weights
-FINAL_RTOL = 0.05  # the weights a sweep returns: min(TOL, 0.05 x scale), never looser than scikit-learn's default
-SWEEP_MAX_ITER = 10  # iterations per C while sweeping: val accuracy settles long before the weights do
-STOP_AFTER = 2  # the coarse grid stops after this many Cs in a row clearly below the best val accuracy
+FINAL_RTOL = 0.2  # the weights a sweep returns: min(TOL, 0.2 x scale), never looser than scikit-learn's default
+SWEEP_MAX_ITER = 5  # iterations per C of the coarse grid: val accuracy settles long before the weights do
+REFINE_MAX_ITER = 3  # iterations per C of the refinement rounds, which start from a neighbour's solution
+STOP_AFTER = 2  # the coarse grid stops after this many Cs in a row that don't beat the best val accuracy (_peaked)
+SWEEP_SAMPLES = 20_000  # C is chosen on at most this many training rows; the final fit uses all of them
+LINEAR_LOGIT = 1e-2  # Cs whose first-order solution has logits below this are not fitted: they all predict alike
 REFINE_ROUNDS = 3  # halvings of the log10 step around the best C, as in the CLIP paper's parametric search
 HISTORY = 10  # L-BFGS memory: scikit-learn (scipy) keeps 10 pairs too
 CPU_THREADS = 1  # on a shared CPU, 2 OpenMP threads spin while waiting: 4.5x slower (BENCHMARKS.md)
@@ -160,15 +164,18 @@ def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: 
             final_tol: Optional[float] = None, threads: int = CPU_THREADS) -> FitResult:
     """Pick C on the validation split as in the CLIP paper, then fit the final weights at that C.
 
-    Every C in `grid` is fitted on train (to `tol`) in increasing order and scored on val, stopping once
-    STOP_AFTER Cs in a row are clearly below the best val accuracy (by more than two standard errors); then
-    `refine_rounds` rounds try best * 10**(+-step) with the log10 step (the grid's smallest) halved each
-    round. Each fit starts from the solution at the nearest smaller C tried. Ties in val accuracy go to the
-    lower val log loss. The final fit, on train + val with `refit` (else train), starts from the chosen C's
-    solution and runs to `final_tol`. Each C's fit stops at a SWEEP_DROP of its starting gradient (or
-    `tol`, default SWEEP_FLOOR x the data's gradient scale at zero weights, `gradient_scale`); the final fit runs
-    to `final_tol`, default min(TOL, FINAL_RTOL x scale). y are class indices 0..n_classes-1.
-    Returns a FitResult: coef (n_classes, D), intercept (n_classes,), params, the sweep, val proba.
+    C is chosen on at most SWEEP_SAMPLES training rows (a fixed random subset when there are more; the final
+    fit uses them all). Every C in `grid` is fitted in increasing order and scored on val, stopping once
+    STOP_AFTER Cs in a row have not beaten the best val accuracy (by more than one val image) and the best is
+    clearly above the smallest C's; then `refine_rounds` rounds try best * 10**(+-step) with the log10 step
+    (the grid's smallest) halved each round. Each fit starts from the solution at the nearest smaller C tried;
+    a C so small that its logits stay below LINEAR_LOGIT gets its first-order solution, unfitted. Ties in val
+    accuracy go to the lower val log loss. The final fit, on train + val with `refit` (else train), starts
+    from the chosen C's solution and runs to `final_tol`. Each C's fit stops at a SWEEP_DROP of its starting
+    gradient, after SWEEP_MAX_ITER iterations, or at `tol` (default SWEEP_FLOOR x the data's gradient scale at
+    zero weights, `gradient_scale`); `final_tol` defaults to min(TOL, FINAL_RTOL x scale). y are class
+    indices 0..n_classes-1. Returns a FitResult: coef (n_classes, D), intercept (n_classes,), params, the
+    sweep, val proba.
     """
     import torch
 
@@ -180,41 +187,104 @@ def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: 
     dev = resolve_device(device)
     with torch_threads(threads, dev):
         Xt, yt = _tensors(X_train, y_train, dev)
-        scale = gradient_scale(Xt, yt, n_classes)
-        tol = SWEEP_FLOOR * scale if tol is None else tol
-        final_tol = min(TOL, FINAL_RTOL * scale) if final_tol is None else final_tol
-        path = _CPath(Xt, yt, *_tensors(X_val, y_val, dev), n_classes, max_iter, tol, SWEEP_DROP)
+        rows = _sweep_rows(len(yt))
+        Xs, ys = (Xt, yt) if rows is None else (Xt[rows.to(dev)], yt[rows.to(dev)])
+        path = _CPath(Xs, ys, *_tensors(X_val, y_val, dev), n_classes, max_iter, tol, SWEEP_DROP)
+        final_tol = min(TOL, FINAL_RTOL * path.scale) if final_tol is None else final_tol
         best = _search(grid, path.tried, path.trial, refine_rounds)
-        X, y = path.X, path.y
+        X, y = Xt, yt
         if refit:
-            X, y = torch.cat([path.X, path.X_val]), torch.cat([path.y, path.y_val])
-        W, b = _params(path.solutions[best], n_classes, X.shape[1], dev)
-        final_iter = _lbfgs(X, y, W, b, best, max_iter, final_tol)[0]
-        coef, intercept = W.detach().cpu().numpy(), b.detach().cpu().numpy()
+            X, y = torch.cat([Xt, path.X_val]), torch.cat([yt, path.y_val])
+        Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
+        path.qn.restore(path.states.get(best, ([], None, None)))  # the chosen C's memory: the same curvature, nearly
+        W, b, final_iter = path.fit(X, Y, *path.solutions[best], best, max_iter, final_tol)
+        coef, intercept = W.cpu().numpy(), b.cpu().numpy()
     sweep = [{"param": "C", "value": c, "val_accuracy": a, "val_loss": lo, "n_iter": path.n_iter[c]}
              for c, (a, lo, _) in sorted(path.tried.items())]
-    params = {"C": best, "solver": "torch-lbfgs", "device": dev.type, "tol": tol, "final_tol": final_tol,
+    params = {"C": best, "solver": "torch-lbfgs", "device": dev.type, "tol": path.tol, "final_tol": final_tol,
               "max_iter": max_iter, "n_iter": final_iter, "sweep_iter": sum(path.n_iter.values()),
-              "n_candidates": len(path.tried), "refit": "train+val" if refit else "none"}
+              "n_evals": path.n_evals,
+              "sweep_rows": len(ys), "n_candidates": len(path.tried), "refit": "train+val" if refit else "none"}
     return FitResult({"coef_": coef, "intercept_": intercept}, params, sweep, path.tried[best][2])
 
 
-class _CPath:
-    """Fits along the C path on one (train, val) pair, kept on the device; each C warm-starts from below."""
+def _sweep_rows(n: int) -> Optional["torch.Tensor"]:
+    """The training rows C is chosen on: all of them up to SWEEP_SAMPLES, else a fixed random SWEEP_SAMPLES
+    (seeded: the same data gives the same sweep), in their original order."""
+    import torch
 
-    def __init__(self, X, y, X_val, y_val, n_classes: int, max_iter: int, tol: float, drop: float):
+    if n <= SWEEP_SAMPLES:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    return torch.randperm(n, generator=gen)[:SWEEP_SAMPLES].sort().values
+
+
+class _CPath:
+    """Fits along the C path on one (train, val) pair, kept on the device; each C warm-starts from the nearest
+    smaller C's solution and from the L-BFGS memory of the fit before it (toolkit.fitting.lbfgs)."""
+
+    def __init__(self, X, y, X_val, y_val, n_classes: int, max_iter: int, tol: Optional[float], drop: float):
+        import torch
+
         self.X, self.y, self.X_val, self.y_val = X, y, X_val, y_val
-        self.n_classes, self.max_iter, self.tol, self.drop = n_classes, max_iter, tol, drop
+        self.n_classes, self.max_iter, self.drop = n_classes, max_iter, drop
+        self.Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
+        # the gradient at zero weights, (1/k - one-hot)^T X / n: its scale sets the tolerances, and -C n times it
+        # is the solution at small C (halved for two classes, fitted at C / 2), the intercept at the log class
+        # frequencies
+        self.g0 = torch.mm((1.0 / n_classes - self.Y).t(), X).div_(X.shape[0])
+        self.scale = float(self.g0.abs().max())
+        self.tol = SWEEP_FLOOR * self.scale if tol is None else tol
+        counts = self.Y.sum(dim=0).clamp_min(0.5)
+        self.b0 = torch.log(counts / counts.sum())
+        self.b0 -= self.b0.mean()
+        x_max = float(X.norm(dim=1).max())
+        # logits of the first-order solution at C are at most C * linear_per_c
+        self.linear_per_c = X.shape[0] * float(self.g0.norm(dim=1).max()) * x_max / (2 if n_classes == 2 else 1)
+        self.curvature = 0.5 * (x_max ** 2 + 1)  # bounds the mean cross-entropy's Hessian (Boehning), bias included
+        self.qn = PathLBFGS(self.g0.numel(), 1.0 / self.curvature, HISTORY)  # W's entries penalised, b's not
         self.tried: dict[float, tuple[float, float, np.ndarray]] = {}  # C -> (val accuracy, val loss, val proba)
         self.solutions: dict[float, tuple] = {}  # C -> (W, b) detached tensors
+        self.states: dict[float, tuple] = {}  # C -> the L-BFGS memory and (loss, gradient) it stopped at
         self.n_iter: dict[float, int] = {}
+        self.n_evals = 0
 
-    def trial(self, c: float) -> None:
-        below = [t for t in self.solutions if t < c]
-        W, b = _params(self.solutions[max(below)] if below else None, self.n_classes, self.X.shape[1], self.X.device)
-        self.n_iter[c] = _lbfgs(self.X, self.y, W, b, c, min(self.max_iter, SWEEP_MAX_ITER), self.tol, self.drop)[0]
-        self.solutions[c] = (W.detach(), b.detach())
+    def trial(self, c: float, iterations: int = SWEEP_MAX_ITER) -> None:
+        if c * self.linear_per_c <= LINEAR_LOGIT:  # logits this small: the first-order solution, no fit
+            W = self.g0 * (-c * self.X.shape[0] / (2 if self.n_classes == 2 else 1))
+            b, self.n_iter[c] = self.b0.clone(), 0
+        else:
+            below = [t for t in self.solutions if t < c]
+            W, b = self.solutions[max(below)] if below else (self.g0 * 0, self.b0)
+            self.qn.restore(self.states.get(max(below) if below else None, ([], None, None)))
+            W, b, self.n_iter[c] = self.fit(self.X, self.Y, W, b, c, min(self.max_iter, iterations), self.tol,
+                                            self.drop)
+            self.states[c] = self.qn.state()
+        self.solutions[c] = (W, b)
         self.tried[c] = _score(self.X_val, self.y_val, W, b)
+
+    def fit(self, X, Y, W, b, c: float, max_iter: int, tol: float, drop: float = 0.0):
+        """(W, b, iterations): the objective at C on (X, one-hot Y) minimised from copies of (W, b)."""
+        import torch
+
+        k, dim = W.shape
+        penalty = 1.0 / (2 * (c / 2 if k == 2 else c) * X.shape[0])
+
+        def fg(theta):
+            loss, g_w, g_b = _loss_and_grad(X, Y, theta[:k * dim].view(k, dim), theta[k * dim:], penalty)
+            return float(loss), torch.cat([g_w.reshape(-1), g_b])
+
+        theta = torch.cat([W.reshape(-1), b])
+        self.qn.first_step = 1.0 / (self.curvature + 2 * penalty)
+        start = None
+        if self.qn.last is not None and X is self.X:  # the previous C's end point: only the penalty changed
+            (f, g), shift = self.qn.last, penalty - self.qn.penalty
+            g = g.clone()
+            g[:k * dim].add_(theta[:k * dim], alpha=2 * shift)
+            start = (f + shift * float(theta[:k * dim].double().pow(2).sum()), g)
+        n_iter, n_evals = self.qn.minimise(fg, theta, penalty, max_iter, tol, drop, start)
+        self.n_evals += n_evals
+        return theta[:k * dim].view(k, dim), theta[k * dim:], n_iter
 
 
 def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
@@ -227,11 +297,9 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
         near = [c for c in tried if tried[c][0] >= top - 1.0 / n_val - 1e-12]
         return min(near, key=lambda c: (tried[c][1], -tried[c][0]))
 
-    below = 0
-    for c in grid:
+    for i, c in enumerate(grid):
         trial(c)
-        below = below + 1 if _clearly_below(tried, c) else 0
-        if below >= STOP_AFTER:
+        if _peaked([tried[t][0] for t in grid[:i + 1]], len(tried[c][2])):
             break
     step = float(np.diff(np.log10(grid)).min()) if len(grid) > 1 else 0.0
     for _ in range(refine_rounds if step > 0 else 0):
@@ -239,17 +307,21 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
         centre = best()
         for c in (centre * 10 ** -step, centre * 10 ** step):
             if c not in tried:
-                trial(c)
+                trial(c, REFINE_MAX_ITER)
     return best()
 
 
-def _clearly_below(tried: dict, c: float) -> bool:
-    """Whether C's val accuracy is below the best by more than two standard errors of that best (and at least
-    two val images): past the peak, larger Cs only cost iterations."""
-    top = max(acc for acc, _, _ in tried.values())
-    n_val = max(len(tried[c][2]), 1)
-    margin = max(2.0 * np.sqrt(top * (1.0 - top) / n_val), 2.0 / n_val)
-    return tried[c][0] < top - margin
+def _peaked(accuracies: list[float], n_val: int) -> bool:
+    """Whether the coarse grid can stop, given the val accuracies of its Cs so far (increasing C): the last C is
+    clearly below the best (two standard errors, at least two val images), or the last STOP_AFTER Cs did not
+    beat the best before them by more than one val image; and in either case the best is clearly above the
+    smallest C's (a sweep still at chance, or at the class priors, has not started)."""
+    top, stale = -1.0, 0
+    for acc in accuracies:
+        stale, top = (0, acc) if acc > top + 1.0 / n_val + 1e-12 else (stale + 1, max(top, acc))
+    margin = max(2.0 * np.sqrt(top * (1.0 - top) / max(n_val, 1)), 2.0 / max(n_val, 1))
+    learned = accuracies[0] < top - margin
+    return learned and (stale >= STOP_AFTER or accuracies[-1] < top - margin)
 
 
 # ---------------------------------------------------------------- the probe's entry point

@@ -16,7 +16,7 @@ import numpy as np
 from toolkit.errors import ConfigError, DataError
 from toolkit.heads.multilabel import MultiLabelHead
 
-METHODS = ("logreg", "blend", "zeroshot")  # train-probe's --method values that have a multi-label form
+METHODS = ("logreg", "blend", "cache", "zeroshot")  # train-probe's --method values with a multi-label form
 
 
 @dataclass
@@ -59,17 +59,21 @@ def fewshot_rows(train_idx: np.ndarray, Y: np.ndarray, k: int, seed: int) -> np.
 def _estimator(method: str, c_grid: Optional[Sequence[float]], per_class_c: bool):
     from toolkit.fitting.multilabel import DEFAULT_GRID, MultiLabelBlend, OneVsRestLogReg
 
+    if method == "logreg":  # re-centred features: the blends below mix weights over the raw ones
+        return OneVsRestLogReg(c_grid or DEFAULT_GRID, per_class_c, center=True)
     base = OneVsRestLogReg(c_grid or DEFAULT_GRID, per_class_c)
-    if method == "logreg":
-        return base
     if method == "blend":
         return MultiLabelBlend(base)
+    if method == "cache":  # Tip-Adapter-style votes of the training images over the zero-shot scores
+        from toolkit.fitting.multilabel_cache import MultiLabelCache
+
+        return MultiLabelCache()
     raise ConfigError(f"method '{method}' has no multi-label form yet; use one of {', '.join(METHODS)}",
                       field="method")
 
 
 def fit_multilabel(method: str, data: dict, classes: list[str], zeroshot=None, identity=None,
-                   c_grid=None, per_class_c: bool = True, calibration: str = "platt",
+                   c_grid=None, per_class_c: bool = False, calibration: str = "platt",
                    target_precision: Optional[float] = None):
     """(head with calibration and thresholds chosen on val, MultiLabelFit) for `method` on data[split] = (X, Y)."""
     from toolkit.fitting.multilabel import MultiLabelFit, finish_head
@@ -100,7 +104,7 @@ def _split_data(store, fewshot: Optional[int], seed: int):
 
 
 def train_multilabel(store, method: str = "logreg", zeroshot=None, fewshot: Optional[int] = None, seed: int = 0,
-                     c_grid: Optional[Sequence[float]] = None, per_class_c: bool = True, calibration: str = "platt",
+                     c_grid: Optional[Sequence[float]] = None, per_class_c: bool = False, calibration: str = "platt",
                      target_precision: Optional[float] = None, report_dir: Optional[str | Path] = None,
                      config: Optional[dict[str, Any]] = None) -> MultiLabelResult:
     """Fit a multi-label head on a multi-label store's train split (C, calibration and thresholds on val), score

@@ -193,11 +193,13 @@ def evaluate_probe(fit: FitResult, cal: Calibrated, data: ProbeData, cfg: ProbeC
 
 def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optional[str | Path] = None,
                 c_grid: Optional[Sequence[float]] = None, progress: bool = False,
-                step: Optional[Callable[[str], None]] = None) -> ProbeResult:
+                step: Optional[Callable[[str], None]] = None, negatives: Optional[np.ndarray] = None
+                ) -> ProbeResult:
     """Fit a head (cfg.method: see toolkit.fitting.fewshot) on a FeatureStore's train split (hyper-parameters on
     val), calibrate it on val, score it and the zero-shot head on test, and (with `report_dir`) write the report
     there (toolkit.evaluation.report). Returns a ProbeResult; the head is not saved. `step(text)` is told, in
-    words, each step as it starts (the CLI shows them on stderr)."""
+    words, each step as it starts (the CLI shows them on stderr). `negatives` (M, D): negative-word embeddings
+    (heads.openset.negative_embeddings) that make NegLabel a candidate of the out-of-set selection."""
     say = step or (lambda text: None)
     data = probe_data(store, cfg, zeroshot_head)
     n = {s: int(len(r)) for s, r in data.rows.items()}
@@ -209,7 +211,7 @@ def train_probe(store, cfg: ProbeConfig, zeroshot_head=None, report_dir: Optiona
         from toolkit.fitting.openset import attach_openset
 
         say("choosing the unfamiliar-input detector (each class held out in turn)")
-        cal = attach_openset(cal, data, cfg)
+        cal = attach_openset(cal, data, cfg, negatives)
     say(f"scoring the head and zero-shot on {n.get('test', 0)} test images")
     result = evaluate_probe(fit, cal, data, cfg)
     if report_dir is not None:

@@ -81,7 +81,8 @@ HEAD_FORMAT = "clipkit-head"
 HEAD_TYPES: dict[str, str] = {"linear": "toolkit.heads.linear:LinearProbe", "zeroshot": "toolkit.heads.zeroshot:ZeroShotHead",
                               "cache": "toolkit.heads.cache:CacheHead"}
 HEAD_TYPES.update({"multilabel-linear": "toolkit.heads.multilabel:MultiLabelLinearHead",  # sigmoid per class
-                   "multilabel-zeroshot": "toolkit.heads.multilabel:MultiLabelZeroShotHead"})
+                   "multilabel-zeroshot": "toolkit.heads.multilabel:MultiLabelZeroShotHead",
+                   "multilabel-cache": "toolkit.heads.multilabel_cache:MultiLabelCacheHead"})
 
 
 class SavedHead:

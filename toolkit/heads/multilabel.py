@@ -107,22 +107,46 @@ def _vector(value, default: float, n: int, name: str) -> np.ndarray:
 
 
 class MultiLabelLinearHead(LinearWeights, MultiLabelHead):
-    """sigmoid(calibration(features @ coef_.T + intercept_)) per class: one-vs-rest logistic regression."""
+    """sigmoid(calibration(g(features) @ coef_.T + intercept_)) per class: one-vs-rest logistic regression.
+
+    g is the identity, or with `center` (D,) (the training features' mean, `center_`) the features re-centred
+    and re-normalized: g(x) = (x - center) / ||x - center||. CLIP features share a large common direction;
+    without it, the L2 penalty weighs on what tells the images apart (BENCHMARKS.md, "Multi-label")."""
 
     type, default_method = "multilabel-linear", "ovr-logreg"
 
     def __init__(self, classes: Sequence[str], coef: np.ndarray, intercept: Optional[np.ndarray] = None,
-                 **kwargs: Any):
+                 center: Optional[np.ndarray] = None, **kwargs: Any):
         super().__init__(classes, **kwargs)
         self._set_weights(coef, intercept)
+        self.center_ = None if center is None else np.asarray(center, np.float32).reshape(-1)
+        if self.center_ is not None and self.center_.shape != (self.coef_.shape[1],):
+            raise ValueError(f"center {self.center_.shape} doesn't fit features of dimension {self.coef_.shape[1]}")
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) L2-normalized features -> (n, C) logits (before the per-class calibration)."""
+        return super().decision_function(recenter(features, self.center_))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {**super().tensors(), **({"center": self.center_} if self.center_ is not None else {})}
 
     def header(self) -> dict[str, Any]:
-        return {"embed_dim": int(self.coef_.shape[1]), **self.multilabel_header()}
+        return {"embed_dim": int(self.coef_.shape[1]), "centered": self.center_ is not None,
+                **self.multilabel_header()}
 
     @classmethod
     def from_saved(cls, doc: dict[str, Any], tensors: dict[str, np.ndarray], identity) -> "MultiLabelLinearHead":
-        return cls(doc["classes"], tensors["coef"], tensors["intercept"], **cls.saved_multilabel(doc),
-                   **cls.saved_common(doc, identity))
+        return cls(doc["classes"], tensors["coef"], tensors["intercept"], tensors.get("center"),
+                   **cls.saved_multilabel(doc), **cls.saved_common(doc, identity))
+
+
+def recenter(features: np.ndarray, center: Optional[np.ndarray]) -> np.ndarray:
+    """(n, D) features minus `center`, re-normalized to unit length (unchanged when `center` is None)."""
+    x = np.asarray(features, np.float32)
+    if center is None:
+        return x
+    x = x - center
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class MultiLabelZeroShotHead(MultiLabelHead):

@@ -14,6 +14,8 @@ known as the positive class and a detector rejects below its threshold. Inputs a
                (Ming et al., NeurIPS 2022: MCM; T = 1 on raw cosines there)
   neglabel     the softmax mass on the class texts among class texts + negative words, at a temperature
                (Jiang et al., ICLR 2024: NegLabel); the words are `negative_words.txt`, mined far from the labels
+  combined     knn + mahalanobis, each z-normalised by the mean and std of its scores on known val images
+               (params loc, scale): the sum ranks an image low when either sees it far from the known classes
 
 `OpenSetDetector` is one of these with its arrays (training-feature bank, class means and precision, text and
 negative-word embeddings) and a threshold; it is saved with the head (head.json "openset" + tensors named
@@ -26,7 +28,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-DETECTORS = ("knn", "mahalanobis", "energy", "maxlogit", "msp", "mcm", "neglabel")
+DETECTORS = ("knn", "mahalanobis", "energy", "maxlogit", "msp", "mcm", "neglabel", "combined")
+COMBINED_PARTS = ("knn", "mahalanobis")  # the scores `combined` sums, z-normalised, in this order
 NEEDS_LOGITS = ("energy", "maxlogit", "msp")
 NEGATIVE_WORDS = Path(__file__).with_name("negative_words.txt")
 NEGATIVE_TEMPLATE = "a photo of a {}."
@@ -124,6 +127,11 @@ def familiarity(kind: str, features: np.ndarray, logits: Optional[np.ndarray], a
         return knn_similarity(features, arrays["bank"], params.get("k", 10))
     if kind == "mahalanobis":
         return mahalanobis_score(features, arrays["means"], arrays["precision"])
+    if kind == "combined":
+        loc, scale = params["loc"], params["scale"]
+        parts = [(familiarity(p, features, None, arrays, params) - m) / s
+                 for p, m, s in zip(COMBINED_PARTS, loc, scale)]
+        return np.sum(parts, axis=0).astype(np.float32)
     if kind in NEEDS_LOGITS:
         if logits is None:
             raise ValueError(f"the {kind} score needs the head's logits")
@@ -144,9 +152,10 @@ class OpenSetDetector:
     """One familiarity score and its threshold: `unfamiliar(features, logits)` is True where the score is
     below `threshold_` (None: it scores but rejects nothing).
 
-    kind: one of DETECTORS; params: k (knn), temperature (energy, msp, mcm, neglabel); arrays: bank (N, D)
-    for knn, means (C, D) + precision (D, D) for mahalanobis, text (C, D) for mcm, text + negatives (M, D) for
-    neglabel. `selection` says how it was chosen: the rule, its target, each candidate's held-out-class AUROC.
+    kind: one of DETECTORS; params: k (knn, combined), temperature (energy, msp, mcm, neglabel), loc and scale
+    (combined: one per COMBINED_PARTS); arrays: bank (N, D) for knn, means (C, D) + precision (D, D) for
+    mahalanobis, all three for combined, text (C, D) for mcm, text + negatives (M, D) for neglabel.
+    `selection` says how it was chosen: the rule, its target, each candidate's held-out-class AUROC.
     Never changed after it is built: `with_threshold` returns a copy."""
 
     def __init__(self, kind: str, params: Optional[dict[str, Any]] = None,
@@ -157,10 +166,15 @@ class OpenSetDetector:
         self.kind, self.params = kind, dict(params or {})
         self.arrays_ = {k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}
         need = {"knn": ("bank",), "mahalanobis": ("means", "precision"), "mcm": ("text",),
-                "neglabel": ("text", "negatives")}.get(kind, ())
+                "neglabel": ("text", "negatives"), "combined": ("bank", "means", "precision")}.get(kind, ())
         missing = [n for n in need if n not in self.arrays_]
         if missing:
             raise ValueError(f"the {kind} detector needs arrays {', '.join(missing)}")
+        if kind == "combined" and not all(len(self.params.get(p, ())) == len(COMBINED_PARTS) and
+                                          all(np.isfinite(v) and (p == "loc" or v > 0) for v in self.params[p])
+                                          for p in ("loc", "scale")):
+            raise ValueError(f"the combined detector needs params loc and scale: {len(COMBINED_PARTS)} finite "
+                             "numbers each, scale > 0")
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         self.threshold_ = None if threshold is None else float(threshold)
@@ -234,9 +248,10 @@ def mine_negatives(word_emb: np.ndarray, text: np.ndarray, keep: float = 0.5) ->
 
 
 def negative_embeddings(extractor, cache_dir: Optional[str | Path] = None,
-                        template: str = NEGATIVE_TEMPLATE) -> np.ndarray:
+                        template: str = NEGATIVE_TEMPLATE, known: Optional[np.ndarray] = None) -> np.ndarray:
     """(M, D) L2-normalized embeddings of the negative words in `template`, encoded once per model: cached in
-    `cache_dir` (if given) under a name keyed by the extractor's identity, the template and the word list."""
+    `cache_dir` (if given) under a name keyed by the extractor's identity, the template and the word list.
+    `known`: the embeddings already at hand (this process encoded them): written to the cache, not encoded."""
     import hashlib
     import json
 
@@ -248,8 +263,11 @@ def negative_embeddings(extractor, cache_dir: Optional[str | Path] = None,
         emb = np.load(path)
         if emb.shape[0] == len(words):
             return emb
-    emb = np.asarray(extractor.encode_texts([template.format(w) for w in words]), np.float32)
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    if known is not None and len(known) == len(words):
+        emb = np.asarray(known, np.float32)
+    else:
+        emb = np.asarray(extractor.encode_texts([template.format(w) for w in words]), np.float32)
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     if path is not None:
         import io
 
@@ -307,12 +325,13 @@ _NEGATIVES: dict[str, np.ndarray] = {}  # identity -> negative-word embeddings, 
 
 def with_zeroshot_default(head, extractor, cache_dir: Optional[str | Path] = None):
     """A zero-shot head without a detector gets `zeroshot_default` (MCM, threshold from the negative words'
-    text-to-text scores); other heads, and zero-shot heads that carry a detector, are returned as they are."""
+    text-to-text scores); other heads, and zero-shot heads that carry a detector, are returned as they are.
+    The words are encoded once per process and model, and with `cache_dir` once per model (kept on disk)."""
     if getattr(head, "kind", None) != "zeroshot" or detector_of(head) is not None:
         return head
     import json
 
     key = json.dumps(extractor.identity.to_dict(), sort_keys=True, default=str)
-    if key not in _NEGATIVES:
-        _NEGATIVES[key] = negative_embeddings(extractor, cache_dir)
+    if key not in _NEGATIVES or cache_dir is not None:  # the disk cache is read (or filled) when there is one
+        _NEGATIVES[key] = negative_embeddings(extractor, cache_dir, known=_NEGATIVES.get(key))
     return with_detector(head, zeroshot_default(head.coef_, _NEGATIVES[key]))

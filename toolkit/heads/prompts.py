@@ -176,3 +176,50 @@ def template_set_name(spec: Optional[str]) -> str:
     if spec is None:
         return "none"
     return spec if spec in BUILTIN_TEMPLATE_SETS else Path(spec).stem
+
+
+DEFAULT_NEGATIVE = "something else"  # a multi-label class's negative prompt when none is given
+
+
+def load_negatives(path: str | Path, classes: Sequence[str]) -> dict[str, str]:
+    """{class: negative prompt} for every class, from a multi-label negatives file: one `class | negative` line
+    per class ('#' starts a comment), `* | negative` for every class not named (default DEFAULT_NEGATIVE).
+    The negative goes into the same templates as the class name ("a photo of a person holding a dumbbell."
+    against "a photo of a person."). ConfigError, one line naming the line and the fix, for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"negatives file '{path}' not found; pass a text file of 'class | negative prompt' lines")
+    by_fold = {c.casefold(): c for c in classes}
+    out: dict[str, str] = {}
+    default = DEFAULT_NEGATIVE
+    for n, raw in enumerate(_read_raw_lines(p), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"line {n} of negatives file '{path}'"
+        if line.count("|") != 1:
+            raise ConfigError(f"{where} is {_short(line)!r}; write one 'class | negative prompt' per line "
+                              "('* | text' for every other class)")
+        name, text = (part.strip() for part in line.split("|"))
+        if not text or invisible(text):
+            raise ConfigError(f"{where} gives class {name!r} an empty or invisible negative; write the text after '|'")
+        if name == "*":
+            default = text
+            continue
+        if name.casefold() not in by_fold:
+            guess = difflib.get_close_matches(name, list(classes), n=1)
+            hint = f"did you mean '{guess[0]}'? " if guess else ""
+            raise ConfigError(f"{where} names {name!r}, which is not a class; {hint}the classes are "
+                              f"{', '.join(classes)}")
+        cls = by_fold[name.casefold()]
+        if cls in out:
+            raise ConfigError(f"{where} gives class '{cls}' a second negative; keep one line per class")
+        out[cls] = text
+    return {c: out.get(c, default) for c in classes}
+
+
+def _read_raw_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"can't read '{path}' ({e.__class__.__name__}); pass a UTF-8 text file") from None

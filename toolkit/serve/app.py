@@ -120,7 +120,10 @@ def _build(cfg: Config, head: Optional[str]):
         from toolkit.tracking.adapter import fetch_head
 
         head = fetch_head(head, cfg.tracking)
-    predictor = build_predictor(cfg, head=head, open_extractor=_open_extractor)
+    from toolkit.runtime import cache_root
+
+    predictor = build_predictor(cfg, head=head, open_extractor=_open_extractor,
+                                cache_dir=cache_root() / "negatives")  # the default detector's words, once per model
     predictor.predict_images([Image.new("RGB", (64, 64))])
     return predictor
 

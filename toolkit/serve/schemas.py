@@ -45,6 +45,10 @@ class PredictResponse(BaseModel):
     labels: list[str] = Field(description="The labels scored, in order")
     reject_below: Optional[float] = Field(None, description="The \"none of these\" threshold applied (the "
                                           "request's reject_below, else the head's); null: nothing is rejected")
+    unfamiliar: Optional[dict[str, Any]] = Field(None, description="The out-of-set detector applied, in brief: "
+                                                 "{detector, threshold, rule} (rule zeroshot_default: the default "
+                                                 "for labels without images); null: none, nothing is rejected as "
+                                                 "unfamiliar")
     results: list[ImageResult] = Field(description="One per uploaded file, in upload order")
 
 

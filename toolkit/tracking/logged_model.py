@@ -10,6 +10,9 @@ ModelConfig as JSON) and, for local models, `model_config` (open_clip JSON) and 
     # -> DataFrame: label (null when rejected), score, rejected (below the head's "none of these" threshold),
     #    reason ("unfamiliar": the out-of-set detector; "low_confidence": under the threshold; null if accepted),
     #    then one probability column per class (rows sum to 1)
+    # A multi-label head adds "labels" after "label": the list of every class at or above its own threshold
+    # (possibly empty; "label" is the best of them, null when none); its class columns are independent
+    # probabilities (rows need not sum to 1).
 """
 import base64
 import binascii
@@ -66,9 +69,12 @@ class ClipkitHead(mlflow.pyfunc.PythonModel):
         images = [_image(v, i) for i, v in enumerate(column)]
         rows = self.predictor.predict_images(images)  # through Predictor.proba, as the CLI and the server
         classes = self.predictor.labels
-        return pd.DataFrame([{"label": r["label"], "score": r["score"], "rejected": bool(r["rejected"]),
-                              "reason": r.get("reason"), **{c: r["scores"][c] for c in classes}} for r in rows],
-                            columns=["label", "score", "rejected", "reason", *classes])
+        multi = getattr(self.predictor.head, "multi_label", False)  # + "labels": every class over its threshold
+        extra = ["labels"] if multi else []
+        return pd.DataFrame([{"label": r["label"], **({"labels": list(r["labels"])} if multi else {}),
+                              "score": r["score"], "rejected": bool(r["rejected"]), "reason": r.get("reason"),
+                              **{c: r["scores"][c] for c in classes}} for r in rows],
+                            columns=["label", *extra, "score", "rejected", "reason", *classes])
 
 
 mlflow.models.set_model(ClipkitHead())

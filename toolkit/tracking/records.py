@@ -66,6 +66,8 @@ class PromptRun:
         from toolkit.evaluation import plots
         from toolkit.evaluation.metrics import confusion_csv, reliability_panels
 
+        if getattr(ev, "multi_label", False):
+            return self._log_multilabel(ev)
         r, m = self.run, ev.metrics
         r.params({"eval_split": ev.split, "n_images": len(ev.y_true)})
         r.tags({"eval_split": ev.split, "split_digest": split_digest(ev.paths)})
@@ -83,6 +85,18 @@ class PromptRun:
             if panels:
                 r.file(plots.reliability_png(panels, Path(tmp) / "reliability.png", f"calibration on {ev.split}, "
                                              "before and after temperature scaling (fitted on val)"))
+
+
+    def _log_multilabel(self, ev) -> None:
+        """A multi-label prompt set (fitting.multilabel_eval.MultiLabelEval): mAP, micro/macro F1, ECE, per-class
+        AP and threshold, recall/<class> (as single-label runs), and predictions.csv."""
+        r = self.run
+        r.params({"eval_split": ev.split, "n_images": len(ev.paths), "multi_label": True,
+                  "negatives": list(getattr(ev.head, "negatives", []))})
+        r.tags({"eval_split": ev.split, "split_digest": split_digest(ev.paths)})
+        r.evaluation(ev.metrics)
+        r.metrics(ev.scalar_metrics())
+        r.text(ev.predictions_csv(), "predictions.csv")
 
 
 class ProbeRun:

@@ -322,12 +322,21 @@ def summarize(predictor, vcfg: VideoConfig, classes: list[str], idx: np.ndarray,
                      min_segment_s=vcfg.min_segment_s, repetitive=vcfg.repetitive,
                      rest_of=rest_map(vcfg, classes), rest_gap_s=vcfg.rest_gap_s, rep_window=vcfg.rep_window,
                      rep_high=vcfg.rep_high, rep_low=vcfg.rep_low, end_s=end_s, unfamiliar=stats.get("unfamiliar"))
+    multi = getattr(predictor.head, "multi_label", False)
+    if multi:  # reps per repetitive label from its own series (video/multilabel.py), not from the argmax labels
+        from toolkit.video.multilabel import label_reps
+
+        events = label_reps(probs, classes, predictor.head.thresholds_, vcfg.repetitive, vcfg.rep_window,
+                            vcfg.rep_high, vcfg.rep_low)
+        result.update(rep_events=events, reps={k: len(v) for k, v in events.items()})
+        for seg in result["segments"]:
+            seg.pop("reps", None)  # argmax segments mean little here: label_segments carry the reps
     doc = build_document(predictor, info, stats, vcfg, classes, idx, times, probs, result, threshold)
-    if getattr(predictor.head, "multi_label", False):  # each label its own smoothed on/off segments
+    if multi:  # each label its own smoothed on/off segments
         from toolkit.video.multilabel import label_segments
 
         doc["label_segments"] = label_segments(result["smoothed"], times, classes, predictor.head.thresholds_,
-                                               vcfg.min_segment_s, end_s)
+                                               vcfg.min_segment_s, end_s, result["rep_events"])
     return doc
 
 
