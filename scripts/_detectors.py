@@ -58,7 +58,8 @@ def refresh(old: dict, shared: dict) -> dict:
     """A head's detectors document with the head-independent figures of `shared` (detector_eval(None, ...)) and
     its own logit-score rows (energy, max logit, msp) kept from `old`: what rerunning detector_eval with the same
     head gives, without fitting the head again (its logit scores don't change with the feature and text ones)."""
-    own = {part: {n: v for n, v in old[part].items() if n.split("(")[0] in LOGIT_SCORES} for part in ("test", "heldout")}
+    own = {part: {n: v for n, v in old[part].items() if n.split("(")[0] in LOGIT_SCORES}
+           for part in ("test", "heldout")}
     heldout = {**shared["heldout"], **own["heldout"]}
     return {**shared, "test": {**shared["test"], **own["test"]}, "heldout": heldout,
             "pick_any": max(heldout, key=heldout.get)}

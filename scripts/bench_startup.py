@@ -4,6 +4,7 @@ Hugging Face cache) with a label set seen before and with new labels, and 64 ima
 (ONNX Runtime, encoder/fast.py) side by side with the torch path (`--engine torch`), alternating run by run.
 
     .venv/bin/python scripts/bench_startup.py --runs 5 --out out/bench/startup.json
+    .venv/bin/python scripts/bench_startup.py --sessions-only --runs 5   # ONNX Runtime's session alone
 
 Each case runs `--runs` times per side (min and median reported). The fast path's one-time preparation (the
 ONNX export, "preparing the fast path ... (once)") is done before timing and reported on its own. Everything
@@ -129,12 +130,16 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
 @click.option("--images", type=int, default=64, show_default=True, help="Images in the many-images case.")
 @click.option("--vit/--no-vit", default=True, show_default=True, help="Include ViT-B-32 (random weights).")
 @click.option("--serve-only", is_flag=True, help="Only the time until `clipkit serve` (demo model) is ready.")
+@click.option("--sessions-only", is_flag=True, help="Only the time until ONNX Runtime's image session is ready "
+              "(ViT-B-32): the exported graph optimized at every load vs the graph saved optimized, run as it is.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
-def main(runs: int, images: int, vit: bool, serve_only: bool, out: str | None) -> None:
+def main(runs: int, images: int, vit: bool, serve_only: bool, sessions_only: bool, out: str | None) -> None:
     import shutil
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     try:
+        if sessions_only:
+            return bench_sessions(tmp, runs, out)
         run_cases(tmp, runs, images, vit, serve_only, out)
     finally:  # the ONNX exports of ViT-B-32 and its weights: ~1.2 GB
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,6 +215,51 @@ def markdown(doc: dict) -> str:
                 f"{doc['runs']} runs per case and side, {doc['cpus']} CPUs; load average after: "
                 f"{doc['load_average_after']}.")
     return "\n".join(rows)
+
+
+SESSION = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from toolkit.encoder.onnx import OnnxImageEncoder
+import numpy as np
+t1 = time.perf_counter()
+enc = OnnxImageEncoder(sys.argv[1], optimized=sys.argv[2] == "saved")
+t2 = time.perf_counter()
+enc.encode_batch(np.zeros((1, 3, 224, 224), np.float32))
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "session": t2 - t1, "first_image": t3 - t2,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_sessions(tmp: Path, runs: int, out: str | None) -> None:
+    """ViT-B-32's image tower (random weights): seconds until the ONNX Runtime session is ready, and the first
+    image, in a fresh process, for the graph as exported (optimized at level ALL on every load, as before) and
+    as encoder/onnx.save_optimized writes it once (loaded without optimizing), alternating run by run."""
+    raw, saved = tmp / "raw.onnx", tmp / "saved" / "image.onnx"
+    subprocess.run(CLIPKIT + ["export-onnx", "--model", "ViT-B-32", "--pretrained", "none", "--out", str(raw),
+                              "--no-check"], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", "import sys; from toolkit.encoder.onnx import save_optimized; "
+                    "save_optimized(sys.argv[1], sys.argv[2])", str(raw), str(saved)], check=True, cwd=ROOT)
+    sides: dict[str, list] = {"exported": [], "saved": []}
+    load = os.getloadavg()[0]
+    for _ in range(runs):
+        for side, path in (("exported", raw), ("saved", saved)):
+            proc = subprocess.run([sys.executable, "-c", SESSION, str(path), side], check=True, capture_output=True,
+                                  text=True, cwd=ROOT)
+            sides[side].append(json.loads(proc.stdout.splitlines()[-1]))
+    doc = {side: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]} for side, rs in sides.items()}
+    doc.update(runs=runs, load_before=round(load, 2), load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+    e, v = doc["exported"], doc["saved"]
+    print(json.dumps(doc, indent=2))
+    print(f"| graph | session ready | first image | peak RSS |\n|---|---|---|---|\n"
+          f"| as exported, optimized at every load | {e['session']:.2f} s | {e['first_image']:.2f} s | "
+          f"{e['rss_mb']:.0f} MB |\n| saved optimized, run as it is | {v['session']:.2f} s | {v['first_image']:.2f} s "
+          f"| {v['rss_mb']:.0f} MB |\n\nmedians of {runs} runs per side, alternating; session {e['session'] / v['session']:.1f}x "
+          f"sooner; load average {load:.1f} before, {doc['load_after']} after.")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=2))
 
 
 def bench_serve(tmp: Path, env: dict[str, str], runs: int, out: str | None) -> None:

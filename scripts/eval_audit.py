@@ -198,7 +198,8 @@ def report(res: dict, args) -> str:
             def m(key: str, pct: bool = False) -> str:
                 v = np.array([r[key] for r in runs]) * (1 if pct else 1.0)
                 return f"{v.mean():.2f} +- {v.std():.2f}" if not pct else f"{v.mean():.1f}"
-            rows.append([mode, f"{100 * rate:.0f}%", f"{runs[0]['flips']}", f"{np.mean([r['flagged'] for r in runs]):.0f}",
+            rows.append([mode, f"{100 * rate:.0f}%", f"{runs[0]['flips']}",
+                         f"{np.mean([r['flagged'] for r in runs]):.0f}",
                          f"{np.mean([r['estimated'] for r in runs]):.0f}", m("precision"), m("recall"),
                          m("topk_precision"), m("ceiling"), m("acc_clean", True), m("acc_noisy", True),
                          m("acc_cleaned", True)])
@@ -221,7 +222,7 @@ def report(res: dict, args) -> str:
         "count of label errors (the calibrated confident joint off its diagonal, `estimated_errors` in the audit's "
         "summary); top-k precision: the share of flips among the k highest-ranked rows, k = the number of flips "
         "(precision = recall when the count is known); top-k, clean head: the same ranking by held-out heads "
-        "fitted on the clean labels, which the flips cannot have misled: a ceiling for any ranking on these "
+        "fitted on the clean labels, which the flips cannot have misled: the limit of a linear head on these "
         "features. Accuracy: test accuracy (%) of logistic regression on the clean labels, the noisy labels, and "
         f"the noisy labels with the flagged rows dropped. Features in {res['load_s']:.0f} s, the flip runs in "
         f"{res['flip_s']:.0f} s; {machine_note()} (the machine was shared with other jobs).", "",
@@ -235,8 +236,8 @@ def report(res: dict, args) -> str:
                "top-k, head + kNN + zero-shot"], variant_rows), "",
         f"- Goal at 10% uniform flips, precision and recall both >= 0.7: precision {p10:.2f}, recall {r10:.2f}: "
         + ("met." if p10 >= 0.7 and r10 >= 0.7 else
-           f"not met, and not reachable on this suite's features: even the clean-label head puts only "
-           f"{c10:.0%} flips among its top {k10} rows, so no flagged set of the right size reaches 0.7 on both "
+           f"not met, and out of reach of a linear head on these features: even the clean-label head puts only "
+           f"{c10:.0%} flips among its top {k10} rows, so no flagged set it ranks reaches 0.7 on both "
            "(the head is right on about two images in three: every clean image it gets wrong with confidence "
            "looks like a flip, and confident learning's own count of errors is several times the planted one). "
            "Flagging the estimated count (prune by noise rate) trades precision for recall, the kNN vote moves "

@@ -341,19 +341,27 @@ def markdown(res: dict, args, timings: dict) -> str:
              f"seeds {', '.join(map(str, args.seeds))} (the K-shot draw and the fitting seed; val and test stay "
              f"fixed, so the std is the training's share of the noise, not the split's). Target precision "
              f"{args.target_precision:g}. Generated in {timings['generate_s']:.0f} s, encoded in "
-             f"{timings['extract_s']:.0f} s, total {timings['total_s']:.0f} s; {res.get('machine') or machine_note()}.", "",
+             f"{timings['extract_s']:.0f} s, total {timings['total_s']:.0f} s; "
+             f"{res.get('machine') or machine_note()}.", "",
              "**Calibration on the known test split** (T: the fitted temperature; accuracy doesn't change with T):",
              "", calibration_table(res), "", "**Open set** (known test + unknown images):", "", openset_table(res), "",
              f"**Which unknowns get through** ({setting_name(first)}, calibrated, share rejected in %):", "",
              unknowns_table(res, first), "", "Read from the means above (computed by the script):", ""]
     lines += [f"- {line}" for line in notes(res)]
     if any(r.get("detectors") for runs in res["runs"].values() for r in runs[0].values()):
+        refreshed = res.get("refreshed")
+        if refreshed:  # the detector figures are newer than the heads' ones: say how they were made
+            lines += ["", "The out-of-set figures below were brought up to date without fitting the heads again (their "
+                      "calibration figures above and their logit-score rows, energy, max logit and msp, are the run "
+                      "above's; everything from features and text, and so every pick, is recomputed; "
+                      f"{refreshed['machine']}, a machine shared with other jobs, so no timings):", "", "```",
+                      " ".join([".venv/bin/python scripts/eval_openset.py", *refreshed["command"][1:]]), "```"]
         lines += ["", DETECTORS_INTRO, "", "**The held-out-class pick per head** (test figures; the threshold is the "
                   "one saved with the head):", "", picks_table(res), "",
-                  "**Every detector** (kNN, Mahalanobis, combined, MCM and NegLabel use only features and text, so one row "
-                  "serves every head; picked, bold: how many (head, seed) held-out-class selections picked it among "
-                  "the kNN and combined settings, the default; best held out: how often it had the best held-out-class AUROC of "
-                  "all detectors, the pick if every kind were allowed):", "",
+                  "**Every detector** (kNN, Mahalanobis, combined, MCM and NegLabel use only features and text, so "
+                  "one row serves every head; picked, bold: how many (head, seed) held-out-class selections picked it "
+                  "among the kNN and combined settings, the default; best held out: how often it had the best "
+                  "held-out-class AUROC of all detectors, the pick if every kind were allowed):", "",
                   detectors_table(res), "",
                   f"**Which unknowns the pick still passes** ({setting_name(first)}, share rejected at the saved "
                   "threshold, %):", "", unknowns_by_detector(res, first, list(res["runs"][first][0])), "",

@@ -19,7 +19,7 @@ from PIL import Image
 
 from toolkit.errors import DataError
 from toolkit.labeling import suggest
-from toolkit.labeling.audit import audit, label_issues, near_duplicates
+from toolkit.labeling.audit import audit, estimated_errors, label_issues, near_duplicates
 from toolkit.labeling.model import choose_c
 from toolkit.labeling.session import NONE, SKIP, LabelSession, SessionLocked
 
@@ -110,6 +110,16 @@ def test_margin_picks_the_least_sure_rows_and_keeps_them_diverse():
     assert set(picks) <= set(unsure) and {int(y[p]) for p in picks} == {0, 1}  # one per cluster, not both from one
 
 
+def test_margin_diversity_never_takes_a_sure_row_over_an_unsure_one():
+    X, y = blobs(30, 3)
+    proba = np.tile([0.9, 0.05, 0.05], (len(X), 1))
+    proba[30:60] = [0.6, 0.4, 0.0]  # cluster 1: fairly sure throughout
+    unsure = [5, 6, 7, 8, 9, 10]  # cluster 0: six near-ties
+    proba[unsure] = [[0.5 - e, 0.5 + e, 0.0] for e in (0.005, 0.01, 0.015, 0.02, 0.025, 0.03)]
+    picks = suggest.pick(X, {0: 0, 61: 2}, 2, "margin", proba, seed=0)
+    assert set(picks) <= set(unsure)  # spread among the 3 x budget least sure rows, not into cluster 1
+
+
 def test_auto_moves_from_typical_to_margin_and_random_is_seeded():
     X, y = blobs(10, 3)
     assert suggest.auto_strategy({}, 3) == "typical"
@@ -130,10 +140,13 @@ def test_confident_learning_finds_planted_flips():
     flipped = rng.choice(len(y), 12, replace=False)  # 10%
     noisy = y.copy()
     noisy[flipped] = (y[flipped] + rng.integers(1, 4, len(flipped))) % 4
-    ranked, suggested, _ = label_issues(choose_c(X, noisy, 4, grid=(0.3, 3.0, 30.0))[1], noisy)
+    proba = choose_c(X, noisy, 4, grid=(0.3, 3.0, 30.0))[1]
+    ranked, suggested, _ = label_issues(proba, noisy)
     hits = np.isin(ranked, flipped).sum()
     assert hits / len(ranked) >= 0.8 and hits / len(flipped) >= 0.8
     assert (suggested[flipped] == y[flipped]).mean() >= 0.8  # and says what the label should have been
+    assert 9 <= estimated_errors(proba, noisy) <= 16  # confident learning's count of the 12 flips
+    assert estimated_errors(np.eye(4)[noisy] * 0.9 + 0.025, noisy) == 0  # a head agreeing with every label
 
 
 def test_near_duplicates_find_reencoded_resized_and_cropped_copies_and_no_false_pair(images, tiny_extractor,
@@ -284,9 +297,13 @@ def test_suggest_and_audit_commands(store, images, model_yaml, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["summary"]["labelled"] == 24 and rep["summary"]["rows"] == 24
+    assert isinstance(rep["summary"]["estimated_errors"], int)
     assert {"audit.json", "issues.csv", "duplicates.csv", "outliers.csv", "contact_sheet.png"} <= \
         {p.name for p in sheet_dir.iterdir()}
     assert Image.open(sheet_dir / "contact_sheet.png").size[0] > 100
+    r = runner.invoke(main, ["audit", str(manifest), "--config", str(model_yaml), "--store", str(tmp_path / "st"),
+                             "--no-track", "--folds", "3"])  # the table: the estimate beside the flagged count
+    assert r.exit_code == 0 and f"estimates {rep['summary']['estimated_errors']} mislabelled rows" in r.output
 
 
 def label_process(store, model_yaml, out: Path, port: int) -> subprocess.Popen:

@@ -112,24 +112,19 @@ def test_the_coarse_grid_stops_once_val_accuracy_has_clearly_peaked():
     assert not _peaked([0.25, 0.25, 0.25, 0.25], 400) and not _peaked([0.25, 0.26, 0.25, 0.25], 400)
 
 
-def test_small_cs_take_the_first_order_solution_and_large_data_sweeps_on_a_subset():
+def test_small_cs_take_the_first_order_solution_and_large_data_sweeps_on_a_subset(monkeypatch):
     """Cs whose logits would stay tiny predict alike: not fitted (0 iterations). Past SWEEP_SAMPLES training
     rows C is chosen on a fixed subset, and the final fit still uses every row."""
     import toolkit.fitting.logreg as logreg
 
-    xtr, ytr, xva, yva, xte, yte = (a for pair in (synthetic(1500, 32, 3, 3.0, seed=5),) for a in
-                                    (pair[0][:1000], pair[1][:1000], pair[0][1000:1300], pair[1][1000:1300],
-                                     pair[0][1300:], pair[1][1300:]))
+    x, y = synthetic(1500, 32, 3, 3.0, seed=5)
+    xtr, ytr, xva, yva, xte = x[:1000], y[:1000], x[1000:1300], y[1000:1300], x[1300:]
     grid = log_grid(1e-6, 1e2, 9)
     full = sweep_c(xtr, ytr, xva, yva, grid)
     assert full.params["sweep_rows"] == 1000 and full.sweep[0]["n_iter"] == 0 and full.sweep[-1]["value"] > 1e-3
     assert all(r["n_iter"] > 0 for r in full.sweep if r["value"] >= 1e-2)
-    default = logreg.SWEEP_SAMPLES
-    try:
-        logreg.SWEEP_SAMPLES = 400
-        sub = sweep_c(xtr, ytr, xva, yva, grid, refit=False, final_tol=TIGHT_TOL)
-    finally:
-        logreg.SWEEP_SAMPLES = default
+    monkeypatch.setattr(logreg, "SWEEP_SAMPLES", 400)  # the 20,000 of real use, scaled to a small test
+    sub = sweep_c(xtr, ytr, xva, yva, grid, refit=False, final_tol=TIGHT_TOL)
     assert sub.params["sweep_rows"] == 400
     cold = fit_fixed_c(xtr, ytr, sub.params["C"], tol=TIGHT_TOL)  # the final weights: all 1000 rows at that C
     np.testing.assert_allclose(proba(sub, xte), proba(cold, xte), atol=1e-3)

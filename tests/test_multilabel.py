@@ -389,8 +389,9 @@ def test_multilabel_eval_prompts_and_evaluate_are_logged_and_agree(ml_cli):
     kept_map = next(x["metrics"]["mAP"] for x in doc["results"] if x["prompt_set"] == kept)
     assert json.loads(r.stdout)["mAP"] == pytest.approx(kept_map)
     # a multi-label head on single-label data, and a single-label option on multi-label data: one line each
-    (d / "single.csv").write_text("path,label\n" + "".join(f"{p},cat\n" for p in
-                                                           sorted((d / "d" / "images" / "test").iterdir())[:2]))
+    images = sorted((d / "d" / "images" / "test").iterdir())[:6]
+    (d / "single.csv").write_text("path,label,split\n" + "".join(
+        f"{p},{('cat', 'dog')[i % 2]},{('train', 'val', 'test')[i // 2]}\n" for i, p in enumerate(images)))
     r = CliRunner().invoke(main, ["evaluate", str(d / "single.csv"), "--head", str(d / "h"), "--device", "cpu"])
     assert r.exit_code == 2 and "the head is multi-label" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(main, ["evaluate", str(d / "s"), "--head", str(d / "h"), "--reject-below", "0.5"])

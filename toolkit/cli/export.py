@@ -23,8 +23,8 @@ def export_onnx(config_path: Optional[str], out: str, opset: int, check: bool, t
     """Export the model's image tower to ONNX: (n, 3, H, W) preprocessed images -> (n, D) L2-normalized
     embeddings, with a dynamic batch axis and the extractor identity in the model metadata.
 
-    The export is always fp32 (--precision is ignored). Measured against eager PyTorch in BENCHMARKS.md,
-    ONNX Runtime did not win on CPU, so clipkit itself keeps using PyTorch; the file is for deployments
+    The export is always fp32 (--precision is ignored). clipkit's own fast path (`predict`, `predict-video`
+    and `serve` with engine auto) prepares and caches both towers by itself; this file is for deployments
     that run ONNX Runtime elsewhere.
 
     \b

@@ -295,7 +295,9 @@ def audit(data: str, out: Optional[str], store_dir: Optional[str], folds: int, d
                               ("near-duplicates", report.duplicates, DUP_COLUMNS),
                               ("outliers", report.outliers, OUTLIER_COLUMNS)):
         if fmt == "table":
-            click.echo(f"{title}: {len(rows)}" + (f" (top {top})" if len(rows) > top else ""))
+            est = report.summary.get("estimated_errors") if rows is report.issues else None
+            click.echo(f"{title}: {len(rows)}" + (f" (top {top})" if len(rows) > top else "")
+                       + ("" if est is None else f"; confident learning estimates {est} mislabelled rows"))
         if rows or fmt == "csv":
             click.echo(_render(rows[:top] if fmt == "table" else rows, cols, fmt))
         click.echo("")
@@ -309,7 +311,8 @@ def _track(cfg, name: str, report, out: Optional[str]) -> None:
     s = report.summary
     with tracked_run(cfg, name, "audit", "audit") as run:
         run.params({k: s[k] for k in ("folds", "dup_threshold", "outlier_z", "rows", "labelled")})
-        run.metrics({k: s[k] for k in ("label_issues", "duplicate_pairs", "leaking_pairs", "outliers")})
+        run.metrics({k: s[k] for k in ("label_issues", "estimated_errors", "duplicate_pairs", "leaking_pairs",
+                                       "outliers") if k in s})
         if out:
             run.folder(out, "audit")
         else:

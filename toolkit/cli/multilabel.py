@@ -237,6 +237,10 @@ def evaluate_multilabel_data(data: str, head_spec: Optional[str], split: str, cf
     if head is not None and not getattr(head, "multi_label", False):
         raise ConfigError(f"head '{head_spec}' is single-label (one class per image), but DATA is multi-label; "
                           "train a multi-label head on DATA with `clipkit train-probe`")
+    if head is not None:  # the head's model, unless one was given
+        from toolkit.identity import adopt_model
+
+        cfg = adopt_model(cfg, head.identity, f"head '{head_spec}'")
     store, extractor, _ = store_and_extractor(data, cfg, cache_root() / "stores", None, progress)
     if head is None:
         ev = score_prompts(multilabel_zeroshot(extractor, store.classes, cfg.prompts), store, split,

@@ -2,7 +2,8 @@
 
 A cold `clipkit predict` used to spend 5-9 s importing torch and open_clip for a few milliseconds of model
 work. Here the model's image and text towers are exported to ONNX once, the first time a model is used
-(`prepare`, which needs torch that one time and says so on stderr), into clipkit's cache:
+(`prepare`, which needs torch that one time and says so on stderr, a progress line per tower; that run
+then answers through the new graphs, filling the prompt cache), into clipkit's cache:
 
     <cache_root>/fast/<identity hash>/   image.onnx + image.data, text.onnx + text.data (the graphs as ONNX
                                          Runtime optimized them, weights beside them: a run loads them without
@@ -254,29 +255,16 @@ def _write_entry(extractor: Any, meta: dict[str, Any], root: Path, notify: Calla
 
 
 def _build_tower(extractor: Any, folder: Path, tower: str, notify: Callable[[str], None]) -> float:
-    """Export one tower to `folder`/<tower>.onnx as ONNX Runtime optimized it (its weights in <tower>.data),
-    check it against torch, and return the max |diff|; ModelError past 1e-4."""
-    from toolkit.encoder import onnx as graphs
+    """One tower into `folder` as ONNX Runtime optimized it, checked against torch: max |diff|, ModelError past
+    1e-4, and a progress line."""
+    from toolkit.encoder.onnx import export_optimized
 
-    t0 = time.perf_counter()
-    raw = folder / f"{tower}.raw.onnx"
     out = folder / (IMAGE if tower == "image" else TEXT)
-    if tower == "image":
-        graphs.export_image_encoder(extractor, raw)
-    else:
-        graphs.export_text_encoder(extractor, raw)
-    t1 = time.perf_counter()
-    graphs.save_optimized(raw, out)
-    raw.unlink()
-    if tower == "image":
-        err = graphs.parity(extractor, graphs.OnnxImageEncoder(out, optimized=True))
-    else:
-        texts = [t.strip() or "a" for t in TOKENIZER_PROBES[:5]]
-        err = graphs.text_parity(extractor, graphs.OnnxTextEncoder(out, optimized=True), texts)
+    err, t_export, t_check = export_optimized(extractor, tower, out, [t.strip() or "a" for t in TOKENIZER_PROBES[:5]])
     if not err < 1e-4:
         raise ModelError(f"the ONNX {tower} graph differs from torch by {err:.1e} (max |diff|)")
-    notify(f"  {tower} tower: exported in {t1 - t0:.0f} s, optimized and checked against torch in "
-           f"{time.perf_counter() - t1:.0f} s (max |diff| {err:.0e})")
+    notify(f"  {tower} tower: exported in {t_export:.0f} s, optimized and checked against torch in {t_check:.0f} s "
+           f"(max |diff| {err:.0e})")
     return err
 
 

@@ -4,13 +4,15 @@ The objective is scikit-learn's `LogisticRegression(C=C)`: the sum of per-sample
 ||W||^2 / (2C), intercept not penalised. It is minimised divided by n (the same minimiser, and a gradient
 whose size doesn't grow with n, so one tolerance fits every data size). Two classes are fitted as two softmax
 rows; scikit-learn fits one logistic row w with ||w||^2 / (2C), and since the softmax rows come out as -w/2,
-+w/2 the same solution needs the softmax penalty at C/2. torch.optim.LBFGS with a strong-Wolfe line search
-over float32 weights and features (the loss alone is summed in float64), on the GPU when there is one.
++w/2 the same solution needs the softmax penalty at C/2. Float32 weights and features (the loss alone is
+summed in float64), on the GPU when there is one.
 
-`fit_fixed_c` fits one C; `sweep_c` picks C as the CLIP paper does (a log-spaced grid on val, refinement
-rounds that halve the log step around the best, a refit on train + val), each fit warm-started from the
-solution at the nearest smaller C. torch is imported inside the functions, so importing this module costs
-numpy only.
+`fit_fixed_c` fits one C (torch.optim.LBFGS, strong-Wolfe line search); `sweep_c` picks C as the CLIP paper
+does (a log-spaced grid on val, refinement rounds that halve the log step around the best, a refit on
+train + val). Its fits share one L-BFGS memory along the path (toolkit.fitting.lbfgs): each C starts from
+the nearest smaller C's weights and curvature pairs, so it costs a few evaluations, not a fit from scratch.
+The whole sweep costs about what scikit-learn spends on one default fit (scripts/bench_probe.py --grid,
+BENCHMARKS.md). torch is imported inside the functions, so importing this module costs numpy only.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ SWEEP_DROP = 0.1  # each C of the sweep is fitted until its gradient is a tenth 
 SWEEP_FLOOR = 0.01  # ... or below 0.01 x scale: choosing C needs val accuracy, not the last digits of the weights
 FINAL_RTOL = 0.2  # the weights a sweep returns: min(TOL, 0.2 x scale), never looser than scikit-learn's default
 SWEEP_MAX_ITER = 5  # iterations per C of the coarse grid: val accuracy settles long before the weights do
-REFINE_MAX_ITER = 3  # iterations per C of the refinement rounds, which start from a neighbour's solution
+REFINE_MAX_ITER = 2  # iterations per C of the refinement rounds, which start from a neighbour's solution
 STOP_AFTER = 2  # the coarse grid stops after this many Cs in a row that don't beat the best val accuracy (_peaked)
 SWEEP_SAMPLES = 20_000  # C is chosen on at most this many training rows; the final fit uses all of them
 LINEAR_LOGIT = 1e-2  # Cs whose first-order solution has logits below this are not fitted: they all predict alike
@@ -144,15 +146,6 @@ def _score(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Te
         return correct / len(y), float(nll), logp.exp().cpu().numpy()
 
 
-def gradient_scale(X: "torch.Tensor", y: "torch.Tensor", n_classes: int) -> float:
-    """max |d objective / d W| at W = 0, b = 0: (1/C - one-hot)^T X / n, the scale the sweep's tolerances are
-    relative to. One pass over X."""
-    import torch
-
-    Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
-    return float(torch.mm((1.0 / n_classes - Y).t(), X).div_(X.shape[0]).abs().max())
-
-
 def log_grid(c_min: float, c_max: float, steps: int) -> list[float]:
     """`steps` log-spaced values from c_min to c_max, increasing."""
     return [float(c) for c in np.logspace(np.log10(c_min), np.log10(c_max), steps)]
@@ -165,17 +158,16 @@ def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: 
     """Pick C on the validation split as in the CLIP paper, then fit the final weights at that C.
 
     C is chosen on at most SWEEP_SAMPLES training rows (a fixed random subset when there are more; the final
-    fit uses them all). Every C in `grid` is fitted in increasing order and scored on val, stopping once
-    STOP_AFTER Cs in a row have not beaten the best val accuracy (by more than one val image) and the best is
-    clearly above the smallest C's; then `refine_rounds` rounds try best * 10**(+-step) with the log10 step
+    fit uses them all). Every C in `grid` is fitted in increasing order and scored on val, stopping once val
+    accuracy has peaked (`_peaked`); then `refine_rounds` rounds try best * 10**(+-step) with the log10 step
     (the grid's smallest) halved each round. Each fit starts from the solution at the nearest smaller C tried;
     a C so small that its logits stay below LINEAR_LOGIT gets its first-order solution, unfitted. Ties in val
     accuracy go to the lower val log loss. The final fit, on train + val with `refit` (else train), starts
     from the chosen C's solution and runs to `final_tol`. Each C's fit stops at a SWEEP_DROP of its starting
-    gradient, after SWEEP_MAX_ITER iterations, or at `tol` (default SWEEP_FLOOR x the data's gradient scale at
-    zero weights, `gradient_scale`); `final_tol` defaults to min(TOL, FINAL_RTOL x scale). y are class
-    indices 0..n_classes-1. Returns a FitResult: coef (n_classes, D), intercept (n_classes,), params, the
-    sweep, val proba.
+    gradient, after SWEEP_MAX_ITER iterations (REFINE_MAX_ITER in the refinement rounds), or at `tol` (default
+    SWEEP_FLOOR x the data's gradient scale, max |gradient| at zero weights); `final_tol` defaults to
+    min(TOL, FINAL_RTOL x scale). y are class indices 0..n_classes-1. Returns a FitResult: coef (n_classes, D),
+    intercept (n_classes,), params, the sweep, val proba.
     """
     import torch
 
@@ -196,15 +188,15 @@ def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: 
         if refit:
             X, y = torch.cat([Xt, path.X_val]), torch.cat([yt, path.y_val])
         Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
-        path.qn.restore(path.states.get(best, ([], None, None)))  # the chosen C's memory: the same curvature, nearly
+        path.qn.restore(path.states.get(best, ([], None, None)))  # the chosen C's memory: nearly this curvature
         W, b, final_iter = path.fit(X, Y, *path.solutions[best], best, max_iter, final_tol)
         coef, intercept = W.cpu().numpy(), b.cpu().numpy()
     sweep = [{"param": "C", "value": c, "val_accuracy": a, "val_loss": lo, "n_iter": path.n_iter[c]}
              for c, (a, lo, _) in sorted(path.tried.items())]
     params = {"C": best, "solver": "torch-lbfgs", "device": dev.type, "tol": path.tol, "final_tol": final_tol,
               "max_iter": max_iter, "n_iter": final_iter, "sweep_iter": sum(path.n_iter.values()),
-              "n_evals": path.n_evals,
-              "sweep_rows": len(ys), "n_candidates": len(path.tried), "refit": "train+val" if refit else "none"}
+              "n_evals": path.n_evals, "sweep_rows": len(ys), "n_candidates": len(path.tried),
+              "refit": "train+val" if refit else "none"}
     return FitResult({"coef_": coef, "intercept_": intercept}, params, sweep, path.tried[best][2])
 
 
@@ -249,7 +241,7 @@ class _CPath:
         self.n_iter: dict[float, int] = {}
         self.n_evals = 0
 
-    def trial(self, c: float, iterations: int = SWEEP_MAX_ITER) -> None:
+    def trial(self, c: float, iterations: Optional[int] = None) -> None:
         if c * self.linear_per_c <= LINEAR_LOGIT:  # logits this small: the first-order solution, no fit
             W = self.g0 * (-c * self.X.shape[0] / (2 if self.n_classes == 2 else 1))
             b, self.n_iter[c] = self.b0.clone(), 0
@@ -257,8 +249,8 @@ class _CPath:
             below = [t for t in self.solutions if t < c]
             W, b = self.solutions[max(below)] if below else (self.g0 * 0, self.b0)
             self.qn.restore(self.states.get(max(below) if below else None, ([], None, None)))
-            W, b, self.n_iter[c] = self.fit(self.X, self.Y, W, b, c, min(self.max_iter, iterations), self.tol,
-                                            self.drop)
+            iterations = min(self.max_iter, iterations or SWEEP_MAX_ITER)
+            W, b, self.n_iter[c] = self.fit(self.X, self.Y, W, b, c, iterations, self.tol, self.drop)
             self.states[c] = self.qn.state()
         self.solutions[c] = (W, b)
         self.tried[c] = _score(self.X_val, self.y_val, W, b)
