@@ -77,3 +77,12 @@ def mlflow_template_db(tmp_path_factory) -> Path:
     from tracking_fixtures import empty_store
 
     return empty_store(tmp_path_factory.mktemp("mlflow-template-db"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_config(tmp_path_factory) -> str:
+    """A model-config JSON of another tiny architecture name ('tiny-other'), for "not the store's / head's model"
+    refusals with --pretrained none: built in a second, where a full random RN50 takes tens of seconds."""
+    path = tmp_path_factory.mktemp("other_model") / "tiny-other.json"
+    path.write_text(json.dumps(TINY_CFG))
+    return str(path)

@@ -55,7 +55,8 @@ def test_a_store_classifies_like_its_images(tiny_model, tiny_extractor, image_di
         np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)
 
 
-def test_predict_store_streams_the_same_results_as_the_images(tiny_model, tiny_extractor, image_dir, tmp_path):
+def test_predict_store_streams_the_same_results_as_the_images(tiny_model, tiny_extractor, image_dir, tmp_path,
+                                                             other_tiny_config):
     out = tmp_path / "emb"
     assert CliRunner().invoke(main, ["embed", str(image_dir), "--out", str(out), *_args(tiny_model)]).exit_code == 0
     labels = ["--label", "a red square", "--label", "a blue sky"]
@@ -75,7 +76,7 @@ def test_predict_store_streams_the_same_results_as_the_images(tiny_model, tiny_e
     table = CliRunner().invoke(main, ["predict", "--store", str(out), *labels])
     assert table.exit_code == 0 and len(table.stdout.strip().splitlines()) == len(store) + 1
     # a model that isn't the store's is refused; neither paths nor --store is a usage error
-    other = CliRunner().invoke(main, ["predict", "--store", str(out), *labels, "--model", "RN50",
+    other = CliRunner().invoke(main, ["predict", "--store", str(out), *labels, "--model", other_tiny_config,
                                       "--pretrained", "none", "--device", "cpu"])
     assert other.exit_code == 2 and "holds features of tiny-rn" in other.output
     assert CliRunner().invoke(main, ["predict"]).exit_code == 2

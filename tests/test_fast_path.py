@@ -243,3 +243,17 @@ def test_predict_video_fast_path_equals_the_torch_path(fast, tiny_model, tmp_pat
         np.testing.assert_allclose([g["scores"][c] for c in labels], [w["scores"][c] for c in labels], atol=TOLERANCE)
     assert [s["label"] for s in got["segments"]] == [s["label"] for s in want["segments"]]
     assert TextEmbeddingCache(fast["onnx"].folder / "texts.safetensors").lookup(labels).keys() == set(labels)
+
+
+def test_entries_of_an_older_format_are_removed_when_a_new_one_is_written(tmp_path):
+    from toolkit.encoder.fast import FAST_FORMAT, _drop_old_formats
+
+    for name, fmt in (("old", FAST_FORMAT - 1), ("current", FAST_FORMAT), (".current.tmp-x", FAST_FORMAT - 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(json.dumps({"format": fmt}))
+    (tmp_path / "index").mkdir()
+    (tmp_path / "unreadable").mkdir()  # no meta.json: not ours to judge
+    said = []
+    _drop_old_formats(tmp_path, said.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".current.tmp-x", "current", "index", "unreadable"]
+    assert len(said) == 1 and "old" in said[0]

@@ -35,7 +35,7 @@ def _extractor(cfg_path, ckpt):
                                                     precision="fp32", num_workers=0))
 
 
-def test_a_head_folder_rebuilds_its_model_with_no_flags(moved_model, image_dir, tmp_path):
+def test_a_head_folder_rebuilds_its_model_with_no_flags(moved_model, image_dir, tmp_path, other_tiny_config):
     cfg_path, ckpt = moved_model
     ex = _extractor(cfg_path, ckpt)
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def test_a_head_folder_rebuilds_its_model_with_no_flags(moved_model, image_dir, 
     assert doc["mode"] == "probe" and doc["model"] == "tiny-rn"
     assert [r["label"] for r in doc["results"]] == [r["label"] for r in Predictor(ex, head).predict_paths(paths)]
     # flags naming another model are refused, not silently replaced
-    res = CliRunner().invoke(main, ["predict", paths[0], "--head", str(folder), "--model", "RN50",
+    res = CliRunner().invoke(main, ["predict", paths[0], "--head", str(folder), "--model", other_tiny_config,
                                     "--pretrained", "none"])
     assert res.exit_code != 0 and "head was trained on features of tiny-rn" in res.output
     # the checkpoint moved: one line naming the file and its sha256

@@ -188,7 +188,7 @@ def _write_all(root: Path, examples: Iterable[Example], n_per_class: int, on_ima
     for ex in examples:
         rel = Path(ex.split) / ex.label / f"{ex.index:0{digits}d}.png"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        ex.image.save(root / rel)
+        ex.image.save(root / rel, compress_level=1)  # lossless either way; level 1 writes ~2x faster
         rows.append([rel.as_posix(), ex.split, ex.label, ex.key, ex.caption])
         per_label = summary.setdefault(ex.split, {})
         per_label[ex.label] = per_label.get(ex.label, 0) + 1

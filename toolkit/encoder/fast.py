@@ -251,7 +251,25 @@ def _write_entry(extractor: Any, meta: dict[str, Any], root: Path, notify: Calla
         meta = {**meta, "tokenizer": {**meta["tokenizer"], "vocab": VOCAB},
                 "parity": {"image": err_image, "text": err_text}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
+    _drop_old_formats(root, notify)
     return folder
+
+
+def _drop_old_formats(root: Path, notify: Callable[[str], None]) -> None:
+    """Remove entries an older FAST_FORMAT wrote: no index points at them any more (the format is part of both
+    keys), and a ViT-B-32 entry is ~600 MB. Folders being written (dot names) and unreadable ones are left."""
+    import shutil
+
+    for folder in root.iterdir():
+        if folder.name.startswith(".") or folder.name == "index" or not folder.is_dir():
+            continue
+        try:
+            old = json.loads((folder / META).read_text()).get("format") != FAST_FORMAT
+        except (OSError, ValueError, AttributeError):
+            continue
+        if old:
+            shutil.rmtree(folder, ignore_errors=True)
+            notify(f"  removed {folder.name}, an entry of an older clipkit fast-path format")
 
 
 def _build_tower(extractor: Any, folder: Path, tower: str, notify: Callable[[str], None]) -> float:

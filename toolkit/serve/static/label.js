@@ -87,6 +87,9 @@ async function run(path, body, poll = false) {
   if (!poll) busy = true;
   try {
     const s = await call(path, body);
+    // a background poll brings the refitted head's standing and order, but never swaps the image in front of
+    // the person (a key pressed a moment later would label another image than the one they looked at)
+    if (poll && current && current.item && s.item && s.item.row !== current.item.row) s.item = current.item;
     if (seq >= shown) { shown = seq; render(s); showError(""); }
   } catch (e) {
     showError(e.message);
