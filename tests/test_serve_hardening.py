@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import re
 import select
 import signal
 import socket
@@ -27,6 +26,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from serve_helpers import metric, wait_for
 from toolkit.config import ServeConfig
 from toolkit.serve.batcher import Cancelled, MicroBatcher
 from toolkit.serve.deps import request_cancel_bound, with_deadline
@@ -131,19 +131,6 @@ def status_and_json(raw: bytes) -> tuple[int, dict]:
     head_part, _, body = raw.partition(b"\r\n\r\n")
     status = int(head_part.split(b" ", 2)[1])
     return status, json.loads(body) if body else {}
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def counts(url: str) -> tuple[float, float, float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import struct
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -21,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from serve_helpers import metric, wait_for
 from toolkit.errors import InputError
 from toolkit.serve.batcher import Cancelled
 from toolkit.serve.decode import DecodeBudget, jpeg_scans
@@ -104,21 +104,6 @@ def jpeg(progressive: bool = False, exif: bytes = b"") -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", progressive=progressive, exif=exif)
     return buf.getvalue()
-
-
-def metric(url: str, name: str) -> float:
-    import re
-
-    text = httpx.get(url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def predict(url: str, labels=None, files=None, headers=None, **kw) -> httpx.Response:

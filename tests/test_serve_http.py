@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import signal
 import struct
 import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +23,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from serve_helpers import metric, wait_for
 from toolkit.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -189,11 +188,6 @@ def test_predict_gives_the_same_numbers_as_the_cli(plain, tiny_model, image_dir,
 
 # ---------------------------------------------------------------- concurrency
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
 
 def test_concurrent_requests_are_batched_and_keep_their_own_answers(plain):
     images = [noise_png(s) for s in range(16)]
@@ -232,13 +226,6 @@ def test_api_key_from_the_environment_is_enforced(servers):
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert httpx.get(url + "/v1/info", headers={"X-API-Key": "wrong"}, timeout=10).status_code == 401
     assert httpx.get(url + "/v1/info", headers=KEY, timeout=10).status_code == 200
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager

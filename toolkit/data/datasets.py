@@ -158,16 +158,21 @@ def _read_csv(path: Path) -> tuple[list[str], list[str], Optional[list[str]]]:
     if any(not lb for lb in labels):
         line = labels.index("") + 2
         raise DataError(f"manifest '{path}' line {line} has an empty label; give every row a label")
-    raw = [r.get("split", "") for r in rows]
+    return paths, labels, split_column([r.get("split", "") for r in rows], f"manifest '{path}' line", first=2)
+
+
+def split_column(raw: Sequence[str], where: str, first: int) -> Optional[list[str]]:
+    """A manifest's split column as train/val/test (aliases allowed), or None when every entry is empty (splits
+    are then drawn). `where` names the file and its unit ("manifest 'x.csv' line"), numbered from `first`."""
     if not any(raw):
-        return paths, labels, None
+        return None
     splits = []
-    for line, s in enumerate(raw, start=2):
+    for n, s in enumerate(raw, start=first):
         if s.lower() not in _SPLIT_ALIASES:
-            raise DataError(f"manifest '{path}' line {line} has unknown split '{s}'; use train, val or test "
+            raise DataError(f"{where} {n} has unknown split '{s}'; use train, val or test "
                             "(or leave the whole column empty to draw splits)")
         splits.append(_SPLIT_ALIASES[s.lower()])
-    return paths, labels, splits
+    return splits
 
 
 def _carve(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from toolkit.data.datasets import (_SPLIT_ALIASES, SPLITS, LabelledDataset, listed_paths, load_dataset,
-                                   read_csv_rows)
+from toolkit.data.datasets import (SPLITS, LabelledDataset, listed_paths, load_dataset, read_csv_rows,
+                                   split_column)
 from toolkit.errors import DataError
 
 SEP = "|"  # between the labels of one image, in CSV fields and in a store's label column
@@ -157,16 +157,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _splits(rows: list[dict], path: Path) -> Optional[list[str]]:
-    raw = [r["split"] for r in rows]
-    if not any(raw):
-        return None
-    out = []
-    for n, s in enumerate(raw, start=1):
-        if s.lower() not in _SPLIT_ALIASES:
-            raise DataError(f"'{path}' row {n} has unknown split '{s}'; use train, val or test "
-                            "(or leave every split empty to draw them)")
-        out.append(_SPLIT_ALIASES[s.lower()])
-    return out
+    return split_column([r["split"] for r in rows], f"'{path}' row", first=1)
 
 
 def _draw_splits(n: int, seed: int, val_fraction: float, test_fraction: float) -> list[str]:
