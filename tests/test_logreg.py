@@ -187,3 +187,36 @@ def test_gpu_sweep_matches_cpu(sweep_data):
 def test_importing_the_fitting_modules_does_not_import_torch():
     code = "import sys, toolkit.fitting.probe, toolkit.fitting.logreg; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_offset_features_and_skewed_classes_fit_to_scikit_learns_tolerance():
+    """CLIP features share a large common direction and real classes are unbalanced: the sweep fits re-centred
+    features with a rescaled intercept (both exact changes of variables), and its final weights, mapped back,
+    are the cold fit's at the chosen C and meet the tolerance on the unscaled gradient, as scikit-learn measures it."""
+    x, y = synthetic(2400, 48, 6, noise=3.0, seed=7)
+    common = np.random.default_rng(7).normal(size=48)
+    x = x + 3.0 * common / np.linalg.norm(common)  # cosine ~0.9 between any two images, as CLIP's
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    keep = (y != 0) | (np.arange(len(y)) % 5 == 0)  # class 0 a fifth as frequent
+    x, y = x[keep], y[keep]
+    xtr, ytr, xva, yva, xte = x[:900], y[:900], x[900:1300], y[900:1300], x[1300:]
+    result = sweep_c(xtr, ytr, xva, yva, log_grid(1e-3, 1e3, 7), refit=False)
+    C, n = result.params["C"], len(ytr)
+    W, b = result.coef.astype(np.float64), result.intercept.astype(np.float64)
+    p = softmax(xtr @ W.T + b)
+    residual = p - np.eye(6)[ytr]
+    grad_w, grad_b = residual.T @ xtr / n + W / (C * n), residual.mean(axis=0)
+    assert max(np.abs(grad_w).max(), np.abs(grad_b).max()) <= 1.05 * result.params["final_tol"]
+    cold = fit_fixed_c(xtr, ytr, C, tol=TIGHT_TOL)
+    np.testing.assert_allclose(proba(result, xte), proba(cold, xte), atol=2e-2)
+    assert np.mean(proba(result, xte).argmax(1) != proba(cold, xte).argmax(1)) <= 0.01
+
+
+def test_the_coarse_grid_stops_at_the_first_c_past_the_peak_whose_val_loss_has_clearly_risen():
+    from toolkit.fitting.logreg import _peaked
+
+    accs = [0.25, 0.6, 0.8, 0.795]  # no new best, not clearly below it: one such C alone never stopped the grid
+    assert not _peaked(accs, 400)
+    assert _peaked(accs, 400, [1.3, 1.0, 0.6, 0.9], loss_se=0.02)  # its val loss is 15 standard errors up
+    assert not _peaked(accs, 400, [1.3, 1.0, 0.6, 0.62], loss_se=0.02)  # one standard error: noise
+    assert not _peaked([0.25, 0.6, 0.8], 400, [1.3, 1.0, 1.2], loss_se=0.02)  # a new best accuracy: go on

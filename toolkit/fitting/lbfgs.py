@@ -10,7 +10,7 @@ curvature). Works on one flat float32 tensor on any device; torch is imported by
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
     import torch
@@ -19,6 +19,10 @@ ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO t g.d (scipy's
 BACKTRACKS = 20  # shortenings of the step (each 0.1x-0.5x) before a direction is given up on
 STALL = 1e-8  # float32 logits put ~4e-9 of noise on the (float64-summed) loss: a relative gain below this is none,
 STALLS = 3  # ... and this many such iterations in a row end the fit (the gradient is at float32's floor too)
+
+
+def _max_abs(g: "torch.Tensor") -> float:
+    return float(g.abs().max())
 
 
 class PathLBFGS:
@@ -69,21 +73,24 @@ class PathLBFGS:
         return q
 
     def minimise(self, fg: Callable[["torch.Tensor"], tuple[float, "torch.Tensor"]], theta: "torch.Tensor",
-                 penalty: float, max_iter: int, tol: float, drop: float = 0.0, start=None) -> tuple[int, int]:
+                 penalty: float, max_iter: int, tol: float, drop: float = 0.0, start=None,
+                 size: Optional[Callable[["torch.Tensor"], float]] = None) -> tuple[int, int]:
         """Minimise fg (theta -> (loss, flat gradient)) at `penalty` from theta, in place. `start`: fg(theta), when
-        the caller has it. Stops when max |gradient| is below max(tol, drop x its value at the start), or after
-        max_iter iterations. Returns (iterations, evaluations); `last` holds the end point's (loss, gradient)."""
+        the caller has it. Stops when the gradient's size (`size`, default max |gradient|) is below max(tol, drop x
+        its size at the start), or after max_iter iterations. Returns (iterations, evaluations); `last` holds the
+        end point's (loss, gradient)."""
         self.retarget(penalty)
+        size = size or _max_abs
         f, g = fg(theta) if start is None else start
-        evals, stop = int(start is None), max(tol, drop * float(g.abs().max()))
-        it = self._iterate(fg, theta, f, g, max_iter, stop)
+        evals, stop = int(start is None), max(tol, drop * size(g))
+        it = self._iterate(fg, theta, f, g, max_iter, stop, size)
         return it[0], evals + it[1]
 
-    def _iterate(self, fg, theta, f, g, max_iter: int, stop: float) -> tuple[int, int]:
+    def _iterate(self, fg, theta, f, g, max_iter: int, stop: float, size) -> tuple[int, int]:
         evals = stalled = 0
         self.last = (f, g)
         for it in range(max_iter):
-            if float(g.abs().max()) <= stop:
+            if size(g) <= stop:
                 return it, evals
             d = self.direction(g)
             slope = float(g.dot(d))

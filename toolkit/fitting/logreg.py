@@ -11,8 +11,9 @@ summed in float64), on the GPU when there is one.
 does (a log-spaced grid on val, refinement rounds that halve the log step around the best, a refit on
 train + val). Its fits share one L-BFGS memory along the path (toolkit.fitting.lbfgs): each C starts from
 the nearest smaller C's weights and curvature pairs, so it costs a few evaluations, not a fit from scratch.
-The whole sweep costs about what scikit-learn spends on one default fit (scripts/bench_probe.py --grid,
-BENCHMARKS.md). torch is imported inside the functions, so importing this module costs numpy only.
+It fits re-centred features and an intercept rescaled to the weights' curvature (exact changes of variables:
+the same minimiser, in about half the iterations). The whole sweep costs about what scikit-learn spends on one
+default fit (scripts/bench_probe.py --grid, BENCHMARKS.md). torch is imported inside the functions, so importing this module costs numpy only.
 """
 from __future__ import annotations
 
@@ -179,18 +180,23 @@ def sweep_c(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: 
     dev = resolve_device(device)
     with torch_threads(threads, dev):
         Xt, yt = _tensors(X_train, y_train, dev)
+        Xv, yv = _tensors(X_val, y_val, dev)
+        # fitted on features re-centred on the training mean: logits W (x - mu) + b' are the same model with
+        # b = b' - W mu (the intercept is not penalised), and the intercept no longer pulls against the weights
+        mu = Xt.mean(dim=0)
+        Xt, Xv = Xt - mu, Xv - mu
         rows = _sweep_rows(len(yt))
         Xs, ys = (Xt, yt) if rows is None else (Xt[rows.to(dev)], yt[rows.to(dev)])
-        path = _CPath(Xs, ys, *_tensors(X_val, y_val, dev), n_classes, max_iter, tol, SWEEP_DROP)
+        path = _CPath(Xs, ys, Xv, yv, n_classes, max_iter, tol, SWEEP_DROP)
         final_tol = min(TOL, FINAL_RTOL * path.scale) if final_tol is None else final_tol
-        best = _search(grid, path.tried, path.trial, refine_rounds)
+        best = _search(grid, path.tried, path.trial, refine_rounds, path.loss_se)
         X, y = Xt, yt
         if refit:
             X, y = torch.cat([Xt, path.X_val]), torch.cat([yt, path.y_val])
         Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
         path.qn.restore(path.states.get(best, ([], None, None)))  # the chosen C's memory: nearly this curvature
-        W, b, final_iter = path.fit(X, Y, *path.solutions[best], best, max_iter, final_tol)
-        coef, intercept = W.cpu().numpy(), b.cpu().numpy()
+        W, b, final_iter = path.fit(X, Y, *path.solutions[best], best, max_iter, final_tol, exact=True)
+        coef, intercept = W.cpu().numpy(), (b - W @ mu).cpu().numpy()
     sweep = [{"param": "C", "value": c, "val_accuracy": a, "val_loss": lo, "n_iter": path.n_iter[c]}
              for c, (a, lo, _) in sorted(path.tried.items())]
     params = {"C": best, "solver": "torch-lbfgs", "device": dev.type, "tol": path.tol, "final_tol": final_tol,
@@ -233,12 +239,17 @@ class _CPath:
         x_max = float(X.norm(dim=1).max())
         # logits of the first-order solution at C are at most C * linear_per_c
         self.linear_per_c = X.shape[0] * float(self.g0.norm(dim=1).max()) * x_max / (2 if n_classes == 2 else 1)
-        self.curvature = 0.5 * (x_max ** 2 + 1)  # bounds the mean cross-entropy's Hessian (Boehning), bias included
+        # L-BFGS sees the intercept as b / b_scale, b_scale the features' RMS entry (~1/sqrt(D) for unit-norm
+        # features): its curvature is then on the weights' scale, where it is D times theirs as b (one scalar
+        # Hessian guess can't serve both); stopping still measures the unscaled gradient (`fit`'s `exact`)
+        self.b_scale = max(float(X.pow(2).mean().sqrt()), 1e-6)
+        self.curvature = 0.5 * (x_max ** 2 + self.b_scale ** 2)  # bounds the mean cross-entropy's Hessian (Boehning), bias included
         self.qn = PathLBFGS(self.g0.numel(), 1.0 / self.curvature, HISTORY)  # W's entries penalised, b's not
         self.tried: dict[float, tuple[float, float, np.ndarray]] = {}  # C -> (val accuracy, val loss, val proba)
         self.solutions: dict[float, tuple] = {}  # C -> (W, b) detached tensors
         self.states: dict[float, tuple] = {}  # C -> the L-BFGS memory and (loss, gradient) it stopped at
         self.n_iter: dict[float, int] = {}
+        self.loss_se: dict[float, float] = {}  # C -> standard error of its mean val loss
         self.n_evals = 0
 
     def trial(self, c: float, iterations: Optional[int] = None) -> None:
@@ -254,19 +265,26 @@ class _CPath:
             self.states[c] = self.qn.state()
         self.solutions[c] = (W, b)
         self.tried[c] = _score(self.X_val, self.y_val, W, b)
+        proba = self.tried[c][2]
+        nll = -np.log(np.clip(proba[np.arange(len(proba)), self.y_val.cpu().numpy()], 1e-12, None))
+        self.loss_se[c] = float(nll.std() / np.sqrt(max(len(nll), 1)))
 
-    def fit(self, X, Y, W, b, c: float, max_iter: int, tol: float, drop: float = 0.0):
-        """(W, b, iterations): the objective at C on (X, one-hot Y) minimised from copies of (W, b)."""
+    def fit(self, X, Y, W, b, c: float, max_iter: int, tol: float, drop: float = 0.0, exact: bool = False):
+        """(W, b, iterations): the objective at C on (X, one-hot Y) minimised from copies of (W, b). `exact`: the
+        stop tests max |gradient| in (W, b) as scikit-learn does, not in the rescaled variables L-BFGS moves (the
+        final fit; the sweep's fits only need val accuracy)."""
         import torch
 
         k, dim = W.shape
         penalty = 1.0 / (2 * (c / 2 if k == 2 else c) * X.shape[0])
 
-        def fg(theta):
-            loss, g_w, g_b = _loss_and_grad(X, Y, theta[:k * dim].view(k, dim), theta[k * dim:], penalty)
-            return float(loss), torch.cat([g_w.reshape(-1), g_b])
+        c_b = self.b_scale
 
-        theta = torch.cat([W.reshape(-1), b])
+        def fg(theta):
+            loss, g_w, g_b = _loss_and_grad(X, Y, theta[:k * dim].view(k, dim), theta[k * dim:] * c_b, penalty)
+            return float(loss), torch.cat([g_w.reshape(-1), g_b * c_b])
+
+        theta = torch.cat([W.reshape(-1), b / c_b])
         self.qn.first_step = 1.0 / (self.curvature + 2 * penalty)
         start = None
         if self.qn.last is not None and X is self.X:  # the previous C's end point: only the penalty changed
@@ -274,12 +292,15 @@ class _CPath:
             g = g.clone()
             g[:k * dim].add_(theta[:k * dim], alpha=2 * shift)
             start = (f + shift * float(theta[:k * dim].double().pow(2).sum()), g)
-        n_iter, n_evals = self.qn.minimise(fg, theta, penalty, max_iter, tol, drop, start)
+        def size(g):  # max |gradient| in (W, b), as scikit-learn measures it: b's entries are c_b x smaller here
+            return max(float(g[:k * dim].abs().max()), float(g[k * dim:].abs().max()) / c_b)
+
+        n_iter, n_evals = self.qn.minimise(fg, theta, penalty, max_iter, tol, drop, start, size if exact else None)
         self.n_evals += n_evals
-        return theta[:k * dim].view(k, dim), theta[k * dim:], n_iter
+        return theta[:k * dim].view(k, dim), theta[k * dim:] * c_b, n_iter
 
 
-def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
+def _search(grid: list[float], tried: dict, trial, refine_rounds: int, loss_se: Optional[dict] = None) -> float:
     """Run `trial` over the grid, then the refinement rounds; returns the best C: among the Cs within one val
     image of the best val accuracy, the one of lowest val loss (a one-image lead is noise; a C that leads by it
     with near-uniform probabilities was seen picked over one with a tenth of the loss)."""
@@ -291,7 +312,9 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
 
     for i, c in enumerate(grid):
         trial(c)
-        if _peaked([tried[t][0] for t in grid[:i + 1]], len(tried[c][2])):
+        done = grid[:i + 1]
+        if _peaked([tried[t][0] for t in done], len(tried[c][2]), [tried[t][1] for t in done],
+                   (loss_se or {}).get(c, 0.0)):
             break
     step = float(np.diff(np.log10(grid)).min()) if len(grid) > 1 else 0.0
     for _ in range(refine_rounds if step > 0 else 0):
@@ -303,17 +326,21 @@ def _search(grid: list[float], tried: dict, trial, refine_rounds: int) -> float:
     return best()
 
 
-def _peaked(accuracies: list[float], n_val: int) -> bool:
+def _peaked(accuracies: list[float], n_val: int, losses: Optional[list[float]] = None, loss_se: float = 0.0
+            ) -> bool:
     """Whether the coarse grid can stop, given the val accuracies of its Cs so far (increasing C): the last C is
     clearly below the best (two standard errors, at least two val images), or the last STOP_AFTER Cs did not
     beat the best before them by more than one val image; and in either case the best is clearly above the
-    smallest C's (a sweep still at chance, or at the class priors, has not started)."""
+    smallest C's (a sweep still at chance, or at the class priors, has not started). With `losses` (val log loss
+    per C) and `loss_se` (the last one's standard error), one C that doesn't beat the best is enough when its val
+    loss is clearly (two standard errors) above the lowest: past the peak, larger Cs only overfit more."""
     top, stale = -1.0, 0
     for acc in accuracies:
         stale, top = (0, acc) if acc > top + 1.0 / n_val + 1e-12 else (stale + 1, max(top, acc))
     margin = max(2.0 * np.sqrt(top * (1.0 - top) / max(n_val, 1)), 2.0 / max(n_val, 1))
     learned = accuracies[0] < top - margin
-    return learned and (stale >= STOP_AFTER or accuracies[-1] < top - margin)
+    overfit = bool(losses) and stale >= 1 and loss_se > 0 and losses[-1] > min(losses) + 2.0 * loss_se
+    return learned and (stale >= STOP_AFTER or accuracies[-1] < top - margin or overfit)
 
 
 # ---------------------------------------------------------------- the probe's entry point
