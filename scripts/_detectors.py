@@ -27,7 +27,7 @@ def detector_eval(head, known: dict, unknown: tuple[np.ndarray, np.ndarray], tex
     known test (positive) and unknown images; `pick` is what holding each known class out chose on train + val,
     and `operating` is the pick at its saved threshold (keep_known of known val): known test kept, unknowns
     rejected (all and per unknown class)."""
-    from toolkit.fitting.openset import auroc, build_detector, candidates, fit_openset
+    from toolkit.fitting.openset import KNN_KS, auroc, build_detector, candidates, fit_openset, k_cap, with_cap
 
     (X_tr, y_tr), (X_val, y_val), (X_te, _) = known["train"], known["val"], known["test"]
     X_u, keys_u = unknown
@@ -36,10 +36,10 @@ def detector_eval(head, known: dict, unknown: tuple[np.ndarray, np.ndarray], tex
     fit = fit_openset(X_tr, y_tr, X_val, y_val, classes, logits_fn, text, negatives, keep_known=keep_known,
                       seed=seed)
     logits = {"test": logits_fn(X_te), "unknown": logits_fn(X_u)} if logits_fn else {"test": None, "unknown": None}
-    test = {}
-    for cand in candidates([c.split("(")[0] for c in dict.fromkeys(fit.candidates)], logits_fn is not None,
-                           text is not None, negatives is not None):
-        built = build_detector(cand, X_tr, y_tr, len(classes), text, negatives, X_val, seed=seed)
+    test, cache = {}, {}  # the k grid as fit_openset's (with the k cap); each kind's arrays built once
+    for cand in candidates(list(dict.fromkeys(c.split("(")[0] for c in fit.candidates)), logits_fn is not None,
+                           text is not None, negatives is not None, with_cap(KNN_KS, k_cap(y_tr))):
+        built = build_detector(cand, X_tr, y_tr, len(classes), text, negatives, X_val, seed=seed, cache=cache)
         k, u = built.score(X_te, logits["test"]), built.score(X_u, logits["unknown"])
         test[cand.name] = {"auroc": auroc(k, u), "fpr95": 1 - at_known_kept(k, u, 0.95),
                            "rejected_at_90": at_known_kept(k, u, 0.90)}

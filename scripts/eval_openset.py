@@ -24,9 +24,10 @@ Each head is scored raw (T = 1) and calibrated (temperature fitted on known val 
   test images kept at the threshold that rejects half the unknowns.
 
 Out-of-set detectors (issue 22, scripts/_detectors.py; `--no-detectors` skips them): for every head, every
-detector of toolkit.fitting.openset (kNN at several k, Mahalanobis, energy, max logit, msp, MCM and NegLabel at
-several temperatures) built on the head's train features and scored on known test vs unknown images (AUROC, FPR
-at 95% known kept, unknowns rejected at 90% known kept), next to its held-out-class AUROC on train + val; the
+detector of toolkit.fitting.openset (kNN and its sums with (relative) Mahalanobis at several k, Mahalanobis,
+relative Mahalanobis, energy, max logit, msp, MCM and NegLabel at several temperatures) built on the head's train
+features and scored on known test vs unknown images (AUROC, FPR at 95% known kept, unknowns rejected at 90% known
+kept), next to its held-out-class AUROC on train + val; the
 held-out-class pick (what `train-probe --keep-known` saves) is marked, and scored at its saved threshold.
 
 `--write` puts this known set's subsection under "## Calibration and open-set rejection (issue 16)" in
@@ -311,14 +312,18 @@ no method refits on val, which stays held out for the temperature and the thresh
 
 DETECTORS_INTRO = """**Out-of-set detectors** (issue 22, toolkit.heads.openset): each scores how familiar an image is
 from the features (kNN: cosine to the k-th nearest training feature; Mahalanobis: class means, one shared
-covariance), from the head's logits (energy, max logit, top softmax probability: msp), or from the text side (MCM:
-top softmax of cosine to the class texts at temperature T; NegLabel: the class texts' softmax mass among class
-texts + the mined negative words of toolkit/heads/negative_words.txt), or kNN + Mahalanobis (combined: the sum of
-the two, each z-normalised by its mean and std on known val). The pick is chosen without unknowns by
-holding each known class out in turn (toolkit.fitting.openset: built on the other classes' train features, scored
-on their val images against the held-out class's images), among the kNN and combined settings (the default:
-the held-out classes flatter Mahalanobis and the logit and text scores alone, see the table), and thresholded
-to keep 95% of known val
+covariance; relmahalanobis: the relative Mahalanobis score of Ren et al. 2021, minus the distance to one Gaussian
+of all training features), from the head's logits (energy, max logit, top softmax probability: msp), or from the
+text side (MCM: top softmax of cosine to the class texts at temperature T; NegLabel: the class texts' softmax mass
+among class texts + the mined negative words of toolkit/heads/negative_words.txt), or kNN + Mahalanobis (combined)
+and kNN + relative Mahalanobis (combined_rel): the sum of the two, each z-normalised by its mean and std on known
+val. k runs over 1-70 and the smallest class's image count in the bank (16 at K=16). The pick is chosen without
+unknowns by holding each known class out in turn (toolkit.fitting.openset: built on the other classes' train
+features, scored on their val images against the held-out class's images), among the kNN, combined and
+combined_rel settings (the default: the held-out classes flatter Mahalanobis and the logit and text scores alone,
+see the table) with k at most that class count, by the one-standard-error rule: of the settings within one
+standard error (across held-out classes) of the best held-out AUROC, the largest k, then combined_rel, combined,
+kNN; it is thresholded to keep 95% of known val
 (`--keep-known 0.95`). AUROC: known test vs unknown images (0.5 = chance); FPR at 95% known kept: the share of
 unknowns accepted at the test threshold that keeps 95% of known test images (lower is better); "unknowns rejected
 at 90% known kept" likewise at 90%."""
@@ -358,9 +363,10 @@ def markdown(res: dict, args, timings: dict) -> str:
                       " ".join([".venv/bin/python scripts/eval_openset.py", *refreshed["command"][1:]]), "```"]
         lines += ["", DETECTORS_INTRO, "", "**The held-out-class pick per head** (test figures; the threshold is the "
                   "one saved with the head):", "", picks_table(res), "",
-                  "**Every detector** (kNN, Mahalanobis, combined, MCM and NegLabel use only features and text, so "
-                  "one row serves every head; picked, bold: how many (head, seed) held-out-class selections picked it "
-                  "among the kNN and combined settings, the default; best held out: how often it had the best "
+                  "**Every detector** (kNN, (relative) Mahalanobis, the sums, MCM and NegLabel use only features "
+                  "and text, so one row serves every head; picked, bold: how many (head, seed) held-out-class "
+                  "selections picked it among the kNN and sum settings, the default; best held out: how often it had "
+                  "the best "
                   "held-out-class AUROC of all detectors, the pick if every kind were allowed):", "",
                   detectors_table(res), "",
                   f"**Which unknowns the pick still passes** ({setting_name(first)}, share rejected at the saved "

@@ -99,7 +99,7 @@ def test_detectors_are_scored_per_head_with_the_heldout_pick(problem):
     res = eval_openset.evaluate(["zeroshot", "logreg"], known, separable, zs, cfg, detectors=True)
     for name, r in res.items():
         d = r["detectors"]
-        assert d["pick"].startswith(("knn(", "combined(")) and d["pick"] in d["test"] and d["pick_any"] in d["heldout"]
+        assert d["pick"].startswith(("knn(", "combined(", "combined_rel(")) and d["pick"] in d["test"] and d["pick_any"] in d["heldout"]
         assert set(d["test"]) == set(d["heldout"])  # the same candidates, held out and on test
         assert {n.split("(")[0] for n in d["test"]} >= {"knn", "combined", "mahalanobis", "energy", "mcm"}
         assert d["test"][d["pick"]]["auroc"] > 0.8, (name, d["test"][d["pick"]])  # unknowns on axes of their own

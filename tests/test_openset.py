@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.errors import ConfigError, HeadError
-from toolkit.fitting.openset import Candidate, auroc, build_detector, fit_openset
+from toolkit.fitting.openset import Candidate, auroc, build_detector, fit_openset, k_cap, pick, with_cap
 from toolkit.heads.base import load_head
 from toolkit.heads.linear import LinearProbe
 from toolkit.heads.openset import (DETECTORS, OpenSetDetector, class_gaussian, energy_score, knn_similarity,
                                    mahalanobis_score, max_logit, max_softmax, mcm_score, neglabel_score,
-                                   with_detector, with_zeroshot_default, zeroshot_default)
+                                   relative_mahalanobis_score, with_detector, with_zeroshot_default, zeroshot_default)
 from toolkit.predictor import Predictor, result_row
 
 DIM, N_KNOWN = 16, 4
@@ -54,9 +54,17 @@ def test_every_score_separates_planted_unknowns(planted):
         "mcm": (mcm_score(X_te, text, 0.1), mcm_score(unknown, text, 0.1)),
         "neglabel": (neglabel_score(X_te, text, negatives, 0.1), neglabel_score(unknown, text, negatives, 0.1)),
     }
+    bg = class_gaussian(X_tr, np.zeros(len(X_tr), np.int64), 1)  # one Gaussian of every training feature
+    scores["relmahalanobis"] = tuple(relative_mahalanobis_score(X, means, precision, *bg) for X in (X_te, unknown))
     combined = build_detector(Candidate("combined", {"k": 5}), X_tr, y_tr, N_KNOWN, None, None, split["val"][0])
     scores["combined"] = (combined.score(X_te), combined.score(unknown))
-    assert set(scores) == set(DETECTORS)
+    rel = build_detector(Candidate("combined_rel", {"k": 5}), X_tr, y_tr, N_KNOWN, None, None, split["val"][0])
+    scores["combined_rel"] = (rel.score(X_te), rel.score(unknown))
+    assert set(scores) == set(DETECTORS) and set(rel.arrays_) == {"bank", "means", "precision", "bg_mean",
+                                                                   "bg_precision"}
+    # relative Mahalanobis: the class distance minus the background's, so it is not the plain score
+    np.testing.assert_allclose(scores["relmahalanobis"][1], scores["mahalanobis"][1]
+                               - mahalanobis_score(unknown, *bg), rtol=1e-4, atol=1e-3)
     # its parts are z-normalised on the known val images it was given: the sum has mean 0 there, and it is the
     # sum of the two parts' z-scores everywhere
     assert abs(combined.score(split["val"][0]).mean()) < 1e-4
@@ -78,16 +86,37 @@ def test_auroc_counts_ties_half_as_mann_whitney():
     assert auroc([1, 1], [1, 1]) == 0.5 and auroc([2, 3], [0, 1]) == 1.0
 
 
+def test_pick_caps_k_and_takes_the_smoothest_within_one_standard_error():
+    assert k_cap(np.repeat([0, 1, 2], [20, 16, 30])) == 16  # the smallest class: its k-th neighbour stays in it
+    assert k_cap(np.repeat([0, 1], [3000, 3000]), max_bank=1000) == 500  # a subsampled bank keeps 500 a class
+    assert with_cap((1, 5, 10, 20), 16) == (1, 5, 10, 16, 20) and with_cap((1, 5), 16) == (1, 5)
+    per = lambda *a: {"per_class": dict(zip("abc", a))}  # noqa: E731
+    table = {"knn(k=10)": {"auroc": 0.80, **per(0.7, 0.9, 0.8)},  # the best: standard error 0.1 / sqrt(3) = 0.058
+             "knn(k=20)": {"auroc": 0.78, **per(0.7, 0.8, 0.84)},
+             "combined(k=20)": {"auroc": 0.76, **per(0.7, 0.8, 0.78)},
+             "combined_rel(k=20)": {"auroc": 0.70, **per(0.6, 0.7, 0.8)},  # outside the band
+             "combined(k=50)": {"auroc": 0.79, **per(0.7, 0.9, 0.77)}}  # within it, but k above the cap
+    pool = [Candidate(n.split("(")[0], {"k": int(n[n.index("=") + 1:-1])}) for n in table]
+    chosen, how = pick(pool, table, cap=30)
+    # the largest k in the band, the sum before kNN alone at equal k, though kNN's held-out AUROC is higher
+    assert chosen.name == "combined(k=20)" and how["best_heldout"] == "knn(k=10)"
+    assert how["heldout_se"] == pytest.approx(0.1 / np.sqrt(3)) and how["k_cap"] == 30
+    assert set(how["within_se"]) == {"knn(k=10)", "knn(k=20)", "combined(k=20)"}
+    assert pick(pool, table, cap=60)[0].name == "combined(k=50)"  # allowed once the classes are larger
+
+
 def test_heldout_class_selection_chooses_a_knn_setting_and_keeps_the_known_share(planted):
     split, unknown, text, negatives, head = planted
     fit = fit_openset(*split["train"], *split["val"], head.classes_, head.decision_function, text, negatives,
                       keep_known=0.9)
     rep = fit.report()
-    # every kind was scored held out; the pick comes from the kNN and kNN + Mahalanobis settings (the default)
+    # every kind was scored held out; the pick comes from the kNN settings and its sums (the default), by `pick`
     assert {name.split("(")[0] for name in rep["candidates"]} == set(DETECTORS)
-    assert rep["detector"] in ("knn", "combined") and rep["chosen"] == max(
-        (n for n in rep["candidates"] if n.startswith(("knn", "combined"))), key=rep["candidates"].get)
-    assert rep["selection"]["chosen_from"] == ["combined", "knn"]
+    sel = rep["selection"]
+    assert rep["detector"] in ("knn", "combined", "combined_rel") and rep["chosen"] in sel["within_se"]
+    assert sel["chosen_from"] == ["combined", "combined_rel", "knn"] and sel["k_cap"] == 30  # 30 a class
+    assert rep["candidates"][rep["chosen"]] >= rep["candidates"][sel["best_heldout"]] - sel["heldout_se"] - 1e-12
+    assert fit.detector.params["k"] == max(int(n.split("=")[1][:-1]) for n in sel["within_se"]) <= 30
     assert rep["heldout_auroc"] > 0.9 and set(fit.candidates[fit.chosen]["per_class"]) == set(head.classes_)
     det = fit.detector
     kept = 1 - det.unfamiliar(split["val"][0]).mean()
@@ -224,7 +253,9 @@ def keep_known_head(tiny_model, tmp_path_factory):
 def test_train_probe_keep_known_saves_and_reports_the_detector(keep_known_head):
     tmp, output = keep_known_head
     doc = json.loads((tmp / "head" / "head.json").read_text())["openset"]
-    assert doc["kind"] in ("knn", "combined") and doc["selection"]["rule"] == "keep_known"
+    assert doc["kind"] in ("knn", "combined", "combined_rel") and doc["selection"]["rule"] == "keep_known"
+    assert doc["selection"]["pick_rule"] == "one standard error, smoothest" and doc["params"]["k"] <= \
+        doc["selection"]["k_cap"]
     assert doc["selection"]["target"] == 0.9
     report = json.loads((tmp / "head" / "report" / "report.json").read_text())["metrics"]["calibration"]["openset"]
     # the zero-shot baseline's texts and the negative words make MCM and NegLabel candidates too

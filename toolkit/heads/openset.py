@@ -14,8 +14,12 @@ known as the positive class and a detector rejects below its threshold. Inputs a
                (Ming et al., NeurIPS 2022: MCM; T = 1 on raw cosines there)
   neglabel     the softmax mass on the class texts among class texts + negative words, at a temperature
                (Jiang et al., ICLR 2024: NegLabel); the words are `negative_words.txt`, mined far from the labels
+  relmahalanobis  the relative Mahalanobis score (Ren et al. 2021, "A simple fix to Mahalanobis distance for
+               improving near-OOD detection"): the mahalanobis score minus the same score against one Gaussian
+               fitted to all training features (the background), so directions every class varies in count less
   combined     knn + mahalanobis, each z-normalised by the mean and std of its scores on known val images
                (params loc, scale): the sum ranks an image low when either sees it far from the known classes
+  combined_rel knn + relmahalanobis, likewise
 
 `OpenSetDetector` is one of these with its arrays (training-feature bank, class means and precision, text and
 negative-word embeddings) and a threshold; it is saved with the head (head.json "openset" + tensors named
@@ -28,8 +32,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-DETECTORS = ("knn", "mahalanobis", "energy", "maxlogit", "msp", "mcm", "neglabel", "combined")
-COMBINED_PARTS = ("knn", "mahalanobis")  # the scores `combined` sums, z-normalised, in this order
+DETECTORS = ("knn", "mahalanobis", "relmahalanobis", "energy", "maxlogit", "msp", "mcm", "neglabel", "combined",
+             "combined_rel")
+COMBINED = {"combined": ("knn", "mahalanobis"),  # the scores each sum kind adds, z-normalised, in this order
+            "combined_rel": ("knn", "relmahalanobis")}
+COMBINED_PARTS = COMBINED["combined"]
+GAUSSIAN = ("means", "precision")
+BACKGROUND = ("bg_mean", "bg_precision")  # relmahalanobis' one Gaussian of all training features
 NEEDS_LOGITS = ("energy", "maxlogit", "msp")
 NEGATIVE_WORDS = Path(__file__).with_name("negative_words.txt")
 NEGATIVE_TEMPLATE = "a photo of a {}."
@@ -85,6 +94,14 @@ def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.nda
     return (-d.min(axis=1)).astype(np.float32)
 
 
+def relative_mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray,
+                               bg_mean: np.ndarray, bg_precision: np.ndarray) -> np.ndarray:
+    """(n,) minus the smallest relative Mahalanobis distance: min_c MD_c - MD_0, MD_0 the squared distance to the
+    background Gaussian (bg_mean (1, D), bg_precision (D, D): `class_gaussian` of every row as one class)."""
+    return (mahalanobis_score(features, means, precision)
+            - mahalanobis_score(features, bg_mean, bg_precision)).astype(np.float32)
+
+
 def _logsumexp(z: np.ndarray) -> np.ndarray:
     m = z.max(axis=1, keepdims=True)
     return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
@@ -127,10 +144,12 @@ def familiarity(kind: str, features: np.ndarray, logits: Optional[np.ndarray], a
         return knn_similarity(features, arrays["bank"], params.get("k", 10))
     if kind == "mahalanobis":
         return mahalanobis_score(features, arrays["means"], arrays["precision"])
-    if kind == "combined":
+    if kind == "relmahalanobis":
+        return relative_mahalanobis_score(features, *(arrays[n] for n in GAUSSIAN + BACKGROUND))
+    if kind in COMBINED:
         loc, scale = params["loc"], params["scale"]
         parts = [(familiarity(p, features, None, arrays, params) - m) / s
-                 for p, m, s in zip(COMBINED_PARTS, loc, scale)]
+                 for p, m, s in zip(COMBINED[kind], loc, scale)]
         return np.sum(parts, axis=0).astype(np.float32)
     if kind in NEEDS_LOGITS:
         if logits is None:
@@ -152,9 +171,10 @@ class OpenSetDetector:
     """One familiarity score and its threshold: `unfamiliar(features, logits)` is True where the score is
     below `threshold_` (None: it scores but rejects nothing).
 
-    kind: one of DETECTORS; params: k (knn, combined), temperature (energy, msp, mcm, neglabel), loc and scale
-    (combined: one per COMBINED_PARTS); arrays: bank (N, D) for knn, means (C, D) + precision (D, D) for
-    mahalanobis, all three for combined, text (C, D) for mcm, text + negatives (M, D) for neglabel.
+    kind: one of DETECTORS; params: k (knn, combined, combined_rel), temperature (energy, msp, mcm, neglabel), loc
+    and scale (combined, combined_rel: one per part in COMBINED); arrays: bank (N, D) for knn, means (C, D) +
+    precision (D, D) for mahalanobis, those + bg_mean (1, D) + bg_precision (D, D) for relmahalanobis, bank and
+    its part's arrays for combined / combined_rel, text (C, D) for mcm, text + negatives (M, D) for neglabel.
     `selection` says how it was chosen: the rule, its target, each candidate's held-out-class AUROC.
     Never changed after it is built: `with_threshold` returns a copy."""
 
@@ -165,15 +185,16 @@ class OpenSetDetector:
             raise ValueError(f"unknown out-of-set score {kind!r} (known: {', '.join(DETECTORS)})")
         self.kind, self.params = kind, dict(params or {})
         self.arrays_ = {k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}
-        need = {"knn": ("bank",), "mahalanobis": ("means", "precision"), "mcm": ("text",),
-                "neglabel": ("text", "negatives"), "combined": ("bank", "means", "precision")}.get(kind, ())
+        need = {"knn": ("bank",), "mahalanobis": GAUSSIAN, "relmahalanobis": GAUSSIAN + BACKGROUND,
+                "mcm": ("text",), "neglabel": ("text", "negatives"), "combined": ("bank",) + GAUSSIAN,
+                "combined_rel": ("bank",) + GAUSSIAN + BACKGROUND}.get(kind, ())
         missing = [n for n in need if n not in self.arrays_]
         if missing:
             raise ValueError(f"the {kind} detector needs arrays {', '.join(missing)}")
-        if kind == "combined" and not all(len(self.params.get(p, ())) == len(COMBINED_PARTS) and
-                                          all(np.isfinite(v) and (p == "loc" or v > 0) for v in self.params[p])
-                                          for p in ("loc", "scale")):
-            raise ValueError(f"the combined detector needs params loc and scale: {len(COMBINED_PARTS)} finite "
+        if kind in COMBINED and not all(len(self.params.get(p, ())) == len(COMBINED[kind]) and
+                                        all(np.isfinite(v) and (p == "loc" or v > 0) for v in self.params[p])
+                                        for p in ("loc", "scale")):
+            raise ValueError(f"the {kind} detector needs params loc and scale: {len(COMBINED[kind])} finite "
                              "numbers each, scale > 0")
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
