@@ -11,6 +11,12 @@ Sides, interleaved in one process:
   decode-only    the same DataLoader without the model (full decoding / draft)
 If e2e is close to model-only, the model, not decoding, is the bottleneck.
 Also reports how much draft decoding changes the embeddings (min cosine; on the demo model when present).
+
+Whole processes instead (BENCHMARKS.md, "Whole-process extraction vs the naive loop"): `clipkit extract` with
+--engine torch, by default (the fast path) and with --precision int8, against a naive per-image fp32 loop:
+
+    .venv/bin/python scripts/bench_e2e.py --whole-process --images 192 --rounds 2 \
+        --extract-precision auto --extract-precision int8 --out /tmp/e2e_whole.json
 """
 from __future__ import annotations
 
@@ -89,10 +95,14 @@ np.save(out, np.stack(feats))
 """
 
 
-def run_whole_process(n_images: int, rounds: int, out) -> None:
+def run_whole_process(n_images: int, rounds: int, out, precisions: tuple[str, ...] = ("auto",),
+                      torch_side: bool = True) -> None:
     """`clipkit extract` on n JPEGs as a user runs it (a fresh process, ViT-B-32 from a real-layout HF cache,
-    default settings) against a fresh process running the naive loop (open_clip, one image at a time, fp32):
-    wall time of each whole process, alternating, `rounds` each."""
+    default settings, or --precision P for each of `precisions` but auto) against a fresh process running the
+    naive loop (open_clip, one image at a time, fp32): wall time of each whole process, alternating, `rounds`
+    each. `torch_side` adds `clipkit extract --engine torch` (what extract ran before the fast path). Before
+    timing, one untimed run per precision prepares clipkit's cache as a user's first run does (the fast path's
+    ONNX export, and the int8 tower), timed and reported apart."""
     import os
     import subprocess
     import sys
@@ -110,9 +120,24 @@ def run_whole_process(n_images: int, rounds: int, out) -> None:
         (tmp / "paths.txt").write_text("\n".join(paths))
         env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg"), "HF_HUB_OFFLINE": "1"}
         clipkit = str(Path(sys.executable).parent / "clipkit")
-        sides = {"naive": lambda i: [sys.executable, "-c", NAIVE, str(weights), str(tmp / "paths.txt"), str(tmp / f"n{i}.npy")],
-                 "clipkit extract": lambda i: [clipkit, "extract", str(tmp / "data"), "--config", str(config),
-                                               "--out", str(tmp / f"store{i}"), "--no-progress"]}
+        def extract(name: str, *flags: str):
+            return lambda i: [clipkit, "extract", str(tmp / "data"), "--config", str(config), "--out",
+                              str(tmp / f"{name}{i}"), "--no-progress", *flags]
+
+        sides = {"naive": lambda i: [sys.executable, "-c", NAIVE, str(weights), str(tmp / "paths.txt"),
+                                     str(tmp / f"n{i}.npy")]}
+        if torch_side:
+            sides["clipkit extract --engine torch"] = extract("torch", "--engine", "torch")
+        for p in precisions:
+            sides["clipkit extract" + ("" if p == "auto" else f" --precision {p}")] = \
+                extract(p, *(() if p == "auto" else ("--precision", p)))
+        first: dict[str, float] = {}
+        for name, cmd in sides.items():  # a user's first run: prepares the cache (untimed in the table)
+            if name.startswith("clipkit extract") and "torch" not in name:
+                t = time.perf_counter()
+                subprocess.run(cmd("first"), check=True, env=env, cwd=_bench.ROOT, capture_output=True)
+                first[name] = time.perf_counter() - t
+                print(f"{name} (first run, prepares the cache): {first[name]:.1f} s", flush=True)
         times: dict[str, list[float]] = {k: [] for k in sides}
         for i in range(rounds):
             for name, cmd in sides.items():
@@ -126,7 +151,7 @@ def run_whole_process(n_images: int, rounds: int, out) -> None:
     print(_bench.table(["whole process", "min s", "median s", "images/s", "x naive"], rows))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average after: {load}")
-    _bench.write_json(out, {"times": times, "images": n_images, "load_average_after": load})
+    _bench.write_json(out, {"times": times, "first_runs": first, "images": n_images, "load_average_after": load})
 
 
 @click.command()
@@ -136,13 +161,17 @@ def run_whole_process(n_images: int, rounds: int, out) -> None:
 @click.option("--batch-size", default=64)
 @click.option("--workers", default=2, help="DataLoader worker processes.")
 @click.option("--precision", default="bf16", type=click.Choice(["fp32", "bf16", "auto"]))
+@click.option("--extract-precision", "extract_precisions", multiple=True, default=("auto",), show_default=True,
+              type=click.Choice(["auto", "fp32", "int8", "bf16"]),
+              help="--whole-process: clipkit extract's --precision, one side each (repeat: auto and int8).")
+@click.option("--torch-side/--no-torch-side", default=True, help="--whole-process: also clipkit extract --engine torch.")
 @click.option("--rounds", default=3)
 @click.option("--threads", default=None, type=int, help="torch threads in the main process; default: torch's.")
 @click.option("--out", default=None)
-def main(whole_process: bool, n_images: int, batch_size: int, workers: int, precision: str, rounds: int, threads,
-         out) -> None:
+def main(whole_process: bool, n_images: int, batch_size: int, workers: int, precision: str,
+         extract_precisions: tuple[str, ...], torch_side: bool, rounds: int, threads, out) -> None:
     if whole_process:
-        return run_whole_process(n_images, rounds, out)
+        return run_whole_process(n_images, rounds, out, extract_precisions, torch_side)
     if threads:
         torch.set_num_threads(threads)
     note = _bench.machine_note()

@@ -106,3 +106,33 @@ def test_missing_source_and_mixed_layout(tmp_path):
     make_folder(tmp_path / "ds", {"b": 3})
     with pytest.raises(DataError, match="mixes split folders"):
         load_dataset(tmp_path / "ds")
+
+
+def test_stratified_split_is_scikit_learns_draw():
+    """datasets.stratified_split repeats train_test_split(stratify=...) without importing scikit-learn: the same
+    rows on either side for uneven classes, fractions, seeds and label orders, and a ValueError where it raises."""
+    from sklearn.model_selection import train_test_split
+
+    from toolkit.data.datasets import stratified_split
+
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        n_classes = int(rng.integers(2, 7))
+        counts = rng.integers(3, 40, n_classes)
+        y = rng.permutation(np.repeat([f"c{k}" for k in rng.permutation(n_classes)], counts))
+        idx = np.sort(rng.choice(10 * len(y), len(y), replace=False))  # a subset's row numbers, as _carve passes
+        fraction, seed = float(rng.uniform(0.05, 0.5)), int(rng.integers(0, 2**31))
+        try:
+            want = train_test_split(idx, test_size=fraction, random_state=seed, stratify=y)
+        except ValueError:
+            with pytest.raises(ValueError):
+                stratified_split(idx, y, fraction, seed)
+            continue
+        got = stratified_split(idx, y, fraction, seed)
+        assert [a.tolist() for a in got] == [a.tolist() for a in want], case
+    y = np.repeat(["a", "b", "c"], 3)
+    for fraction in (0.1, 0.7):  # too few to carve one per class out, or to leave one per class in
+        with pytest.raises(ValueError):
+            train_test_split(np.arange(9), test_size=fraction, random_state=0, stratify=y)
+        with pytest.raises(ValueError, match="number of classes"):
+            stratified_split(np.arange(9), y, fraction, 0)

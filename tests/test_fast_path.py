@@ -183,9 +183,9 @@ def test_engine_choice(tiny_model, fast):
 # ---------------------------------------------------------------- the CLI, in real processes
 
 def _clipkit(args: list[str], xdg: str | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Run `clipkit ARGS` in a fresh interpreter; return it and the torch/open_clip modules it imported."""
+    """Run `clipkit ARGS` in a fresh interpreter; return it and the torch/open_clip/sklearn modules it imported."""
     code = ("import sys\nfrom toolkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip'))\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'sklearn'))\n"
             "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\nsys.exit(code)\n")
     env = {**os.environ, **({"XDG_CACHE_HOME": xdg} if xdg else {})}
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -257,3 +257,91 @@ def test_entries_of_an_older_format_are_removed_when_a_new_one_is_written(tmp_pa
     _drop_old_formats(tmp_path, said.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".current.tmp-x", "current", "index", "unreadable"]
     assert len(said) == 1 and "old" in said[0]
+
+
+# ---------------------------------------------------------------- extraction on the fast path
+
+def test_extract_on_the_fast_path_gives_the_torch_store(fast, tiny_model, tmp_path, monkeypatch):
+    """`clipkit extract` in one CPU process runs ONNX Runtime: no torch, open_clip or scikit-learn import (the
+    split is datasets.stratified_split), and the store of --engine torch: same rows, splits, labels and skipped
+    file, features within the parity tolerance; each engine then reuses the other's store."""
+    from test_data import make_folder
+    from toolkit.cli import main
+    from toolkit.data.store import FeatureStore
+
+    data = make_folder(tmp_path / "ds", {"a": 7, "b": 6, "c": 6})
+    (data / "b" / "broken.png").write_bytes(b"not an image")
+    base = ["extract", str(data), "--model", tiny_model["config"], "--pretrained", tiny_model["checkpoint"],
+            "--device", "cpu", "--batch-size", "4", "--no-progress", "--out"]
+    proc, heavy = _clipkit([*base, str(tmp_path / "fast")], xdg=fast["xdg"])
+    assert proc.returncode == 0, proc.stderr
+    assert heavy == [] and "preparing" not in proc.stderr and "extracted" in proc.stdout
+    monkeypatch.setenv("XDG_CACHE_HOME", fast["xdg"])
+    run = CliRunner().invoke(main, [*base, str(tmp_path / "torch"), "--engine", "torch"])
+    assert run.exit_code == 0, run.output
+    got, want = FeatureStore.open(tmp_path / "fast"), FeatureStore.open(tmp_path / "torch")
+    assert got.index == want.index and len(got) == 19
+    assert [s["path"] for s in got.meta["skipped"]] == [s["path"] for s in want.meta["skipped"]] != []
+    for key in ("class_counts", "split_counts", "identity", "fingerprint"):
+        assert got.meta[key] == want.meta[key], key
+    np.testing.assert_allclose(got.features, want.features, atol=TOLERANCE)
+    for engine, store in (("auto", "torch"), ("torch", "fast")):
+        run = CliRunner().invoke(main, [*base, str(tmp_path / store), "--engine", engine])
+        assert run.exit_code == 0 and "reused" in run.output, run.output
+
+
+def test_fast_path_extraction_resumes_an_interrupted_store(fast, tmp_path):
+    """The fast path's batches (one image first, then full ones) straddle the store's: an interrupted run keeps
+    every store batch that was complete, and the rerun encodes only the rest, into the same features."""
+    from test_data import make_folder
+    from test_store import Interrupting
+    from toolkit.data.datasets import load_dataset
+    from toolkit.data.extraction import extract_store
+
+    dataset = load_dataset(make_folder(tmp_path / "ds", {"a": 6, "b": 6, "c": 6}), seed=0)
+    stopped = Interrupting(fast["onnx"], stop_after=2)  # 1 + 4 images encoded: store batch 0 (4 rows) complete
+    with pytest.raises(KeyboardInterrupt):
+        extract_store(stopped, dataset, tmp_path / "st", batch_size=4)
+    rest = Interrupting(fast["onnx"])
+    store = extract_store(rest, dataset, tmp_path / "st", batch_size=4)
+    assert rest.encoded == 18 - 4 and len(store) == 18
+    whole = extract_store(fast["torch"], dataset, tmp_path / "whole", batch_size=4)
+    np.testing.assert_allclose(store.features, whole.features, atol=TOLERANCE)
+
+
+def test_int8_is_opt_in_on_the_fast_path_with_stores_of_its_own(fast, tiny_model, tmp_path):
+    """precision int8: the image tower's int8 graph is built once beside the entry; its features are close to
+    fp32's but not the same, so its identity says so and its store is never reused as (or mixed with) fp32's;
+    the torch path refuses int8 in one line naming the field."""
+    from test_data import make_folder
+    from toolkit.data.datasets import load_dataset
+    from toolkit.data.extraction import extract_store, fingerprint
+    from toolkit.encoder.fast import OnnxExtractor, open_extractor
+
+    lines: list[str] = []
+    int8 = open_extractor(_cfg(tiny_model, precision="int8"), fast["root"], notify=lines.append)
+    assert isinstance(int8, OnnxExtractor) and int8.identity.quantization == "int8"
+    assert any("int8 image tower" in line for line in lines) and (int8.folder / "int8" / "image.onnx").is_file()
+    again: list[str] = []
+    open_extractor(_cfg(tiny_model, precision="int8"), fast["root"], notify=again.append)
+    assert again == []  # built once
+    x = np.stack([int8.prepare(im) for im in _photos()])
+    a, b = int8.encode_arrays(x), fast["onnx"].encode_arrays(x)
+    assert (a * b).sum(1).min() > 0.95 and np.abs(a - b).max() > 1e-5
+    assert "quantization" not in fast["onnx"].identity.features_key()  # fp32 stores keep their fingerprints
+
+    dataset = load_dataset(make_folder(tmp_path / "ds", {"a": 5, "b": 5}), seed=0)
+    assert fingerprint(dataset, int8.identity) != fingerprint(dataset, fast["onnx"].identity)
+    store = extract_store(int8, dataset, tmp_path / "st", batch_size=4)
+    assert store.meta["identity"]["quantization"] == "int8"
+    fp32 = extract_store(fast["onnx"], dataset, tmp_path / "st", batch_size=4)
+    assert not fp32.reused and fp32.meta["identity"].get("quantization") is None
+    with pytest.raises(ConfigError, match="precision int8 runs only on the fast path") as e:
+        open_extractor(_cfg(tiny_model, precision="int8", engine="torch"), fast["root"])
+    assert e.value.field == "precision"
+    from toolkit.cli import main
+
+    run = CliRunner().invoke(main, ["extract", str(tmp_path / "ds"), "--model", tiny_model["config"], "--pretrained",
+                                    tiny_model["checkpoint"], "--precision", "int8", "--devices", "2", "--out",
+                                    str(tmp_path / "st2")])
+    assert run.exit_code == 2 and "precision int8 runs in one process" in run.output and "--precision" in run.output

@@ -34,7 +34,11 @@ class ModelConfig(_Section):
     # fp32: open_clip's reference numerics. bf16: weights cast to bfloat16 (embeddings within cosine 0.9999 of fp32;
     # ~1.9x the images/s of fp32 on an AVX-512 BF16 CPU). auto: bf16 on CUDA and on CPUs with native bf16
     # (AVX-512 BF16 / AMX), else fp32. See BENCHMARKS.md, "Extraction performance".
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    # int8: the image tower's matrix products with int8 weights (ONNX Runtime dynamic quantization, per channel),
+    # on the fast path only (engine auto/onnx, CPU); ~1.45x fp32's images/s (ViT-B-32) on the 2-core AVX2 CPU,
+    # features within cosine ~0.99 of fp32, the demo's accuracies within 0.4 points; opt-in: it changes the answers.
+    # Its stores are kept apart from fp32 ones (identity.quantization). BENCHMARKS.md, "Whole-process extraction".
+    precision: Literal["fp32", "bf16", "fp16", "auto", "int8"] = "auto"
     # torch.compile the image tower (weights frozen, one static batch size; ~20 s of warm-up for ViT-B-32).
     # Off by default: on the 2-core CPU it measured no faster than eager bf16 (BENCHMARKS.md); try it on GPUs.
     compile: bool = False

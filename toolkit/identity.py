@@ -44,6 +44,9 @@ class ExtractorIdentity:
     checkpoint_sha256: Optional[str] = None  # its full sha256 (for a shard index: over the shards, in order)
     quick_gelu: Optional[bool] = None  # built with QuickGELU (OpenAI's activation) rather than GELU
     model_config: Optional[dict[str, Any]] = None  # the model-config JSON's content (format open_clip-config)
+    # "int8": features of the fast path's image tower with int8 matrix-product weights (precision int8), close to
+    # but not the same as the model's own; None: the model as trained (any of fp32/bf16/fp16)
+    quantization: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +78,8 @@ class ExtractorIdentity:
         d = self.to_dict()
         for where in ("source", "checkpoint", "extra"):
             d.pop(where, None)
+        if d.get("quantization") is None:  # keys (store fingerprints) from before the field existed stay valid
+            d.pop("quantization", None)
         return d
 
     @property

@@ -13,7 +13,19 @@ from toolkit.cli.outputs import overwrite_option, refuse_existing
 from toolkit.cli.multilabel import negatives_option
 
 
-def _load_extractor(cfg):
+def extraction_extractor(cfg, distributed: bool = False):
+    """The extractor `extract` and `embed` run: in one process, encoder.fast's choice (ONNX Runtime on the CPU
+    where its fast path applies: no torch import, images decoded in threads while the graph runs; torch
+    otherwise); over several processes (--devices/--num-nodes > 1), the torch model under Lightning."""
+    if not distributed:
+        from toolkit.encoder.fast import open_extractor
+        from toolkit.runtime import cache_root
+
+        return open_extractor(cfg.model, cache_root(), bulk=True)
+    for field, value, fix in (("engine", "onnx", "auto or torch"), ("precision", "int8", "auto or fp32")):
+        if getattr(cfg.model, field) == value:
+            raise ConfigError(f"{field} {value} runs in one process (ONNX Runtime); set {{field}} {fix}, or drop "
+                              "--devices/--num-nodes", field=field)
     from toolkit.encoder.features import FeatureExtractor
 
     return FeatureExtractor.from_config(cfg.model)
@@ -27,6 +39,15 @@ def _store_line(store) -> str:
     return f"{store.path} ({len(store)} x {store.features.shape[1]}, {state}{extra})"
 
 
+engine_option = click.option(
+    "--engine", type=click.Choice(["auto", "onnx", "torch"]), default=None,
+    help="In one process, auto runs ONNX Runtime on the CPU (fp32, no torch import; the image tower is exported "
+         "once into clipkit's cache, as for `predict`) and torch elsewhere: on CUDA, with precision bf16/fp16, "
+         "with precision auto on a CPU that runs bf16 natively, or --devices/--num-nodes > 1 (Lightning). onnx: "
+         "that or an error; torch: always PyTorch. Either engine's store is reused by the other (same features "
+         "within 1e-5). [default: the config's model.engine, auto]")
+
+
 @click.command()
 @click.argument("data", type=click.Path(exists=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
@@ -34,8 +55,9 @@ def _store_line(store) -> str:
 @model_options
 @split_options
 @extraction_options
+@engine_option
 def extract(data: str, out: str, config_path: Optional[str], progress: Optional[bool], devices: int, num_nodes: int,
-            strategy: str, **flags: Any) -> None:
+            strategy: str, engine: Optional[str], **flags: Any) -> None:
     """Encode a labelled dataset's images into a feature store.
 
     DATA is an image folder (ROOT/<label>/*.jpg, or ROOT/{train,val,test}/<label>/*.jpg) or a CSV
@@ -49,6 +71,13 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
     again on unchanged files with the same model reuses the store.
 
     \b
+    What runs where (--engine): one process on the CPU runs the model's image tower with ONNX Runtime
+    in fp32 (no torch import; images decoded in threads while it runs), or in int8 with --precision int8
+    (opt-in: faster, features slightly changed, a store of its own); torch runs it on CUDA, in bf16/fp16,
+    with precision auto on a CPU that runs bf16 natively, and with --devices/--num-nodes > 1 (one
+    Lightning process per device, DataLoader workers decoding).
+
+    \b
     Examples:
       clipkit extract out/demo --config configs/demo.yaml --out out/demo-features
       clipkit extract labels.csv --model ViT-B-32 --pretrained openai --out features/mine
@@ -57,18 +86,18 @@ def extract(data: str, out: str, config_path: Optional[str], progress: Optional[
     from toolkit.data.extraction import extract_store
     from toolkit.data.multilabel import load_any
 
-    cfg = build_config(config_path, **probe_overrides(flags), **flags)
+    cfg = build_config(config_path, **probe_overrides(flags), **flags, **{"model.engine": engine})
     p = cfg.probe  # a multi-label CSV / JSON Lines file (or --multi-label) gives a multi-label store
     dataset = load_any(data, p.seed, p.val_fraction, p.test_fraction, p.multi_label)
     if devices > 1 or num_nodes > 1:  # one process per device, each writing its batches' rows of the store
         from toolkit.data.extraction import extract_distributed
 
-        store = extract_distributed(_load_extractor(cfg), dataset, out, devices, num_nodes, strategy,
+        store = extract_distributed(extraction_extractor(cfg, True), dataset, out, devices, num_nodes, strategy,
                                     progress=show_progress(progress))
         if store is None:  # not global rank 0: that one reports
             return
     else:
-        store = extract_store(_load_extractor(cfg), dataset, out, progress=show_progress(progress))
+        store = extract_store(extraction_extractor(cfg), dataset, out, progress=show_progress(progress))
     click.echo(f"store     {_store_line(store)}")
     click.echo(f"classes   {', '.join(f'{c} ({n})' for c, n in store.meta['class_counts'].items())}")
     click.echo(f"splits    {', '.join(f'{s} {n}' for s, n in store.meta['split_counts'].items())}")

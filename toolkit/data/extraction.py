@@ -2,10 +2,15 @@
 store of the same files by the same model (`fingerprint`), resume of an interrupted one, `extract_store` in one
 process, and `extract_distributed` for `clipkit extract|embed --devices N --num-nodes M`.
 
+`extract_store` takes any extractor with `identity`, `embed_dim`, `cfg.batch_size` and `iter_path_batches`: the
+fast path's OnnxExtractor (encoder/fast.py; `clipkit extract|embed` in one CPU process) or the torch
+FeatureExtractor. This module imports neither torch nor scikit-learn, so the fast path never pays for them.
+
 The store's batches are sharded over processes (distributed.run_sharded: Lightning DDP, gloo on CPU, NCCL on
-GPUs); each rank writes its own rows of the one feature store (StoreWriter with a per-rank progress file) and
-rank 0 finalizes it. Batch b goes to rank b % world_size, so every rank encodes exactly the batches a single
-process would: the store comes out the same. Lightning is imported only by data/distributed.py and fitting/trainer.py.
+GPUs; a rank's job is sharded.StoreExtraction, the torch side); each rank writes its own rows of the one feature
+store (StoreWriter with a per-rank progress file) and rank 0 finalizes it. Batch b goes to rank b % world_size, so
+every rank encodes exactly the batches a single process would: the store comes out the same. Lightning is imported
+only by data/distributed.py and fitting/trainer.py.
 """
 from __future__ import annotations
 
@@ -17,13 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from toolkit import fsio
 from toolkit.data.datasets import LabelledDataset
 from toolkit.errors import DataError
-from toolkit.encoder.features import as_is, collate_images, quiet_worker
 from toolkit.data.store import LOCK, META, FeatureStore, StoreWriter, relabel
 
 
@@ -109,67 +111,39 @@ def extract_store(extractor, dataset: LabelledDataset, out: str | Path, batch_si
 
 def _fill(writer: StoreWriter, extractor, dataset: LabelledDataset, progress: bool,
           num_workers: Optional[int]) -> None:
-    """Encode the writer's pending batches of `dataset` into its store, one batch at a time."""
+    """Encode the writer's pending batches of `dataset` into its store. The extractor's batches need not line
+    up with the store's (the fast path encodes one image first): its results are gathered in order and each
+    store batch is written as soon as all its rows are in."""
     from tqdm import tqdm
 
     pending = writer.pending_batches()
     rows = np.concatenate([writer.batch_rows(b) for b in pending]) if pending else np.zeros(0, np.int64)
+    ends = np.cumsum([len(writer.batch_rows(b)) for b in pending])  # positions in `rows` where each batch ends
     paths = [dataset.paths[i] for i in rows]
+    ok = np.zeros(0, np.int64)  # positions encoded but not written yet, and their features
+    feats_due = np.zeros((0, extractor.embed_dim), np.float32)
+    errors_due: dict[int, str] = {}
+    seen = k = 0
     with tqdm(total=len(dataset), initial=len(dataset) - len(rows), unit="img", desc="extracting",
               disable=not progress, leave=False) as bar:
-        # pending batches are full except possibly the dataset's last, so the loader's batches line up with them
-        batches = extractor.iter_path_batches(paths, writer.batch_size, num_workers)
-        for batch, (idx, feats, errors) in zip(pending, batches):
-            if len(idx) + len(errors) != len(writer.batch_rows(batch)):
-                raise RuntimeError(f"extractor batch of {len(idx) + len(errors)} rows for store batch {batch}")
-            writer.write(batch, rows[np.asarray(idx, dtype=np.int64)], feats,
-                         {int(rows[i]): e for i, e in errors.items()})
+        for idx, feats, errors in extractor.iter_path_batches(paths, writer.batch_size, num_workers):
+            ok = np.concatenate([ok, np.asarray(idx, np.int64)])
+            feats_due = np.concatenate([feats_due, feats])
+            errors_due.update(errors)
+            seen += len(idx) + len(errors)
             bar.update(len(idx) + len(errors))
+            while k < len(pending) and seen >= ends[k]:
+                now = ok < ends[k]
+                writer.write(pending[k], rows[ok[now]], feats_due[now],
+                             {int(rows[i]): e for i, e in errors_due.items() if i < ends[k]})
+                ok, feats_due = ok[~now], feats_due[~now]
+                errors_due = {i: e for i, e in errors_due.items() if i >= ends[k]}
+                k += 1
+    if k != len(pending) or seen != len(rows):
+        raise RuntimeError(f"the extractor returned {seen} of {len(rows)} images")
 
 
 # ---------------------------------------------------------------- over several processes
-
-class _StoreBatches(Dataset):
-    """Item k: store batch `batches[k]` decoded and preprocessed: (batch, [rows ok], tensor or None, {row: error})."""
-
-    def __init__(self, extractor: Any, paths: list[str], writer: StoreWriter, batches: list[int]):
-        self.images, self.writer, self.batches = extractor.path_dataset(paths), writer, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int):
-        b = self.batches[k]
-        rows, tensor, errors = collate_images([self.images[int(r)] for r in self.writer.batch_rows(b)])
-        return b, rows, tensor, errors
-
-
-class StoreExtraction:
-    """A job for distributed.run_sharded: each rank encodes its share of the store's pending batches."""
-
-    def __init__(self, extractor: Any, paths: list[str], store_dir: str, num_workers: int = -1):
-        self.extractor, self.model = extractor, extractor.model
-        self.paths, self.store_dir, self.num_workers = paths, store_dir, num_workers
-        self.writer: Optional[StoreWriter] = None
-
-    def loader(self, rank: int, world: int, local: int, device: torch.device) -> DataLoader:
-        self.writer = StoreWriter(self.store_dir, writer=f"rank{rank}")
-        cores = os.cpu_count() or 1
-        if device.type == "cpu":  # processes share the cores: one rank must not take them all
-            torch.set_num_threads(max(1, cores // local))
-        workers = self.num_workers if self.num_workers >= 0 else min(4, max(0, cores // local - 1))
-        ds = _StoreBatches(self.extractor, self.paths, self.writer, self.writer.pending_batches(rank, world))
-        return DataLoader(ds, batch_size=None, num_workers=workers, worker_init_fn=quiet_worker, collate_fn=as_is)
-
-    def start(self, device: torch.device) -> None:
-        """Nothing to do: Lightning has moved the model to `device`, and the extractor reads its device from it."""
-
-    def step(self, batch) -> None:
-        b, rows, tensor, errors = batch
-        feats = self.extractor.encode_batch(tensor) if tensor is not None else \
-            np.zeros((0, self.extractor.embed_dim), np.float32)
-        self.writer.write(b, np.asarray(rows, dtype=np.int64), feats, errors)
-
 
 def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1, num_nodes: int = 1,
                         strategy: str = "ddp", progress: bool = False, num_workers: Optional[int] = None):
@@ -181,6 +155,7 @@ def extract_distributed(extractor: Any, dataset: Any, out: str, devices: int = 1
     A complete store of the same files by the same extractor is reused as is.
     """
     from toolkit.data.distributed import run_sharded
+    from toolkit.data.sharded import StoreExtraction
 
     # the launching process (no LOCAL_RANK / NODE_RANK yet) holds the store's lock for the whole job; the ranks
     # it starts share its plan and write disjoint batches

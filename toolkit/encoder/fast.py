@@ -9,18 +9,22 @@ then answers through the new graphs, filling the prompt cache), into clipkit's c
                                          Runtime optimized them, weights beside them: a run loads them without
                                          optimizing again), meta.json (identity, preprocessing, logit scale,
                                          tokenizer), bpe_merges.txt (CLIP's vocabulary), texts.safetensors (prompt
-                                         embeddings seen so far, text_cache.py)
+                                         embeddings seen so far, text_cache.py), int8/ (precision int8 only,
+                                         built on its first use: image.onnx + image.data with int8 matrix
+                                         products, onnx.export_int8; meta.json with its cosine to fp32)
     <cache_root>/fast/index/<config hash>.json   the model config (name, weights, activation, cache folder)
                                          -> that folder, with the size and mtime of every file it was built from
 
-A later run hashes its model config, finds the index entry, checks those files' size and mtime (a changed or
-replaced checkpoint or model config rebuilds the entry: the same stderr line again), and runs the graphs with
-numpy preprocessing (preprocess.py) and a torch-free tokenizer (bpe.py). Every graph, the preprocessing and
-the tokenizer are checked against the torch model when the entry is built; a model that fails a check, or
-whose preprocessing or tokenizer the port doesn't cover, is recorded as such and keeps the torch path.
+This module builds and finds entries; onnx_extractor.OnnxExtractor runs one. A later run hashes its model
+config, finds the index entry, checks those files' size and mtime (a changed or replaced checkpoint or model
+config rebuilds the entry: the same stderr line again), and runs the graphs with numpy preprocessing
+(preprocess.py) and a torch-free tokenizer (bpe.py). Every graph, the preprocessing and the tokenizer are
+checked against the torch model when the entry is built; a model that fails a check, or whose preprocessing or
+tokenizer the port doesn't cover, is recorded as such and keeps the torch path.
 
-Which path runs is ModelConfig.engine: auto (the fast path where it applies: CPU, fp32/auto precision, no
-torch.compile, onnxruntime installed), onnx (the fast path or an error saying why not), torch.
+Which path runs is ModelConfig.engine: auto (the fast path where it applies: CPU, fp32/auto/int8 precision, no
+torch.compile, onnxruntime installed), onnx (the fast path or an error saying why not), torch. `clipkit extract`
+and `embed` run it too (open_extractor(bulk=True)), in one process.
 """
 from __future__ import annotations
 
@@ -29,20 +33,17 @@ import importlib.util
 import json
 import os
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from toolkit.encoder.onnx_extractor import IMAGE, IMAGE_DATA, INT8, META, TEXT, VOCAB, OnnxExtractor
 from toolkit.errors import ConfigError, InputError, ModelError
-from toolkit.identity import ExtractorIdentity
 
 FAST_FORMAT = 2  # bump when the entry layout or what is exported changes: old entries are rebuilt
-IMAGE, TEXT, META, VOCAB, TEXTS = "image.onnx", "text.onnx", "meta.json", "bpe_merges.txt", "texts.safetensors"
-IMAGE_DATA = "image.data"  # the image graph's weights (onnx.save_optimized)
+MIN_INT8_COSINE = 0.95  # an int8 tower further than this from fp32 (min cosine, random images) is refused
 TOKENIZER_PROBES = ["a photo of a dog.", "Ünïcödé café &amp; naïve", "  two\tspaces\nand lines ", "I'm 12.5 m; can't!",
                     "emoji 🏋️ squat", "x" * 300]
 
@@ -68,22 +69,45 @@ def blocker(cfg: Any) -> Optional[str]:
     return None
 
 
+def native_bf16() -> bool:
+    """The CPU runs bf16 natively (AVX-512 BF16 or AMX flags in /proc/cpuinfo): there torch's precision auto is
+    bf16, ~1.9x the fp32 that ONNX Runtime runs on a model's whole image tower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def open_extractor(cfg: Any, cache_root: Path, notify: Callable[[str], None] = _stderr,
-                   long_lived: bool = False, check: Optional[Callable[[Any], None]] = None) -> Any:
-    """The extractor `clipkit predict` and `clipkit serve` run: an OnnxExtractor when the fast path applies and
-    is prepared, else (preparing it first when it applies) a torch FeatureExtractor. ConfigError when engine
-    is onnx and the fast path can't serve this model. `long_lived` (a server) keeps the text tower loaded
-    between label sets; a one-shot command frees it before the image tower loads. `check(identity)` may refuse
-    the model (e.g. a head trained on another) before the one-time preparation spends minutes on it."""
+                   long_lived: bool = False, check: Optional[Callable[[Any], None]] = None,
+                   bulk: bool = False) -> Any:
+    """The extractor `clipkit predict`, `serve`, `extract` and `embed` run: an OnnxExtractor when the fast path
+    applies and is prepared, else (preparing it first when it applies) a torch FeatureExtractor. ConfigError
+    when engine is onnx and the fast path can't serve this model. `long_lived` (a server) keeps the text tower
+    loaded between label sets; a one-shot command frees it before the image tower loads. `check(identity)` may
+    refuse the model (e.g. a head trained on another) before the one-time preparation spends minutes on it.
+    `bulk` (extraction: encoding dominates, not start-up): with engine and precision auto, a CPU that runs
+    bf16 natively keeps torch in bf16. Precision int8 runs only here (ConfigError where the fast path can't)."""
     reason = blocker(cfg)
+    if reason is None and bulk and cfg.engine == "auto" and cfg.precision == "auto" and native_bf16():
+        reason = "precision auto runs bf16 with torch on this CPU"
     if reason is None:
         index = cache_root / "fast" / "index" / f"{config_key(cfg)}.json"
         entry = lookup(index)
         if isinstance(entry, Path):
-            return OnnxExtractor(entry, cfg, keep_text_tower=long_lived)
+            return _onnx_extractor(entry, cfg, notify, long_lived)
         if entry is None:
-            return prepare(cfg, cache_root, index, notify, check, long_lived)
-        reason = entry  # recorded as unsupported
+            extractor = prepare(cfg, cache_root, index, notify, check, long_lived)
+            if cfg.precision != "int8" or isinstance(extractor, OnnxExtractor):
+                return extractor
+            reason = "the fast path could not be prepared (said above)"
+        else:
+            reason = entry  # recorded as unsupported
+    if cfg.precision == "int8":
+        raise ConfigError(f"precision int8 runs only on the fast path (ONNX Runtime on the CPU), and here {reason}; "
+                          "set {field} auto or fp32", field="precision")
     if cfg.engine == "onnx":
         raise ConfigError(f"engine onnx can't run this model: {reason}; set {{field}} auto or torch", field="engine")
     return _torch_extractor(cfg)
@@ -93,6 +117,34 @@ def _torch_extractor(cfg: Any) -> Any:
     from toolkit.encoder.features import FeatureExtractor
 
     return FeatureExtractor.from_config(cfg)
+
+
+def _onnx_extractor(entry: Path, cfg: Any, notify: Callable[[str], None], long_lived: bool) -> "OnnxExtractor":
+    """The OnnxExtractor over a ready entry; with precision int8, its int8 image tower built first if missing."""
+    if cfg.precision == "int8" and not (entry / INT8 / IMAGE).is_file():
+        _build_int8(entry, cfg, notify)
+    return OnnxExtractor(entry, cfg, keep_text_tower=long_lived)
+
+
+def _build_int8(entry: Path, cfg: Any, notify: Callable[[str], None]) -> None:
+    """Write entry/int8/ (onnx.export_int8) from the torch model, once: torch is imported this one time."""
+    from toolkit.encoder.onnx import export_int8
+    from toolkit.fsio import atomic_dir
+
+    extractor = _torch_extractor(cfg.model_copy(update={"device": "cpu", "precision": "fp32", "compile": False}))
+    notify(f"preparing the int8 image tower of {extractor.identity.label} (once; precision int8) under {entry}")
+    try:
+        with atomic_dir(entry / INT8) as tmp:
+            cosine, seconds = export_int8(extractor, tmp / IMAGE)
+            if not cosine >= MIN_INT8_COSINE:
+                raise ModelError(f"int8 changes {extractor.identity.label}'s image features too much (min cosine "
+                                 f"{cosine:.3f} to fp32 on random images); set {{field}} fp32 or auto",
+                                 field="precision")
+            (tmp / META).write_text(json.dumps({"min_cosine_to_fp32": cosine}))
+    except ImportError as e:  # onnx or onnxruntime.quantization missing
+        raise ConfigError(f"precision int8 needs the onnx package ({e}); `pip install onnx`, or set {{field}} "
+                          "auto or fp32", field="precision") from None
+    notify(f"  int8 image tower: built and checked in {seconds:.0f} s (min cosine to fp32 {cosine:.4f})")
 
 
 # ---------------------------------------------------------------- the index: model config -> entry
@@ -206,7 +258,7 @@ def prepare(cfg: Any, cache_root: Path, index: Path, notify: Callable[[str], Non
         return extractor
     notify(f"  the fast path for {label} is ready ({time.perf_counter() - started:.0f} s in all)")
     del extractor  # the torch model: this run goes on with ONNX Runtime, as later ones will
-    return OnnxExtractor(entry, cfg, keep_text_tower=long_lived)
+    return _onnx_extractor(entry, cfg, notify, long_lived)
 
 
 def _check_supported(extractor: Any) -> dict[str, Any]:
@@ -284,148 +336,3 @@ def _build_tower(extractor: Any, folder: Path, tower: str, notify: Callable[[str
     notify(f"  {tower} tower: exported in {t_export:.0f} s, optimized and checked against torch in {t_check:.0f} s "
            f"(max |diff| {err:.0e})")
     return err
-
-
-# ---------------------------------------------------------------- running an entry (numpy + onnxruntime)
-
-class OnnxExtractor:
-    """What Predictor and ZeroShotHead use of a FeatureExtractor (identity, embed_dim, logit_scale,
-    encode_texts, encode_images, encode_paths, iter_path_batches), over an entry's ONNX graphs. Sessions are
-    opened on first use; the text session is closed after each use, so the two towers are never both held
-    (peak memory: the larger tower, not both)."""
-
-    def __init__(self, folder: Path, cfg: Any, keep_text_tower: bool = False):
-        from toolkit.encoder.preprocess import PreprocessSpec
-        from toolkit.encoder.text_cache import TextEmbeddingCache
-
-        self.folder, self.cfg = Path(folder), cfg
-        self.meta = json.loads((self.folder / META).read_text())
-        self.identity = ExtractorIdentity.from_dict(self.meta["identity"])
-        self.spec = PreprocessSpec.from_dict(self.meta["preprocess"])
-        self.logit_scale = float(self.meta["logit_scale"])
-        self.texts = TextEmbeddingCache(self.folder / TEXTS)
-        self.min_decode_side = max(self.identity.image_size) if getattr(cfg, "draft_decode", False) else None
-        self._image = self._text = None
-        self._keep_text = keep_text_tower
-        self._text_lock = threading.Lock()  # a server encodes label sets from several threads
-        self.engine = "onnx"
-
-    @property
-    def embed_dim(self) -> int:
-        return self.identity.embed_dim
-
-    # -- texts
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Texts -> (n, D) float32, rows L2-normalized: from the prompt cache, the rest through the text graph
-        (batched longest first and cut after the longest prompt, as the torch path does) and then cached."""
-        if not len(texts):
-            return np.zeros((0, self.embed_dim), np.float32)
-        distinct = list(dict.fromkeys(texts))
-        with self._text_lock:
-            have = self.texts.lookup(distinct)
-            missing = [t for t in distinct if t not in have]
-            if missing:
-                fresh = self._encode_new(missing, batch_size)
-                try:
-                    self.texts.add(fresh)
-                except OSError:  # a read-only cache: encoded again next time
-                    pass
-                have.update(fresh)
-        return np.stack([have[t] for t in texts]).astype(np.float32)
-
-    def _encode_new(self, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
-        from toolkit.encoder.bpe import BpeTokenizer, used_length
-        from toolkit.encoder.onnx import OnnxTextEncoder
-
-        tok = self.meta["tokenizer"]
-        tokens = BpeTokenizer(self.folder / tok["vocab"], tok["context_length"])(texts)
-        order = np.argsort(-(tokens != tok["pad_id"]).sum(axis=1), kind="stable")  # longest first
-        session = self._text or OnnxTextEncoder(self.folder / TEXT, optimized=True)
-        fresh: dict[str, np.ndarray] = {}
-        for i in range(0, len(texts), batch_size):
-            rows = order[i:i + batch_size]
-            batch = tokens[rows]
-            if tok["cut"]:
-                batch = batch[:, :used_length(batch, tok["pad_id"])]
-            fresh.update(zip((texts[r] for r in rows), session.encode_tokens(batch)))
-        self._text = session if self._keep_text else None  # else freed before the image tower is loaded
-        return fresh
-
-    # -- images
-    def _image_session(self):
-        if self._image is None:
-            from toolkit.encoder.onnx import OnnxImageEncoder
-
-            self._image = OnnxImageEncoder(self.folder / IMAGE, optimized=True)
-        return self._image
-
-    def encode_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(n, 3, H, W) uint8 arrays from `prepare` -> (n, D) float32, rows L2-normalized."""
-        from toolkit.encoder.preprocess import normalize
-
-        if not len(batch):
-            return np.zeros((0, self.embed_dim), np.float32)
-        return self._image_session().encode_batch(normalize(batch, self.spec))
-
-    def encode_batch(self, batch: Any) -> np.ndarray:
-        """(n, 3, H, W) uint8 (from `prepare`) or float32 (already normalized) -> (n, D) float32 normalized."""
-        x = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
-        return self.encode_arrays(x) if x.dtype == np.uint8 else self._image_session().encode_batch(x)
-
-    def encode_prepared(self, items: Sequence[np.ndarray]) -> np.ndarray:
-        """Images already through `prepare` ((3, H, W) uint8 arrays) -> (n, D) float32, rows L2-normalized."""
-        if not len(items):
-            return np.zeros((0, self.embed_dim), np.float32)
-        return self.encode_arrays(np.stack(list(items)))
-
-    def prepare(self, image) -> np.ndarray:
-        """An RGB PIL image -> (3, H, W) uint8, resized and cropped."""
-        from toolkit.encoder.preprocess import to_uint8
-
-        return to_uint8(image, self.spec)
-
-    def encode_images(self, images: Sequence, batch_size: Optional[int] = None) -> np.ndarray:
-        """PIL images -> (n, D) float32, rows L2-normalized."""
-        from toolkit.encoder.images import to_rgb
-
-        bs = batch_size or self.cfg.batch_size
-        out = [self.encode_arrays(np.stack([self.prepare(to_rgb(im)) for im in images[i:i + bs]]))
-               for i in range(0, len(images), bs)]
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
-
-    def _load(self, path: str) -> tuple[Optional[np.ndarray], Optional[str]]:
-        from toolkit.encoder.images import load_image
-
-        try:
-            return self.prepare(load_image(path, self.min_decode_side)), None
-        except InputError as e:
-            return None, e.message
-        except Exception as e:  # a corrupt file can fail inside the resize too
-            return None, f"'{path}' could not be preprocessed ({e.__class__.__name__}: {e})"
-
-    def iter_path_batches(self, paths: Sequence[str], batch_size: Optional[int] = None,
-                          num_workers: Optional[int] = None) -> Iterable[tuple[list[int], np.ndarray, dict[int, str]]]:
-        """Yield (indices, (n_ok, D) features, {index: error}) per batch, in order. The first batch holds one
-        image (its result can be shown at once); images are decoded in threads, one batch ahead."""
-        bs = batch_size or self.cfg.batch_size
-        bounds = [(0, min(1, len(paths)))] + [(lo, min(lo + bs, len(paths))) for lo in range(1, len(paths), bs)]
-        threads = max(1, min(4, os.cpu_count() or 1) if num_workers is None or num_workers < 0 else num_workers)
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            submit = lambda lo, hi: [pool.submit(self._load, paths[i]) for i in range(lo, hi)]  # noqa: E731
-            ahead = submit(*bounds[0]) if paths else []
-            for n, (lo, hi) in enumerate(bounds if paths else []):
-                loaded = [f.result() for f in ahead]
-                ahead = submit(*bounds[n + 1]) if n + 1 < len(bounds) else []
-                idx = [lo + j for j, (arr, _) in enumerate(loaded) if arr is not None]
-                errors = {lo + j: err for j, (_, err) in enumerate(loaded) if err is not None}
-                arrays = [arr for arr, _ in loaded if arr is not None]
-                feats = self.encode_arrays(np.stack(arrays)) if arrays else np.zeros((0, self.embed_dim), np.float32)
-                yield idx, feats, errors
-
-    def encode_paths(self, paths: Sequence[str], batch_size: Optional[int] = None,
-                     num_workers: Optional[int] = None, progress: bool = False
-                     ) -> tuple[np.ndarray, dict[int, str]]:
-        """Image files -> ((n, D) features with NaN rows for failures, {index: error message})."""
-        from toolkit.encoder.batches import gather
-
-        return gather(self.iter_path_batches(paths, batch_size, num_workers), len(paths), self.embed_dim, progress)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from toolkit.encoder.accel import CausalTextTower, auto_dtype, compile_encoder, image_memory_format, pad_batch
 from toolkit.config import ModelConfig
-from toolkit.errors import InputError
+from toolkit.errors import ConfigError, InputError
 from toolkit.identity import ExtractorIdentity
 from toolkit.runtime import resolve_device
 from toolkit.encoder.images import load_image, to_rgb
@@ -37,6 +37,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """fp32 | bf16 | fp16, or auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32."""
     if precision == "auto":
         return auto_dtype(device)
+    if precision == "int8":
+        raise ConfigError("precision int8 runs only through ONNX Runtime on the CPU (predict, extract, embed, serve "
+                          "with engine auto or onnx); set {field} fp32, bf16 or auto here", field="precision")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -199,6 +199,35 @@ def export_optimized(extractor: Any, tower: str, out: Path, texts: list[str]) ->
     return err, t1 - t0, time.perf_counter() - t1
 
 
+def export_int8(extractor: Any, out: Path) -> tuple[float, float]:
+    """Write the extractor's image tower to `out` with int8 matrix-product weights, as ONNX Runtime optimized it
+    (weights in `<out stem>.data`): dynamic quantization (`quantize_dynamic`: weights per output channel,
+    activations quantized per batch at run time) of MatMul/Gemm only. Convolutions stay fp32: quantized too, they
+    made the demo model's ResNet tower ~3x slower (scripts/bench_int8.py). Returns (min cosine to the torch fp32
+    features over random images, seconds)."""
+    import logging
+    import time
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    raw, quantized = out.with_name(f"{out.stem}.raw.onnx"), out.with_name(f"{out.stem}.q.onnx")
+    try:
+        export_image_encoder(extractor, raw)
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # its advice to run "pre-processing" first, on the root logger
+        try:
+            quantize_dynamic(str(raw), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            logging.getLogger().setLevel(quiet)
+        save_optimized(quantized, out)
+    finally:
+        raw.unlink(missing_ok=True)
+        quantized.unlink(missing_ok=True)
+    return cosine_to_torch(extractor, OnnxImageEncoder(out, optimized=True)), time.perf_counter() - t0
+
+
 class _Session:
     """An ONNX Runtime CPU session over an exported graph, and the identity stored in it."""
 
@@ -247,6 +276,15 @@ def parity(extractor: Any, encoder: OnnxImageEncoder, n: int = 4, seed: int = 0)
     h, w = extractor.identity.image_size
     x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
     return float(np.abs(extractor.encode_batch(x) - encoder.encode_batch(x)).max())
+
+
+def cosine_to_torch(extractor: Any, encoder: OnnxImageEncoder, n: int = 8, seed: int = 0) -> float:
+    """Min cosine between eager fp32 and `encoder` embeddings of n random preprocessed-image tensors."""
+    import torch
+
+    h, w = extractor.identity.image_size
+    x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    return float((extractor.encode_batch(x) * encoder.encode_batch(x)).sum(1).min())
 
 
 def text_parity(extractor: Any, encoder: OnnxTextEncoder, texts: list[str]) -> float:
