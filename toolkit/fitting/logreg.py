@@ -13,7 +13,8 @@ train + val). Its fits share one L-BFGS memory along the path (toolkit.fitting.l
 the nearest smaller C's weights and curvature pairs, so it costs a few evaluations, not a fit from scratch.
 It fits re-centred features and an intercept rescaled to the weights' curvature (exact changes of variables:
 the same minimiser, in about half the iterations). The whole sweep costs about what scikit-learn spends on one
-default fit (scripts/bench_probe.py --grid, BENCHMARKS.md). torch is imported inside the functions, so importing this module costs numpy only.
+default fit (scripts/bench_probe.py --grid, BENCHMARKS.md). torch is imported inside the functions, so
+importing this module costs numpy only.
 """
 from __future__ import annotations
 
@@ -134,17 +135,19 @@ def _n_classes(n_classes: Optional[int], *ys: np.ndarray) -> int:
 
 
 def _score(X: "torch.Tensor", y: "torch.Tensor", W: "torch.Tensor", b: "torch.Tensor"
-           ) -> tuple[float, float, np.ndarray]:
-    """(accuracy, mean log loss with probabilities clipped at 1e-12, (n, C) proba) of weights on (X, y)."""
+           ) -> tuple[float, float, np.ndarray, float]:
+    """(accuracy, mean log loss with probabilities clipped at 1e-12, (n, C) proba, the mean log loss's standard
+    error) of weights on (X, y)."""
     import math
 
     import torch
 
     with torch.no_grad():
         logp = torch.log_softmax(torch.addmm(b, X, W.t()), dim=1)
-        nll = -logp.gather(1, y[:, None]).clamp_min(math.log(1e-12)).double().mean()
+        losses = -logp.gather(1, y[:, None]).clamp_min(math.log(1e-12)).double()
+        se = float(losses.std(unbiased=False)) / math.sqrt(len(y)) if len(y) else 0.0
         correct = int((logp.argmax(dim=1) == y).sum())
-        return correct / len(y), float(nll), logp.exp().cpu().numpy()
+        return correct / len(y), float(losses.mean()), logp.exp().cpu().numpy(), se
 
 
 def log_grid(c_min: float, c_max: float, steps: int) -> list[float]:
@@ -243,7 +246,8 @@ class _CPath:
         # features): its curvature is then on the weights' scale, where it is D times theirs as b (one scalar
         # Hessian guess can't serve both); stopping still measures the unscaled gradient (`fit`'s `exact`)
         self.b_scale = max(float(X.pow(2).mean().sqrt()), 1e-6)
-        self.curvature = 0.5 * (x_max ** 2 + self.b_scale ** 2)  # bounds the mean cross-entropy's Hessian (Boehning), bias included
+        # bounds the mean cross-entropy's Hessian (Boehning), the rescaled intercept included
+        self.curvature = 0.5 * (x_max ** 2 + self.b_scale ** 2)
         self.qn = PathLBFGS(self.g0.numel(), 1.0 / self.curvature, HISTORY)  # W's entries penalised, b's not
         self.tried: dict[float, tuple[float, float, np.ndarray]] = {}  # C -> (val accuracy, val loss, val proba)
         self.solutions: dict[float, tuple] = {}  # C -> (W, b) detached tensors
@@ -264,10 +268,8 @@ class _CPath:
             W, b, self.n_iter[c] = self.fit(self.X, self.Y, W, b, c, iterations, self.tol, self.drop)
             self.states[c] = self.qn.state()
         self.solutions[c] = (W, b)
-        self.tried[c] = _score(self.X_val, self.y_val, W, b)
-        proba = self.tried[c][2]
-        nll = -np.log(np.clip(proba[np.arange(len(proba)), self.y_val.cpu().numpy()], 1e-12, None))
-        self.loss_se[c] = float(nll.std() / np.sqrt(max(len(nll), 1)))
+        acc, loss, proba, self.loss_se[c] = _score(self.X_val, self.y_val, W, b)
+        self.tried[c] = (acc, loss, proba)
 
     def fit(self, X, Y, W, b, c: float, max_iter: int, tol: float, drop: float = 0.0, exact: bool = False):
         """(W, b, iterations): the objective at C on (X, one-hot Y) minimised from copies of (W, b). `exact`: the
@@ -277,7 +279,6 @@ class _CPath:
 
         k, dim = W.shape
         penalty = 1.0 / (2 * (c / 2 if k == 2 else c) * X.shape[0])
-
         c_b = self.b_scale
 
         def fg(theta):
@@ -292,6 +293,7 @@ class _CPath:
             g = g.clone()
             g[:k * dim].add_(theta[:k * dim], alpha=2 * shift)
             start = (f + shift * float(theta[:k * dim].double().pow(2).sum()), g)
+
         def size(g):  # max |gradient| in (W, b), as scikit-learn measures it: b's entries are c_b x smaller here
             return max(float(g[:k * dim].abs().max()), float(g[k * dim:].abs().max()) / c_b)
 

@@ -36,9 +36,11 @@ DETECTORS = ("knn", "mahalanobis", "relmahalanobis", "energy", "maxlogit", "msp"
              "combined_rel")
 COMBINED = {"combined": ("knn", "mahalanobis"),  # the scores each sum kind adds, z-normalised, in this order
             "combined_rel": ("knn", "relmahalanobis")}
-COMBINED_PARTS = COMBINED["combined"]
 GAUSSIAN = ("means", "precision")
 BACKGROUND = ("bg_mean", "bg_precision")  # relmahalanobis' one Gaussian of all training features
+ARRAYS = {"knn": ("bank",), "mahalanobis": GAUSSIAN, "relmahalanobis": GAUSSIAN + BACKGROUND, "mcm": ("text",),
+          "neglabel": ("text", "negatives")}  # the arrays each kind scores with (a sum: its parts')
+ARRAYS.update({kind: tuple(n for part in parts for n in ARRAYS[part]) for kind, parts in COMBINED.items()})
 NEEDS_LOGITS = ("energy", "maxlogit", "msp")
 NEGATIVE_WORDS = Path(__file__).with_name("negative_words.txt")
 NEGATIVE_TEMPLATE = "a photo of a {}."
@@ -185,10 +187,7 @@ class OpenSetDetector:
             raise ValueError(f"unknown out-of-set score {kind!r} (known: {', '.join(DETECTORS)})")
         self.kind, self.params = kind, dict(params or {})
         self.arrays_ = {k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}
-        need = {"knn": ("bank",), "mahalanobis": GAUSSIAN, "relmahalanobis": GAUSSIAN + BACKGROUND,
-                "mcm": ("text",), "neglabel": ("text", "negatives"), "combined": ("bank",) + GAUSSIAN,
-                "combined_rel": ("bank",) + GAUSSIAN + BACKGROUND}.get(kind, ())
-        missing = [n for n in need if n not in self.arrays_]
+        missing = [n for n in ARRAYS.get(kind, ()) if n not in self.arrays_]
         if missing:
             raise ValueError(f"the {kind} detector needs arrays {', '.join(missing)}")
         if kind in COMBINED and not all(len(self.params.get(p, ())) == len(COMBINED[kind]) and
