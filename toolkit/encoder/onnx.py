@@ -269,22 +269,25 @@ class OnnxTextEncoder(_Session):
         return self.session.run([TEXT_OUTPUT], {TEXT_INPUT: np.ascontiguousarray(tokens, dtype=np.int64)})[0]
 
 
-def parity(extractor: Any, encoder: OnnxImageEncoder, n: int = 4, seed: int = 0) -> float:
-    """Max |eager - onnx| over n random preprocessed-image tensors (both L2-normalized embeddings)."""
+def _both(extractor: Any, encoder: OnnxImageEncoder, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(eager, onnx) L2-normalized embeddings of the same n random preprocessed-image tensors."""
     import torch
 
     h, w = extractor.identity.image_size
     x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
-    return float(np.abs(extractor.encode_batch(x) - encoder.encode_batch(x)).max())
+    return extractor.encode_batch(x), encoder.encode_batch(x)
+
+
+def parity(extractor: Any, encoder: OnnxImageEncoder, n: int = 4, seed: int = 0) -> float:
+    """Max |eager - onnx| over n random preprocessed-image tensors (both L2-normalized embeddings)."""
+    eager, onnx = _both(extractor, encoder, n, seed)
+    return float(np.abs(eager - onnx).max())
 
 
 def cosine_to_torch(extractor: Any, encoder: OnnxImageEncoder, n: int = 8, seed: int = 0) -> float:
     """Min cosine between eager fp32 and `encoder` embeddings of n random preprocessed-image tensors."""
-    import torch
-
-    h, w = extractor.identity.image_size
-    x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
-    return float((extractor.encode_batch(x) * encoder.encode_batch(x)).sum(1).min())
+    eager, onnx = _both(extractor, encoder, n, seed)
+    return float((eager * onnx).sum(1).min())
 
 
 def text_parity(extractor: Any, encoder: OnnxTextEncoder, texts: list[str]) -> float:
